@@ -1,0 +1,109 @@
+//! The seams between the chat rules and storage. Each trait has an embedded
+//! implementation (in process, SQLite) and a scale-out one (Redis, MySQL) in
+//! `next-chat-storage`; the chat rules never know which they have.
+
+use async_trait::async_trait;
+
+use crate::domain::{ConnectionId, GroupId, JoinOutcome, Message, MessageId, NewMessage, UserId};
+use crate::error::BackendError;
+
+/// Called by `Messaging::publish` once a message has its id, before any
+/// instance delivers it (see `Messaging::publish`).
+pub type OnAccepted<'a> = &'a (dyn Fn(&Message) + Send + Sync);
+
+/// Fan-out between instances: one ordered log per group.
+///
+/// An implementation is built with the instance's `LocalFanout` and hands every
+/// message of every group to it, this instance's own messages included, in id
+/// order per group. That is the only way a message reaches a connection: the
+/// sender's instance does not short-cut its own messages.
+#[async_trait]
+pub trait Messaging: Send + Sync + 'static {
+    /// Appends the message to its group's log, which gives it its id and send
+    /// time, and returns once it is accepted for delivery everywhere.
+    ///
+    /// `on_accepted` runs after the id is assigned and, where the implementation
+    /// can arrange it, before this instance delivers the message, so history on
+    /// join can include a message that is delivered but not yet stored.
+    /// It must not block.
+    async fn publish(
+        &self,
+        message: NewMessage,
+        on_accepted: OnAccepted<'_>,
+    ) -> Result<Message, BackendError>;
+
+    /// Whether the backend answers now (for `/readyz`).
+    async fn check(&self) -> Result<(), BackendError>;
+
+    /// Stops background readers; called once at shutdown, after the last publish.
+    async fn shutdown(&self) {}
+}
+
+/// Groups, and who is in them. Counted per user: a user is a member while at
+/// least one of its connections (on any instance) has joined.
+#[async_trait]
+pub trait Membership: Send + Sync + 'static {
+    /// Creates the group; creating one that exists is not an error.
+    async fn create_group(&self, group: &GroupId) -> Result<(), BackendError>;
+
+    async fn group_exists(&self, group: &GroupId) -> Result<bool, BackendError>;
+
+    /// Groups after `after` (all if `None`) in `str` order, at most `limit`.
+    async fn list_groups(
+        &self,
+        after: Option<&GroupId>,
+        limit: usize,
+    ) -> Result<Vec<GroupId>, BackendError>;
+
+    /// Records that `connection` of `user` joined `group`, which must exist.
+    /// Atomic across instances: the user gets in if it is already a member or
+    /// the group has fewer than `max_members` distinct users; otherwise `NoRoom`
+    /// and nothing changes.
+    async fn join(
+        &self,
+        group: &GroupId,
+        user: &UserId,
+        connection: &ConnectionId,
+        max_members: usize,
+    ) -> Result<JoinOutcome, BackendError>;
+
+    /// Removes the connection from the group; the user stops being a member
+    /// when its last connection leaves. Leaving a group one is not in is fine.
+    async fn leave(
+        &self,
+        group: &GroupId,
+        user: &UserId,
+        connection: &ConnectionId,
+    ) -> Result<(), BackendError>;
+
+    /// Distinct users in the group now.
+    async fn member_count(&self, group: &GroupId) -> Result<usize, BackendError>;
+
+    async fn check(&self) -> Result<(), BackendError>;
+
+    /// Stops background work (heartbeats) and, where it can, frees this
+    /// instance's places; called once at shutdown.
+    async fn shutdown(&self) {}
+}
+
+/// Every accepted message, kept.
+#[async_trait]
+pub trait HistoryStore: Send + Sync + 'static {
+    /// Stores the messages in one batch. Idempotent: a message whose id the
+    /// group already has is skipped, so a retry never writes twice.
+    async fn append(&self, messages: &[Message]) -> Result<(), BackendError>;
+
+    /// The group's latest `limit` messages with ids below `before` (the latest
+    /// of all if `None`), oldest first.
+    async fn read(
+        &self,
+        group: &GroupId,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, BackendError>;
+
+    /// Whether `id` is one of the group's stored messages.
+    async fn contains(&self, group: &GroupId, id: MessageId) -> Result<bool, BackendError>;
+
+    async fn check(&self) -> Result<(), BackendError>;
+}

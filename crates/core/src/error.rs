@@ -1,0 +1,48 @@
+//! What can go wrong in the chat rules, as values. The hub turns a `ChatError`
+//! into a completion error (its `Display` is the text the client sees); nothing
+//! else maps errors to the outside world.
+
+use thiserror::Error;
+
+use crate::domain::{GroupId, MessageId};
+
+#[derive(Debug, Error)]
+pub enum ChatError {
+    /// An argument broke a rule; the message names the field and the limit.
+    #[error("{message}")]
+    Invalid { field: &'static str, message: String },
+
+    #[error("join group '{0}' before sending to it or reading its history")]
+    NotJoined(GroupId),
+
+    #[error("group '{0}' does not exist (automatic creation is off: call CreateGroup first)")]
+    GroupNotFound(GroupId),
+
+    #[error("before: message '{id}' is not a message of group '{group}'")]
+    UnknownMessage { group: GroupId, id: MessageId },
+
+    /// A backend did not answer; the request may succeed later.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl ChatError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> ChatError {
+        ChatError::Invalid { field, message: message.into() }
+    }
+}
+
+/// A backend (messaging, membership or history) failed. `backend` names it for
+/// the client's error and for `/readyz`; `detail` is for the log.
+#[derive(Debug, Error)]
+#[error("{backend} is unavailable, try again shortly ({detail})")]
+pub struct BackendError {
+    pub backend: &'static str,
+    pub detail: String,
+}
+
+impl BackendError {
+    pub fn new(backend: &'static str, detail: impl std::fmt::Display) -> BackendError {
+        BackendError { backend, detail: detail.to_string() }
+    }
+}

@@ -1,0 +1,166 @@
+//! This instance's half of fan-out: which local connections have joined which
+//! group, and handing each message to them without waiting.
+//!
+//! A messaging backend calls `LocalFanout::deliver` for every message of every
+//! group, in id order per group. Delivery never awaits and holds a lock only to
+//! copy a group's subscriber list (an `Arc`), so a slow connection cannot hold
+//! up the others: each recipient owns a bounded queue and closes itself when it
+//! cannot keep up.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use bytes::Bytes;
+
+use crate::domain::{ConnectionId, GroupId, Message, MessageId};
+
+/// How many encodings of one message a delivery layer may cache (one per wire
+/// format it speaks).
+pub const ENCODING_SLOTS: usize = 4;
+
+/// One message on its way to this instance's recipients. Recipients share it, so
+/// the message is encoded once per wire format, not once per recipient.
+#[derive(Debug)]
+pub struct Delivery {
+    pub message: Message,
+    encoded: [OnceLock<Bytes>; ENCODING_SLOTS],
+}
+
+impl Delivery {
+    pub fn new(message: Message) -> Delivery {
+        Delivery { message, encoded: Default::default() }
+    }
+
+    /// The message encoded for wire format `slot`, encoded by the first caller.
+    /// Panics if `slot >= ENCODING_SLOTS`: slots are chosen by our own code.
+    pub fn encoded(&self, slot: usize, encode: impl FnOnce(&Message) -> Bytes) -> Bytes {
+        self.encoded[slot].get_or_init(|| encode(&self.message)).clone()
+    }
+}
+
+/// A connection as fan-out sees it. Implemented by the delivery layer (sockets).
+pub trait Recipient: Send + Sync + 'static {
+    fn connection_id(&self) -> &ConnectionId;
+
+    /// Queues `OnMessage` without waiting. A recipient whose queue is full
+    /// closes its connection with an error rather than letting memory grow.
+    fn deliver(&self, delivery: &Delivery);
+
+    /// Queues `OnHistory` without waiting.
+    fn deliver_history(&self, messages: &[Message]);
+}
+
+/// While a connection is joining, its messages wait here until its history has
+/// been sent, so it sees every message once and history first.
+enum Gate {
+    Joining(Vec<Arc<Delivery>>),
+    Open,
+}
+
+struct Subscription {
+    recipient: Arc<dyn Recipient>,
+    gate: Mutex<Gate>,
+}
+
+impl Subscription {
+    fn deliver(&self, delivery: &Arc<Delivery>) {
+        let mut gate = self.gate.lock().unwrap_or_else(|poison| poison.into_inner());
+        match &mut *gate {
+            Gate::Joining(waiting) => waiting.push(Arc::clone(delivery)),
+            Gate::Open => self.recipient.deliver(delivery),
+        }
+    }
+}
+
+/// Copy-on-write list of a group's local subscribers: delivery clones the `Arc`
+/// and lets go of the map's lock before touching any recipient.
+type Subscribers = Arc<Vec<Arc<Subscription>>>;
+
+#[derive(Default)]
+pub struct LocalFanout {
+    groups: RwLock<HashMap<GroupId, Subscribers>>,
+}
+
+/// Returned by `LocalFanout::subscribe`; `open` sends the history and then the
+/// messages that arrived meanwhile.
+pub struct PendingJoin {
+    subscription: Arc<Subscription>,
+}
+
+impl PendingJoin {
+    /// Sends `history` as `OnHistory`, then every message that arrived since
+    /// `subscribe` and is not in that history, and from then on delivers live.
+    pub fn open(self, history: &[Message]) {
+        let sub = &self.subscription;
+        sub.recipient.deliver_history(history);
+        let seen: HashSet<MessageId> = history.iter().map(|m| m.id).collect();
+        // Flush under the gate's lock, so a message arriving now waits behind
+        // the ones that arrived before it. Recipients never block, so this is brief.
+        let mut gate = sub.gate.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Gate::Joining(waiting) = std::mem::replace(&mut *gate, Gate::Open) {
+            for delivery in waiting.iter().filter(|d| !seen.contains(&d.message.id)) {
+                sub.recipient.deliver(delivery);
+            }
+        }
+    }
+}
+
+impl LocalFanout {
+    pub fn new() -> LocalFanout {
+        LocalFanout::default()
+    }
+
+    /// Starts delivering the group's messages to `recipient`, held back until
+    /// `PendingJoin::open`. Subscribing a connection that is already subscribed
+    /// to the group keeps the existing subscription and returns `None`.
+    pub fn subscribe(&self, group: &GroupId, recipient: Arc<dyn Recipient>) -> Option<PendingJoin> {
+        let mut groups = self.groups.write().unwrap_or_else(|poison| poison.into_inner());
+        let current = groups.entry(group.clone()).or_default();
+        if current.iter().any(|s| s.recipient.connection_id() == recipient.connection_id()) {
+            return None;
+        }
+        let subscription =
+            Arc::new(Subscription { recipient, gate: Mutex::new(Gate::Joining(Vec::new())) });
+        let mut next = Vec::with_capacity(current.len() + 1);
+        next.extend(current.iter().cloned());
+        next.push(Arc::clone(&subscription));
+        *current = Arc::new(next);
+        Some(PendingJoin { subscription })
+    }
+
+    /// Stops delivering the group's messages to the connection.
+    pub fn unsubscribe(&self, group: &GroupId, connection: &ConnectionId) {
+        let mut groups = self.groups.write().unwrap_or_else(|poison| poison.into_inner());
+        let Some(current) = groups.get_mut(group) else { return };
+        let next: Vec<_> =
+            current.iter().filter(|s| s.recipient.connection_id() != connection).cloned().collect();
+        if next.is_empty() {
+            groups.remove(group);
+        } else {
+            *current = Arc::new(next);
+        }
+    }
+
+    /// Hands the message to every local connection joined to its group and
+    /// returns how many that was. Never waits.
+    pub fn deliver(&self, message: Message) -> usize {
+        let subscribers = {
+            let groups = self.groups.read().unwrap_or_else(|poison| poison.into_inner());
+            match groups.get(&message.group) {
+                Some(subscribers) => Arc::clone(subscribers),
+                None => return 0,
+            }
+        };
+        let delivery = Arc::new(Delivery::new(message));
+        for subscription in subscribers.iter() {
+            subscription.deliver(&delivery);
+        }
+        subscribers.len()
+    }
+
+    /// Local connections joined to the group (for tests and metrics).
+    pub fn local_subscribers(&self, group: &GroupId) -> usize {
+        let groups = self.groups.read().unwrap_or_else(|poison| poison.into_inner());
+        groups.get(group).map_or(0, |s| s.len())
+    }
+}

@@ -1,0 +1,305 @@
+//! The chat rules, in one place: what each hub method means. The hub calls these
+//! functions with raw arguments; they validate, apply the rules and talk to the
+//! backends through their traits. Nothing here knows about sockets or codecs.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{instrument, warn};
+
+use crate::backend::{Membership, Messaging};
+use crate::domain::{
+    ConnectionId, GroupId, JoinOutcome, Limits, Message, MessageId, MessageText, NewMessage, UserId,
+};
+use crate::error::ChatError;
+use crate::fanout::{LocalFanout, Recipient};
+use crate::history::HistoryWriter;
+
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    pub limits: Limits,
+    /// Most distinct users in one group.
+    pub max_members: usize,
+    /// How many of the latest messages `OnHistory` carries on join.
+    pub history_on_join: usize,
+    /// Whether `SendMessage` requires the calling connection to have joined.
+    pub require_join_to_send: bool,
+    /// Whether `JoinGroup` creates a group that does not exist.
+    pub auto_create_groups: bool,
+    /// Most groups `ListGroups` returns, and the upper bound of `ListGroupsPage`'s `limit`.
+    pub list_groups_max: usize,
+    /// Upper bound of `GetHistory`'s `limit`.
+    pub history_page_max: usize,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            limits: Limits::default(),
+            max_members: 20,
+            history_on_join: 100,
+            require_join_to_send: true,
+            auto_create_groups: true,
+            list_groups_max: 1000,
+            history_page_max: 500,
+        }
+    }
+}
+
+/// One connection's state in the chat: who it is and which groups it joined.
+pub struct Session {
+    user: UserId,
+    recipient: Arc<dyn Recipient>,
+    /// Invocations of one connection run one at a time; the lock is never held
+    /// across an await.
+    joined: Mutex<HashSet<GroupId>>,
+}
+
+impl Session {
+    pub fn user(&self) -> &UserId {
+        &self.user
+    }
+
+    pub fn connection_id(&self) -> &ConnectionId {
+        self.recipient.connection_id()
+    }
+
+    fn has_joined(&self, group: &GroupId) -> bool {
+        self.joined.lock().unwrap_or_else(|p| p.into_inner()).contains(group)
+    }
+
+    fn set_joined(&self, group: &GroupId, joined: bool) -> bool {
+        let mut groups = self.joined.lock().unwrap_or_else(|p| p.into_inner());
+        if joined { groups.insert(group.clone()) } else { groups.remove(group) }
+    }
+}
+
+pub struct ChatService {
+    config: ChatConfig,
+    messaging: Arc<dyn Messaging>,
+    membership: Arc<dyn Membership>,
+    history: HistoryWriter,
+    fanout: Arc<LocalFanout>,
+}
+
+fn limit_arg(field: &'static str, value: i64, max: usize) -> Result<usize, ChatError> {
+    match usize::try_from(value) {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(ChatError::invalid(
+            field,
+            format!("{field} must be between 1 and {max}, not {value}"),
+        )),
+    }
+}
+
+impl ChatService {
+    /// `fanout` must be the one `messaging` delivers to.
+    pub fn new(
+        config: ChatConfig,
+        messaging: Arc<dyn Messaging>,
+        membership: Arc<dyn Membership>,
+        history: HistoryWriter,
+        fanout: Arc<LocalFanout>,
+    ) -> ChatService {
+        ChatService { config, messaging, membership, history, fanout }
+    }
+
+    pub fn config(&self) -> &ChatConfig {
+        &self.config
+    }
+
+    pub fn history(&self) -> &HistoryWriter {
+        &self.history
+    }
+
+    pub fn membership(&self) -> &Arc<dyn Membership> {
+        &self.membership
+    }
+
+    pub fn messaging(&self) -> &Arc<dyn Messaging> {
+        &self.messaging
+    }
+
+    /// Validates the user id a transport authenticated.
+    pub fn parse_user(&self, user: &str) -> Result<UserId, ChatError> {
+        UserId::parse(user, &self.config.limits)
+    }
+
+    pub fn open_session(&self, user: UserId, recipient: Arc<dyn Recipient>) -> Session {
+        Session { user, recipient, joined: Mutex::new(HashSet::new()) }
+    }
+
+    /// Leaves every group the connection joined. Called once, on disconnect.
+    pub async fn close_session(&self, session: &Session) {
+        let groups: Vec<GroupId> =
+            session.joined.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for group in groups {
+            self.fanout.unsubscribe(&group, session.connection_id());
+            if let Err(error) =
+                self.membership.leave(&group, &session.user, session.connection_id()).await
+            {
+                warn!(%group, user = %session.user, %error, "could not free a place on disconnect");
+            }
+        }
+    }
+
+    fn group(&self, value: &str) -> Result<GroupId, ChatError> {
+        GroupId::parse(value, &self.config.limits)
+    }
+
+    #[instrument(skip_all, fields(user = %session.user, group = group))]
+    pub async fn create_group(&self, session: &Session, group: &str) -> Result<(), ChatError> {
+        let group = self.group(group)?;
+        self.membership.create_group(&group).await?;
+        Ok(())
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<GroupId>, ChatError> {
+        Ok(self.membership.list_groups(None, self.config.list_groups_max).await?)
+    }
+
+    pub async fn list_groups_page(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<GroupId>, ChatError> {
+        let limit = limit_arg("limit", limit, self.config.list_groups_max)?;
+        // `after` is a position, not a group: any string sorts somewhere, but one
+        // that could never be a group id is more likely a mistake worth naming.
+        let after = match after {
+            Some(after) => {
+                Some(GroupId::parse(after, &self.config.limits).map_err(|e| match e {
+                    ChatError::Invalid { message, .. } => {
+                        ChatError::invalid("after", message.replacen("groupId", "after", 1))
+                    }
+                    other => other,
+                })?)
+            }
+            None => None,
+        };
+        Ok(self.membership.list_groups(after.as_ref(), limit).await?)
+    }
+
+    /// Joins the connection to the group. On `Joined` the connection has been
+    /// sent `OnHistory` (before this returns) and receives the group's messages
+    /// from now on.
+    #[instrument(skip_all, fields(user = %session.user, group = group))]
+    pub async fn join_group(
+        &self,
+        session: &Session,
+        group: &str,
+    ) -> Result<JoinOutcome, ChatError> {
+        let group = self.group(group)?;
+        if self.config.auto_create_groups {
+            self.membership.create_group(&group).await?;
+        } else if !self.membership.group_exists(&group).await? {
+            return Err(ChatError::GroupNotFound(group));
+        }
+        let outcome = self
+            .membership
+            .join(&group, &session.user, session.connection_id(), self.config.max_members)
+            .await?;
+        if outcome == JoinOutcome::NoRoom {
+            return Ok(JoinOutcome::NoRoom);
+        }
+        // Subscribe before reading history: a message sent meanwhile is then
+        // either in the history or delivered after it, and never both.
+        let pending = self.fanout.subscribe(&group, Arc::clone(&session.recipient));
+        session.set_joined(&group, true);
+        let history = match self.history.read(&group, None, self.config.history_on_join).await {
+            Ok(history) => history,
+            Err(error) => {
+                if pending.is_some() {
+                    self.fanout.unsubscribe(&group, session.connection_id());
+                    session.set_joined(&group, false);
+                    let _ =
+                        self.membership.leave(&group, &session.user, session.connection_id()).await;
+                }
+                return Err(error.into());
+            }
+        };
+        match pending {
+            Some(pending) => pending.open(&history),
+            // Already joined: the subscription is live; send the history again.
+            None => session.recipient.deliver_history(&history),
+        }
+        Ok(JoinOutcome::Joined)
+    }
+
+    #[instrument(skip_all, fields(user = %session.user, group = group))]
+    pub async fn leave_group(&self, session: &Session, group: &str) -> Result<(), ChatError> {
+        let group = self.group(group)?;
+        if session.set_joined(&group, false) {
+            self.fanout.unsubscribe(&group, session.connection_id());
+            self.membership.leave(&group, &session.user, session.connection_id()).await?;
+        }
+        Ok(())
+    }
+
+    /// Completes once the message is accepted for delivery to every member; it
+    /// waits up to the history save timeout for the message to be stored.
+    #[instrument(skip_all, fields(user = %session.user, group = group))]
+    pub async fn send_message(
+        &self,
+        session: &Session,
+        group: &str,
+        text: &str,
+    ) -> Result<Message, ChatError> {
+        let group = self.group(group)?;
+        let text = MessageText::parse(text, &self.config.limits)?;
+        if !session.has_joined(&group) {
+            if self.config.require_join_to_send {
+                return Err(ChatError::NotJoined(group));
+            }
+            if !self.membership.group_exists(&group).await? {
+                return Err(ChatError::GroupNotFound(group));
+            }
+        }
+        self.history.has_room()?;
+        let draft = NewMessage { author: session.user.clone(), group, text };
+        let message = self.messaging.publish(draft, &|m: &Message| self.history.accept(m)).await?;
+        let started = Instant::now();
+        if !self.history.wait_saved(&message.group, message.id).await {
+            warn!(
+                id = %message.id,
+                waited = ?started.elapsed(),
+                "history did not store the message in time; it stays queued"
+            );
+        }
+        Ok(message)
+    }
+
+    /// Up to `limit` messages older than `before` (the latest if `None`), oldest first.
+    #[instrument(skip_all, fields(user = %session.user, group = group))]
+    pub async fn get_history(
+        &self,
+        session: &Session,
+        group: &str,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Message>, ChatError> {
+        let group = self.group(group)?;
+        let limit = limit_arg("limit", limit, self.config.history_page_max)?;
+        if !session.has_joined(&group) {
+            return Err(ChatError::NotJoined(group));
+        }
+        let before = match before {
+            Some(text) => {
+                let id: MessageId = text.parse()?;
+                if !self.history.contains(&group, id).await? {
+                    return Err(ChatError::UnknownMessage { group, id });
+                }
+                Some(id)
+            }
+            None => None,
+        };
+        Ok(self.history.read(&group, before, limit).await?)
+    }
+
+    /// Stores what history has not yet stored, for at most `timeout`; returns
+    /// how many messages were left unsaved.
+    pub async fn flush_history(&self, timeout: Duration) -> usize {
+        self.history.flush(Instant::now() + timeout).await
+    }
+}

@@ -1,0 +1,1 @@
+//! The ASP.NET Core SignalR hub protocol, server side.
