@@ -1,0 +1,233 @@
+//! Test support shared by every crate's end-to-end tests: start a real
+//! `next-chat-server` process on a free port, with its own SQLite file, or its
+//! own Redis key prefix and MariaDB database, and clean up afterwards.
+//!
+//! The binaries are built before the tests run (the README's test command runs
+//! `cargo build --workspace --bins` first); `binary` finds them next to the test
+//! executable. Each server prints `listening on http://ADDR` on stdout once it
+//! accepts connections, which is what `TestServer::start` waits for.
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Where the machine's shared services are; tests never use them without a
+/// prefix or database of their own.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const MYSQL_ROOT_URL: &str = "mysql://root@127.0.0.1:3306";
+
+/// How long a server may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The path of a workspace binary, e.g. `binary("next-chat-server")`.
+pub fn binary(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("NEXT_CHAT_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let mut dir = exe.parent().expect("the test executable is in a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A short random suffix for names that must not collide between tests.
+pub fn unique(prefix: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("{prefix}{n:016x}")
+}
+
+/// A MariaDB database and a Redis key prefix of this test's own, removed on drop.
+pub struct ScaleOut {
+    pub redis_url: String,
+    pub key_prefix: String,
+    pub database: String,
+    pub mysql_url: String,
+}
+
+impl ScaleOut {
+    /// Creates an empty database `nc_test_<random>` and picks a fresh key prefix.
+    pub fn create() -> ScaleOut {
+        let database = unique("nc_test_");
+        run_mariadb(&format!("CREATE DATABASE {database}"));
+        ScaleOut {
+            redis_url: REDIS_URL.to_string(),
+            key_prefix: unique("nc-test-") + ":",
+            mysql_url: format!("{MYSQL_ROOT_URL}/{database}"),
+            database,
+        }
+    }
+
+    /// The server flags that select these backends.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--redis".into(),
+            self.redis_url.clone(),
+            "--redis-key-prefix".into(),
+            self.key_prefix.clone(),
+            "--database".into(),
+            self.mysql_url.clone(),
+            "--migrate".into(),
+        ]
+    }
+}
+
+impl Drop for ScaleOut {
+    fn drop(&mut self) {
+        run_mariadb(&format!("DROP DATABASE IF EXISTS {}", self.database));
+        delete_redis_keys("127.0.0.1", 6379, &self.key_prefix);
+    }
+}
+
+fn run_mariadb(sql: &str) {
+    let status = std::process::Command::new("mariadb")
+        .args(["-uroot", "-h127.0.0.1", "-P3306", "-e", sql])
+        .status()
+        .expect("the mariadb client runs");
+    assert!(status.success(), "mariadb failed: {sql}");
+}
+
+/// Deletes every key under `prefix` (best effort: used in cleanup).
+pub fn delete_redis_keys(host: &str, port: u16, prefix: &str) {
+    let port = port.to_string();
+    let script =
+        "for _,k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end return 0";
+    let pattern = format!("{prefix}*");
+    let _ = std::process::Command::new("redis-cli")
+        .args(["-h", host, "-p", &port, "EVAL", script, "0", &pattern])
+        .stdout(Stdio::null())
+        .status();
+}
+
+/// A running `next-chat-server`.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT/next-chat`, what clients connect to.
+    pub url: String,
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    pub port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+    /// Holds the SQLite file (embedded mode) for the server's whole life, restarts included.
+    dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// A server in embedded mode with a fresh SQLite file.
+    pub async fn embedded() -> TestServer {
+        TestServer::start(Vec::new()).await
+    }
+
+    /// A server with extra flags. Unless the flags name a `--database`, it gets
+    /// a fresh SQLite file of its own.
+    pub async fn start(args: Vec<String>) -> TestServer {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut args = args;
+        if !args.iter().any(|a| a == "--database") {
+            let db = dir.path().join("next-chat.db");
+            args.extend(["--database".to_string(), format!("sqlite://{}", db.display())]);
+        }
+        let mut server = TestServer {
+            url: String::new(),
+            base_url: String::new(),
+            port: 0,
+            args,
+            child: None,
+            dir,
+        };
+        server.spawn("127.0.0.1:0").await;
+        server
+    }
+
+    async fn spawn(&mut self, listen: &str) {
+        let mut child = Command::new(binary("next-chat-server"))
+            .args(&self.args)
+            .args(["--listen", listen])
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .current_dir(self.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("next-chat-server starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let address = tokio::time::timeout(START_TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(address) = line.strip_prefix("listening on http://") {
+                    return Some(address.trim().to_string());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("next-chat-server {:?} did not start listening", self.args));
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.port = address.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+        self.base_url = format!("http://{address}");
+        self.url = format!("{}/next-chat", self.base_url);
+        self.child = Some(child);
+    }
+
+    /// `ws://127.0.0.1:PORT/next-chat`.
+    pub fn ws_url(&self) -> String {
+        self.url.replacen("http://", "ws://", 1)
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// SIGTERM, then waits (at most 20 s) for the process to exit.
+    pub async fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the server is running");
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        }
+        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+            Ok(status) => status.expect("wait for next-chat-server"),
+            Err(_) => {
+                let _ = child.kill().await;
+                panic!("next-chat-server did not exit within 20 s of SIGTERM");
+            }
+        }
+    }
+
+    /// SIGKILL: the process dies without any shutdown.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same port with the
+    /// same storage.
+    pub async fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop().await;
+        }
+        self.start_again().await;
+    }
+
+    /// Starts a stopped or killed server again on the same port.
+    pub async fn start_again(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.port);
+        self.spawn(&listen).await;
+    }
+}
