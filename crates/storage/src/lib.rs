@@ -1,1 +1,19 @@
-//! Backends for Next Chat.
+//! Backends for Next Chat: every implementation of the `next-chat-core` traits.
+//!
+//! Embedded mode needs no external service: `memory::InProcessMessaging` hands
+//! messages straight to this instance's `LocalFanout`, `sqlite::SqliteStore`
+//! keeps groups and history in one SQLite file, and `embedded::EmbeddedMembership`
+//! keeps groups in SQLite and members in memory. Scale-out mode shares state
+//! between instances: `redis::RedisMessaging` (Redis Streams), `redis::RedisMembership`
+//! (sorted sets and a Lua join script), `mysql::MySqlHistory` (MySQL/MariaDB), and
+//! `reconcile::StreamHistoryReconciler`, which copies from the streams into MySQL
+//! what an instance that died could not store.
+
+mod clock;
+pub mod embedded;
+pub mod memory;
+pub mod sqlite;
+
+pub use embedded::EmbeddedMembership;
+pub use memory::InProcessMessaging;
+pub use sqlite::SqliteStore;
