@@ -1,0 +1,225 @@
+//! The fan-out gate and the history writer, against an in-memory store that can
+//! be switched off like a database that goes down.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use next_chat_core::{
+    BackendError, ConnectionId, Delivery, GroupId, HistoryStore, HistoryWriter,
+    HistoryWriterConfig, LocalFanout, Message, MessageId, MessageText, NoObserver, Recipient,
+    UserId,
+};
+
+fn message(group: &str, millis: u64, text: &str) -> Message {
+    Message {
+        id: MessageId::new(millis, 0),
+        author: UserId::from_trusted("ann"),
+        group: GroupId::from_trusted(group),
+        send_time: SystemTime::UNIX_EPOCH + Duration::from_millis(millis),
+        text: MessageText::from_trusted(text),
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Seen {
+    History(Vec<MessageId>),
+    Message(MessageId),
+}
+
+struct Recorder {
+    id: ConnectionId,
+    seen: Mutex<Vec<Seen>>,
+}
+
+impl Recorder {
+    fn new(id: &str) -> Arc<Recorder> {
+        Arc::new(Recorder { id: ConnectionId::new(id), seen: Mutex::new(Vec::new()) })
+    }
+    fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+impl Recipient for Recorder {
+    fn connection_id(&self) -> &ConnectionId {
+        &self.id
+    }
+    fn deliver(&self, delivery: &Delivery) {
+        self.seen.lock().unwrap().push(Seen::Message(delivery.message.id));
+    }
+    fn deliver_history(&self, messages: &[Message]) {
+        self.seen.lock().unwrap().push(Seen::History(messages.iter().map(|m| m.id).collect()));
+    }
+}
+
+#[test]
+fn joining_connection_gets_history_first_then_only_newer_messages_once() {
+    let fanout = LocalFanout::new();
+    let group = GroupId::from_trusted("g");
+    let recorder = Recorder::new("c1");
+    let pending = fanout.subscribe(&group, recorder.clone()).expect("first subscription");
+    // Two messages arrive while the join reads history; the first is in it.
+    assert_eq!(fanout.deliver(message("g", 1, "a")), 1);
+    assert_eq!(fanout.deliver(message("g", 2, "b")), 1);
+    assert!(recorder.take().is_empty(), "nothing is delivered before the history");
+    pending.open(&[message("g", 1, "a")]);
+    fanout.deliver(message("g", 3, "c"));
+    assert_eq!(
+        recorder.take(),
+        vec![
+            Seen::History(vec![MessageId::new(1, 0)]),
+            Seen::Message(MessageId::new(2, 0)),
+            Seen::Message(MessageId::new(3, 0)),
+        ]
+    );
+}
+
+#[test]
+fn subscribing_twice_keeps_one_subscription_and_unsubscribe_stops_delivery() {
+    let fanout = LocalFanout::new();
+    let group = GroupId::from_trusted("g");
+    let recorder = Recorder::new("c1");
+    fanout.subscribe(&group, recorder.clone()).unwrap().open(&[]);
+    assert!(fanout.subscribe(&group, recorder.clone()).is_none());
+    assert_eq!(fanout.local_subscribers(&group), 1);
+    fanout.deliver(message("g", 1, "a"));
+    fanout.unsubscribe(&group, &ConnectionId::new("c1"));
+    assert_eq!(fanout.deliver(message("g", 2, "b")), 0);
+    assert_eq!(recorder.take(), vec![Seen::History(vec![]), Seen::Message(MessageId::new(1, 0))]);
+}
+
+#[test]
+fn a_message_is_encoded_once_for_all_recipients() {
+    let delivery = Delivery::new(message("g", 1, "a"));
+    let mut calls = 0;
+    let first = delivery.encoded(0, |_| {
+        calls += 1;
+        bytes::Bytes::from_static(b"x")
+    });
+    let second = delivery.encoded(0, |_| unreachable!("encoded again"));
+    assert_eq!(calls, 1);
+    assert_eq!(first, second);
+}
+
+/// A history store in memory that can be made to fail.
+#[derive(Default)]
+struct FlakyStore {
+    rows: Mutex<BTreeMap<(String, MessageId), Message>>,
+    appends: Mutex<usize>,
+    down: AtomicBool,
+    /// Appends fail, reads still work: a store that is only behind.
+    appends_down: AtomicBool,
+}
+
+impl FlakyStore {
+    fn check_up(&self) -> Result<(), BackendError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(BackendError::new("history", "switched off by the test"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl HistoryStore for FlakyStore {
+    async fn append(&self, messages: &[Message]) -> Result<(), BackendError> {
+        self.check_up()?;
+        if self.appends_down.load(Ordering::SeqCst) {
+            return Err(BackendError::new("history", "appends switched off by the test"));
+        }
+        *self.appends.lock().unwrap() += 1;
+        let mut rows = self.rows.lock().unwrap();
+        for m in messages {
+            rows.entry((m.group.to_string(), m.id)).or_insert_with(|| m.clone());
+        }
+        Ok(())
+    }
+    async fn read(
+        &self,
+        group: &GroupId,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        self.check_up()?;
+        let rows = self.rows.lock().unwrap();
+        let mut out: Vec<Message> = rows
+            .values()
+            .filter(|m| &m.group == group && before.is_none_or(|b| m.id < b))
+            .cloned()
+            .collect();
+        let skip = out.len().saturating_sub(limit);
+        out.drain(..skip);
+        Ok(out)
+    }
+    async fn contains(&self, group: &GroupId, id: MessageId) -> Result<bool, BackendError> {
+        self.check_up()?;
+        Ok(self.rows.lock().unwrap().contains_key(&(group.to_string(), id)))
+    }
+    async fn check(&self) -> Result<(), BackendError> {
+        self.check_up()
+    }
+}
+
+fn writer(store: &Arc<FlakyStore>, save_timeout: Duration) -> HistoryWriter {
+    let config = HistoryWriterConfig { save_timeout, batch_max: 10, unsaved_max: 1000 };
+    HistoryWriter::start(store.clone(), config, Arc::new(NoObserver))
+}
+
+#[tokio::test]
+async fn accepted_messages_are_stored_and_the_sender_waits_for_it() {
+    let store = Arc::new(FlakyStore::default());
+    let history = writer(&store, Duration::from_secs(10));
+    let m = message("g", 1, "a");
+    history.accept(&m);
+    assert!(history.wait_saved(&m.group, m.id).await);
+    assert_eq!(store.rows.lock().unwrap().len(), 1);
+    assert_eq!(history.unsaved_len(), 0);
+}
+
+#[tokio::test]
+async fn while_the_store_is_down_sends_time_out_reads_fail_and_nothing_is_lost() {
+    let store = Arc::new(FlakyStore::default());
+    store.down.store(true, Ordering::SeqCst);
+    let history = writer(&store, Duration::from_millis(50));
+    let group = GroupId::from_trusted("g");
+    for i in 1..=25 {
+        history.accept(&message("g", i, "x"));
+    }
+    assert!(!history.wait_saved(&group, MessageId::new(25, 0)).await, "the wait is bounded");
+    assert!(history.read(&group, None, 100).await.is_err());
+    assert!(history.contains(&group, MessageId::new(3, 0)).await.unwrap(), "unsaved counts");
+
+    store.down.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    assert_eq!(history.flush(deadline).await, 0, "everything is stored once the store is back");
+    let rows = store.rows.lock().unwrap();
+    assert_eq!(rows.len(), 25);
+    assert!(*store.appends.lock().unwrap() >= 3, "batches of at most 10");
+}
+
+#[tokio::test]
+async fn reads_merge_unsaved_messages_in_order() {
+    let store = Arc::new(FlakyStore::default());
+    let history = writer(&store, Duration::from_secs(10));
+    let group = GroupId::from_trusted("g");
+    for i in 1..=3 {
+        let m = message("g", i, "stored");
+        history.accept(&m);
+        assert!(history.wait_saved(&group, m.id).await);
+    }
+    // Appends fail so the next messages stay unsaved, but reads still work.
+    store.appends_down.store(true, Ordering::SeqCst);
+    history.accept(&message("g", 4, "unsaved"));
+    history.accept(&message("g", 5, "unsaved"));
+    assert_eq!(history.unsaved_len(), 2);
+    let all = history.read(&group, None, 4).await.unwrap();
+    let ids: Vec<u64> = all.iter().map(|m| m.id.millis).collect();
+    assert_eq!(ids.len(), 4);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+    assert_eq!(*ids.last().unwrap(), 5);
+    let before = history.read(&group, Some(MessageId::new(3, 0)), 10).await.unwrap();
+    assert_eq!(before.iter().map(|m| m.id.millis).collect::<Vec<_>>(), vec![1, 2]);
+}
