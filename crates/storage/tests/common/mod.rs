@@ -1,0 +1,100 @@
+//! Test support shared by the storage test binaries: a `Recipient` that records
+//! into channels, message builders, and waiting with timeouts.
+
+#![allow(dead_code)] // each test binary uses its own part of this
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use next_chat_core::{
+    ConnectionId, Delivery, GroupId, LocalFanout, Message, MessageId, MessageText, Recipient,
+    UserId,
+};
+use tokio::sync::mpsc;
+
+/// How long a test waits for an event that should come promptly.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn group(name: &str) -> GroupId {
+    GroupId::from_trusted(name)
+}
+
+pub fn user(name: &str) -> UserId {
+    UserId::from_trusted(name)
+}
+
+pub fn connection(name: &str) -> ConnectionId {
+    ConnectionId::new(name)
+}
+
+/// A stored message with a millisecond-precision send time, as stores keep it.
+pub fn message(group_name: &str, millis: u64, seq: u64, text: &str) -> Message {
+    Message {
+        id: MessageId::new(millis, seq),
+        author: user("alice"),
+        group: group(group_name),
+        send_time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + millis),
+        text: MessageText::from_trusted(text),
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{:016x}", rand::random::<u64>())
+}
+
+pub fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Records what fan-out hands it, in order.
+pub struct RecordingRecipient {
+    id: ConnectionId,
+    messages: mpsc::UnboundedSender<Message>,
+}
+
+impl Recipient for RecordingRecipient {
+    fn connection_id(&self) -> &ConnectionId {
+        &self.id
+    }
+
+    fn deliver(&self, delivery: &Delivery) {
+        let _ = self.messages.send(delivery.message.clone());
+    }
+
+    fn deliver_history(&self, _messages: &[Message]) {}
+}
+
+/// Subscribes a recording recipient to `group` on `fanout` and opens it with
+/// an empty history; returns the receiving end.
+pub fn subscribe(
+    fanout: &LocalFanout,
+    group: &GroupId,
+    name: &str,
+) -> mpsc::UnboundedReceiver<Message> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let recipient = Arc::new(RecordingRecipient { id: connection(name), messages: sender });
+    if let Some(pending) = fanout.subscribe(group, recipient) {
+        pending.open(&[]);
+    }
+    receiver
+}
+
+/// The next `n` messages, failing the test if they do not come in time.
+pub async fn receive(receiver: &mut mpsc::UnboundedReceiver<Message>, n: usize) -> Vec<Message> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match tokio::time::timeout(EVENT_TIMEOUT, receiver.recv()).await {
+            Ok(Some(m)) => out.push(m),
+            Ok(None) => panic!("recipient channel closed after {} of {n} messages", out.len()),
+            Err(_) => panic!("timed out after {} of {n} messages", out.len()),
+        }
+    }
+    out
+}
+
+/// Fails if a message arrives within `quiet` (to check that nothing extra came).
+pub async fn expect_nothing(receiver: &mut mpsc::UnboundedReceiver<Message>, quiet: Duration) {
+    if let Ok(Some(m)) = tokio::time::timeout(quiet, receiver.recv()).await {
+        panic!("unexpected message {m:?}");
+    }
+}

@@ -1,0 +1,366 @@
+//! One conformance suite for every backend: each test is a generic function over
+//! a `Fixture`, and `conformance!` instantiates all of them for a backend. The
+//! embedded backends run on a temporary SQLite file; the scale-out ones on the
+//! machine's Redis and MariaDB, each test with its own key prefix and database,
+//! removed afterwards, so the tests run in parallel and can be rerun.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::*;
+use next_chat_core::{
+    HistoryStore, JoinOutcome, LocalFanout, Membership, Message, MessageId, MessageText, Messaging,
+    NewMessage,
+};
+
+/// One backend set under test. Dropping it removes what the test created.
+#[async_trait]
+trait Fixture: Sized + Send + Sync + 'static {
+    async fn start() -> Self;
+    fn membership(&self) -> Arc<dyn Membership>;
+    fn history(&self) -> Arc<dyn HistoryStore>;
+    /// A messaging backend delivering to `fanout`.
+    async fn messaging(&self, fanout: Arc<LocalFanout>) -> Arc<dyn Messaging>;
+}
+
+// ---------------------------------------------------------------- the suite
+
+async fn groups_are_created_once_and_listed_in_code_point_order<F: Fixture>() {
+    let fixture = F::start().await;
+    let membership = fixture.membership();
+    let names = ["b", "a", "B", "é", "z", "ä", "日本", "Z", "a b", "😀"];
+    for name in names {
+        membership.create_group(&group(name)).await.unwrap();
+    }
+    // Creating one that exists is not an error.
+    membership.create_group(&group("a")).await.unwrap();
+    assert!(membership.group_exists(&group("é")).await.unwrap());
+    assert!(!membership.group_exists(&group("A")).await.unwrap(), "case-sensitive");
+    assert!(!membership.group_exists(&group("nope")).await.unwrap());
+
+    let mut expected: Vec<&str> = names.to_vec();
+    expected.sort(); // str order is code-point order
+    let all = membership.list_groups(None, 1000).await.unwrap();
+    let all: Vec<&str> = all.iter().map(|g| g.as_str()).collect();
+    assert_eq!(all, expected);
+
+    // Paging by `after`, three at a time, yields the same sequence.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = membership.list_groups(after.as_ref(), 3).await.unwrap();
+        assert!(page.len() <= 3);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().cloned();
+        paged.extend(page.iter().map(|g| g.as_str().to_string()));
+    }
+    assert_eq!(paged, expected);
+    // `after` need not be a group: it is a position.
+    let page = membership.list_groups(Some(&group("b0")), 2).await.unwrap();
+    let page: Vec<&str> = page.iter().map(|g| g.as_str()).collect();
+    assert_eq!(page, vec!["z", "ä"]);
+}
+
+async fn a_user_on_two_connections_counts_once<F: Fixture>() {
+    let fixture = F::start().await;
+    let membership = fixture.membership();
+    let g = group("room");
+    membership.create_group(&g).await.unwrap();
+    let alice = user("alice");
+    assert_eq!(
+        membership.join(&g, &alice, &connection("c1"), 20).await.unwrap(),
+        JoinOutcome::Joined
+    );
+    assert_eq!(
+        membership.join(&g, &alice, &connection("c2"), 20).await.unwrap(),
+        JoinOutcome::Joined
+    );
+    assert_eq!(membership.member_count(&g).await.unwrap(), 1);
+    membership.leave(&g, &alice, &connection("c1")).await.unwrap();
+    assert_eq!(membership.member_count(&g).await.unwrap(), 1, "c2 is still joined");
+    membership.leave(&g, &alice, &connection("c2")).await.unwrap();
+    assert_eq!(membership.member_count(&g).await.unwrap(), 0);
+    // Leaving a group one is not in, or one that has no members, is fine.
+    membership.leave(&g, &alice, &connection("c2")).await.unwrap();
+    membership.leave(&group("other"), &alice, &connection("c1")).await.unwrap();
+}
+
+async fn the_twenty_first_user_finds_no_room_until_a_place_is_freed<F: Fixture>() {
+    let fixture = F::start().await;
+    let membership = fixture.membership();
+    let g = group("full");
+    membership.create_group(&g).await.unwrap();
+    for i in 0..20 {
+        let outcome =
+            membership.join(&g, &user(&format!("u{i}")), &connection(&format!("c{i}")), 20).await;
+        assert_eq!(outcome.unwrap(), JoinOutcome::Joined, "user {i}");
+    }
+    let late = user("late");
+    assert_eq!(
+        membership.join(&g, &late, &connection("cl"), 20).await.unwrap(),
+        JoinOutcome::NoRoom
+    );
+    assert_eq!(membership.member_count(&g).await.unwrap(), 20, "NoRoom changes nothing");
+    // A member on another connection still gets in.
+    assert_eq!(
+        membership.join(&g, &user("u3"), &connection("c3-bis"), 20).await.unwrap(),
+        JoinOutcome::Joined
+    );
+    // A leave by a connection that is not the member's frees nothing.
+    membership.leave(&g, &user("u5"), &connection("not-c5")).await.unwrap();
+    assert_eq!(
+        membership.join(&g, &late, &connection("cl"), 20).await.unwrap(),
+        JoinOutcome::NoRoom
+    );
+    membership.leave(&g, &user("u5"), &connection("c5")).await.unwrap();
+    assert_eq!(membership.member_count(&g).await.unwrap(), 19);
+    assert_eq!(
+        membership.join(&g, &late, &connection("cl"), 20).await.unwrap(),
+        JoinOutcome::Joined
+    );
+    assert_eq!(membership.member_count(&g).await.unwrap(), 20);
+    assert_eq!(
+        membership.join(&g, &user("u5"), &connection("c5"), 20).await.unwrap(),
+        JoinOutcome::NoRoom,
+        "the freed place was taken"
+    );
+}
+
+async fn joins_racing_for_the_last_places_admit_exactly_the_maximum<F: Fixture>() {
+    let fixture = F::start().await;
+    let membership = fixture.membership();
+    let g = group("race");
+    membership.create_group(&g).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let membership = Arc::clone(&membership);
+        let g = g.clone();
+        tasks.push(tokio::spawn(async move {
+            membership.join(&g, &user(&format!("u{i}")), &connection(&format!("c{i}")), 20).await
+        }));
+    }
+    let mut joined = 0;
+    for task in tasks {
+        if task.await.unwrap().unwrap() == JoinOutcome::Joined {
+            joined += 1;
+        }
+    }
+    assert_eq!(joined, 20);
+    assert_eq!(membership.member_count(&g).await.unwrap(), 20);
+}
+
+async fn appending_the_same_batch_twice_stores_it_once<F: Fixture>() {
+    let fixture = F::start().await;
+    let history = fixture.history();
+    let batch: Vec<Message> = (0..5).map(|i| message("g", 1000 + i, 0, &format!("m{i}"))).collect();
+    history.append(&batch).await.unwrap();
+    history.append(&batch).await.unwrap();
+    // Overlapping batches too.
+    history.append(&batch[3..]).await.unwrap();
+    history.append(&[]).await.unwrap();
+    let stored = history.read(&group("g"), None, 100).await.unwrap();
+    assert_eq!(stored, batch);
+}
+
+async fn history_reads_latest_and_before_oldest_first<F: Fixture>() {
+    let fixture = F::start().await;
+    let history = fixture.history();
+    // Ids with sequences past 9 and millis of different lengths: ordering must
+    // be numeric, not textual.
+    let mut all = Vec::new();
+    for (millis, seq) in [(999, 0), (999, 1), (1000, 0), (1000, 2), (1000, 9), (1000, 10)] {
+        all.push(message("room", millis, seq, &format!("{millis}-{seq}")));
+    }
+    for seq in 0..5 {
+        all.push(message("room", 10_000, seq, "later"));
+    }
+    // Appended out of order and in two batches.
+    let mut shuffled = all.clone();
+    shuffled.reverse();
+    history.append(&shuffled[..4]).await.unwrap();
+    history.append(&shuffled[4..]).await.unwrap();
+    // Other groups, including one that differs only in case, stay apart.
+    history
+        .append(&[message("Room", 1000, 1, "other"), message("room2", 1000, 1, "x")])
+        .await
+        .unwrap();
+
+    let g = group("room");
+    assert_eq!(history.read(&g, None, 100).await.unwrap(), all);
+    assert_eq!(history.read(&g, None, 3).await.unwrap(), all[8..].to_vec());
+    let before = MessageId::new(1000, 10);
+    assert_eq!(history.read(&g, Some(before), 3).await.unwrap(), all[2..5].to_vec());
+    assert_eq!(history.read(&g, Some(before), 100).await.unwrap(), all[..5].to_vec());
+    assert_eq!(history.read(&g, Some(MessageId::new(999, 0)), 10).await.unwrap(), vec![]);
+    assert_eq!(history.read(&group("nobody"), None, 10).await.unwrap(), vec![]);
+
+    assert!(history.contains(&g, MessageId::new(1000, 10)).await.unwrap());
+    assert!(!history.contains(&g, MessageId::new(1000, 1)).await.unwrap());
+    assert!(history.contains(&group("Room"), MessageId::new(1000, 1)).await.unwrap());
+    assert!(!history.contains(&group("ROOM"), MessageId::new(1000, 1)).await.unwrap());
+}
+
+async fn history_keeps_the_longest_text_and_any_characters<F: Fixture>() {
+    let fixture = F::start().await;
+    let history = fixture.history();
+    // 16384 characters of 4 bytes each: 64 KiB, more than a MySQL TEXT holds.
+    let long = "😀".repeat(16384);
+    let odd = "line 1\nline 2\t\u{0}end 'quoted' \"double\" \\ é日本";
+    let batch = vec![message("g😀", 1, 0, &long), message("g😀", 1, 1, odd)];
+    history.append(&batch).await.unwrap();
+    assert_eq!(history.read(&group("g😀"), None, 10).await.unwrap(), batch);
+}
+
+fn draft(group_name: &str, text: &str) -> NewMessage {
+    NewMessage {
+        author: user("alice"),
+        group: group(group_name),
+        text: MessageText::from_trusted(text),
+    }
+}
+
+async fn published_messages_get_increasing_ids_and_are_delivered_in_order<F: Fixture>() {
+    let fixture = F::start().await;
+    let fanout = Arc::new(LocalFanout::new());
+    let messaging = fixture.messaging(Arc::clone(&fanout)).await;
+    let g = group("talk");
+    let mut first = subscribe(&fanout, &g, "c1");
+    let mut second = subscribe(&fanout, &g, "c2");
+    let mut elsewhere = subscribe(&fanout, &group("elsewhere"), "c3");
+
+    let accepted = Mutex::new(Vec::new());
+    let mut published = Vec::new();
+    for i in 0..50 {
+        let on_accepted = |m: &Message| accepted.lock().unwrap().push(m.clone());
+        let message =
+            messaging.publish(draft("talk", &format!("m{i}")), &on_accepted).await.unwrap();
+        assert_eq!(message.group, g);
+        assert_eq!(message.text.as_str(), format!("m{i}"));
+        published.push(message);
+    }
+    assert_eq!(*accepted.lock().unwrap(), published, "on_accepted saw each message once");
+    assert!(published.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+    assert_eq!(receive(&mut first, 50).await, published);
+    assert_eq!(receive(&mut second, 50).await, published);
+    expect_nothing(&mut first, Duration::from_millis(100)).await;
+    expect_nothing(&mut elsewhere, Duration::from_millis(1)).await;
+    messaging.shutdown().await;
+}
+
+async fn concurrent_publishers_are_seen_in_one_order<F: Fixture>() {
+    let fixture = F::start().await;
+    let fanout = Arc::new(LocalFanout::new());
+    let messaging = fixture.messaging(Arc::clone(&fanout)).await;
+    let g = group("busy");
+    let mut first = subscribe(&fanout, &g, "c1");
+    let mut second = subscribe(&fanout, &g, "c2");
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let messaging = Arc::clone(&messaging);
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..25 {
+                let m = messaging.publish(draft("busy", &format!("{t}/{i}")), &|_| {}).await;
+                ids.push(m.unwrap().id);
+            }
+            ids
+        }));
+    }
+    let mut published = BTreeSet::new();
+    for task in tasks {
+        let ids = task.await.unwrap();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "one publisher's ids increase");
+        published.extend(ids);
+    }
+    assert_eq!(published.len(), 100, "ids are unique");
+    let seen_first: Vec<MessageId> = receive(&mut first, 100).await.iter().map(|m| m.id).collect();
+    let seen_second: Vec<MessageId> =
+        receive(&mut second, 100).await.iter().map(|m| m.id).collect();
+    assert_eq!(seen_first, seen_second, "both subscribers see one order");
+    assert_eq!(seen_first, published.into_iter().collect::<Vec<_>>(), "delivered in id order");
+    messaging.shutdown().await;
+}
+
+async fn backends_answer_check<F: Fixture>() {
+    let fixture = F::start().await;
+    fixture.membership().check().await.unwrap();
+    fixture.history().check().await.unwrap();
+    let messaging = fixture.messaging(Arc::new(LocalFanout::new())).await;
+    messaging.check().await.unwrap();
+    messaging.shutdown().await;
+}
+
+macro_rules! conformance {
+    ($module:ident, $fixture:ty) => {
+        mod $module {
+            use super::*;
+
+            conformance!(@tests $fixture;
+                groups_are_created_once_and_listed_in_code_point_order,
+                a_user_on_two_connections_counts_once,
+                the_twenty_first_user_finds_no_room_until_a_place_is_freed,
+                joins_racing_for_the_last_places_admit_exactly_the_maximum,
+                appending_the_same_batch_twice_stores_it_once,
+                history_reads_latest_and_before_oldest_first,
+                history_keeps_the_longest_text_and_any_characters,
+                published_messages_get_increasing_ids_and_are_delivered_in_order,
+                concurrent_publishers_are_seen_in_one_order,
+                backends_answer_check,
+            );
+        }
+    };
+    (@tests $fixture:ty; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test::<$fixture>().await;
+            }
+        )*
+    };
+}
+
+// ------------------------------------------------------------- embedded
+
+mod embedded_fixture {
+    use super::*;
+    use next_chat_storage::{EmbeddedMembership, InProcessMessaging, SqliteStore};
+
+    pub struct Embedded {
+        // Held so the database file outlives the test.
+        _dir: tempfile::TempDir,
+        store: SqliteStore,
+        membership: Arc<EmbeddedMembership>,
+    }
+
+    #[async_trait]
+    impl Fixture for Embedded {
+        async fn start() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("chat.db").display());
+            let store = SqliteStore::open(&url).await.unwrap();
+            let membership = Arc::new(EmbeddedMembership::new(store.clone()));
+            Embedded { _dir: dir, store, membership }
+        }
+
+        fn membership(&self) -> Arc<dyn Membership> {
+            self.membership.clone()
+        }
+
+        fn history(&self) -> Arc<dyn HistoryStore> {
+            Arc::new(self.store.clone())
+        }
+
+        async fn messaging(&self, fanout: Arc<LocalFanout>) -> Arc<dyn Messaging> {
+            let floor = self.store.latest_id().await.unwrap().unwrap_or(MessageId::MIN);
+            Arc::new(InProcessMessaging::new(fanout, floor))
+        }
+    }
+}
+
+conformance!(embedded, embedded_fixture::Embedded);
