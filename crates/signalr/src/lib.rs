@@ -1,1 +1,17 @@
-//! The ASP.NET Core SignalR hub protocol, server side.
+//! The ASP.NET Core SignalR hub protocol, server side, knowing nothing of chat.
+//!
+//! The codec half ([`value`], [`protocol`], [`json`], [`msgpack`], [`handshake`],
+//! [`negotiate`]) is usable on its own, by clients too. The [`server`] half serves a
+//! [`server::Hub`] over WebSockets, Server-Sent Events and Long Polling as stock
+//! SignalR clients expect.
+
+pub mod handshake;
+pub mod json;
+pub mod msgpack;
+pub mod negotiate;
+pub mod protocol;
+pub mod value;
+
+pub use negotiate::Transport;
+pub use protocol::{Decoder, HubMessage, Outcome, Protocol, ProtocolError};
+pub use value::Value;
