@@ -1,0 +1,130 @@
+//! Interop with stock SignalR clients, unchanged: the official JavaScript client
+//! (`@microsoft/signalr`, tests/interop/js) and the Python client (`signalrcore`,
+//! tests/interop/python), each against a real server in embedded mode and in
+//! Redis/MySQL mode. The suites are scripts in their own languages; this file
+//! starts the server, runs a suite against it and fails with the suite's output,
+//! so that their results are part of the test summary.
+//!
+//! The suites' dependencies (tests/interop/js/node_modules, .venv) are installed
+//! by scripts/test. Without them these tests fail, saying so: a missing client
+//! must never look like a passing interop test.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use next_chat_testkit::{ScaleOut, TestServer};
+use tokio::process::Command;
+
+/// A whole suite run. The JavaScript suite idles connections for 40 s on purpose
+/// (keep-alive checks) and each step has its own 15 s deadline, so this only
+/// stops a suite that hangs outright.
+const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Copy)]
+enum Suite {
+    JavaScript,
+    Python,
+}
+
+fn repo_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+impl Suite {
+    /// The program and arguments that run this suite against `url`, after checking
+    /// that scripts/test installed what it needs.
+    fn command(self, root: &Path, url: &str) -> (PathBuf, Vec<String>) {
+        match self {
+            Suite::JavaScript => {
+                let installed =
+                    root.join("tests/interop/js/node_modules/@microsoft/signalr/package.json");
+                assert!(
+                    installed.exists(),
+                    "the JavaScript interop suite's packages are not installed ({} is missing): \
+                     run scripts/test, which runs `npm ci` in tests/interop/js",
+                    installed.display()
+                );
+                let script = root.join("tests/interop/js/interop.js");
+                (PathBuf::from("node"), vec![script.display().to_string(), url.to_string()])
+            }
+            Suite::Python => {
+                let python = root.join(".venv/bin/python");
+                assert!(
+                    python.exists(),
+                    "the Python interop suite's virtualenv is missing ({}): run scripts/test, which \
+                     creates .venv and installs tests/requirements.txt",
+                    python.display()
+                );
+                let script = root.join("tests/interop/python/interop.py");
+                (python, vec![script.display().to_string(), url.to_string()])
+            }
+        }
+    }
+}
+
+/// Runs `suite` against the server at `url` and fails with its output unless it exits 0.
+async fn run_suite(suite: Suite, url: &str) {
+    let root = repo_root();
+    let (program, args) = suite.command(&root, url);
+    let child = Command::new(&program)
+        .args(&args)
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} (run scripts/test to install the interop suites): {e}",
+                program.display()
+            )
+        });
+    let output = tokio::time::timeout(SUITE_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{} {args:?} did not finish within {SUITE_TIMEOUT:?}", program.display())
+        })
+        .expect("wait for the interop suite");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Shown by the test runner on failure, and with --no-capture on success.
+    println!("{stdout}");
+    if !stderr.trim().is_empty() {
+        println!("stderr:\n{stderr}");
+    }
+    assert!(
+        output.status.success(),
+        "{} {args:?} failed ({}):\n{stdout}\nstderr:\n{stderr}",
+        program.display(),
+        output.status
+    );
+}
+
+#[tokio::test]
+async fn js_embedded() {
+    let server = TestServer::embedded().await;
+    run_suite(Suite::JavaScript, &server.url).await;
+}
+
+#[tokio::test]
+async fn js_scaleout() {
+    let scale = ScaleOut::create();
+    let server = TestServer::start(scale.args()).await;
+    run_suite(Suite::JavaScript, &server.url).await;
+}
+
+#[tokio::test]
+async fn python_embedded() {
+    let server = TestServer::embedded().await;
+    run_suite(Suite::Python, &server.url).await;
+}
+
+#[tokio::test]
+async fn python_scaleout() {
+    let scale = ScaleOut::create();
+    let server = TestServer::start(scale.args()).await;
+    run_suite(Suite::Python, &server.url).await;
+}
