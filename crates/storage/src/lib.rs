@@ -11,9 +11,16 @@
 
 mod clock;
 pub mod embedded;
+mod health;
 pub mod memory;
+pub mod mysql;
+pub mod reconcile;
+pub mod redis;
 pub mod sqlite;
 
 pub use embedded::EmbeddedMembership;
 pub use memory::InProcessMessaging;
+pub use mysql::MySqlHistory;
+pub use reconcile::{ExistingMessages, ReconcilerConfig, RoundReport, StreamHistoryReconciler};
+pub use redis::{RedisConfig, RedisMembership, RedisMessaging};
 pub use sqlite::SqliteStore;

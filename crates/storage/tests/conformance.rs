@@ -364,3 +364,42 @@ mod embedded_fixture {
 }
 
 conformance!(embedded, embedded_fixture::Embedded);
+
+// ------------------------------------------------------------- Redis + MySQL
+
+mod scale_out_fixture {
+    use super::*;
+    use next_chat_storage::{MySqlHistory, RedisMembership, RedisMessaging, mysql};
+
+    pub struct ScaleOut {
+        membership: Arc<RedisMembership>,
+        history: Arc<MySqlHistory>,
+        // Last, so the keys and database are removed after everything else let go.
+        names: ScaleOutNames,
+    }
+
+    #[async_trait]
+    impl Fixture for ScaleOut {
+        async fn start() -> Self {
+            let names = ScaleOutNames::new();
+            mysql::migrate(&names.mysql_url()).await.unwrap();
+            let history = Arc::new(MySqlHistory::connect(&names.mysql_url(), false).await.unwrap());
+            let membership = Arc::new(RedisMembership::start(names.redis_config()).await.unwrap());
+            ScaleOut { membership, history, names }
+        }
+
+        fn membership(&self) -> Arc<dyn Membership> {
+            self.membership.clone()
+        }
+
+        fn history(&self) -> Arc<dyn HistoryStore> {
+            self.history.clone()
+        }
+
+        async fn messaging(&self, fanout: Arc<LocalFanout>) -> Arc<dyn Messaging> {
+            Arc::new(RedisMessaging::start(self.names.redis_config(), fanout).await.unwrap())
+        }
+    }
+}
+
+conformance!(redis_mysql, scale_out_fixture::ScaleOut);

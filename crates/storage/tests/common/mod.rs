@@ -98,3 +98,74 @@ pub async fn expect_nothing(receiver: &mut mpsc::UnboundedReceiver<Message>, qui
         panic!("unexpected message {m:?}");
     }
 }
+
+/// The machine's shared services; tests use them only under names of their own.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const MYSQL_SERVER_URL: &str = "mysql://root@127.0.0.1:3306";
+
+/// A Redis key prefix and a MariaDB database of one test's own, removed when
+/// dropped (even when the test fails), so tests run in parallel and rerun.
+pub struct ScaleOutNames {
+    pub key_prefix: String,
+    pub database: String,
+    pub redis_url: String,
+}
+
+impl ScaleOutNames {
+    pub fn new() -> ScaleOutNames {
+        ScaleOutNames {
+            key_prefix: unique("nc_test:") + ":",
+            database: unique("nc_test_"),
+            redis_url: REDIS_URL.to_string(),
+        }
+    }
+
+    pub fn mysql_url(&self) -> String {
+        format!("{MYSQL_SERVER_URL}/{}", self.database)
+    }
+
+    pub fn redis_config(&self) -> next_chat_storage::RedisConfig {
+        next_chat_storage::RedisConfig {
+            url: self.redis_url.clone(),
+            key_prefix: self.key_prefix.clone(),
+            stream_shards: 2,
+            instance_id: unique("instance-"),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for ScaleOutNames {
+    fn drop(&mut self) {
+        let prefix = self.key_prefix.clone();
+        let database = self.database.clone();
+        let redis_url = self.redis_url.clone();
+        // Drop cannot await; clean up on a thread with a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let Ok(runtime) = runtime else { return };
+            runtime.block_on(async move {
+                if let Ok(client) = redis::Client::open(redis_url.as_str())
+                    && let Ok(mut redis) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{prefix}*"))
+                        .query_async(&mut redis)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<(), _> =
+                            redis::cmd("DEL").arg(keys).query_async(&mut redis).await;
+                    }
+                }
+                use sqlx::Connection;
+                if let Ok(mut mysql) = sqlx::MySqlConnection::connect(MYSQL_SERVER_URL).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{database}`"))
+                        .execute(&mut mysql)
+                        .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}

@@ -1,0 +1,279 @@
+//! Writes to history, from the Redis streams, what no instance stored: if an
+//! instance dies while MySQL is down, the messages it accepted are still in the
+//! streams, and this copies them into MySQL once it is back.
+//!
+//! Every `interval`, the one instance holding a Redis lock walks each stream
+//! from its stored watermark up to entries older than `settle` (younger ones are
+//! still being stored by their instance's history writer), asks the store which
+//! of a batch it already has (one query per batch), appends the rest through the
+//! idempotent `HistoryStore::append`, and advances the watermark. A failure
+//! leaves the watermark where it was, so the next round retries.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::redis::Script;
+use ::redis::aio::ConnectionManager;
+use ::redis::streams::StreamRangeReply;
+use async_trait::async_trait;
+use next_chat_core::{BackendError, GroupId, HistoryStore, Message, MessageId};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::health::Health;
+use crate::redis::{RedisConfig, message_of_entry, run};
+
+/// A history store that can say which of many messages it holds in one query.
+#[async_trait]
+pub trait ExistingMessages: HistoryStore {
+    /// The subset of `keys` that is stored.
+    async fn existing(
+        &self,
+        keys: &[(GroupId, MessageId)],
+    ) -> Result<HashSet<(GroupId, MessageId)>, BackendError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    /// How often a round runs.
+    pub interval: Duration,
+    /// Entries younger than this are left to the history writer of the
+    /// instance that accepted them.
+    pub settle: Duration,
+    /// Entries read, looked up and appended at a time.
+    pub batch: usize,
+    /// Most batches per stream in one round, so a round fits well inside `lock_ttl`.
+    pub max_batches_per_round: usize,
+    /// How long the lock holds if its holder dies mid-round.
+    pub lock_ttl: Duration,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        ReconcilerConfig {
+            interval: Duration::from_secs(10),
+            settle: Duration::from_secs(5),
+            batch: 500,
+            max_batches_per_round: 100,
+            lock_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// False when another instance held the lock.
+    pub ran: bool,
+    /// Stream entries looked at.
+    pub scanned: usize,
+    /// Messages that history lacked and that were appended.
+    pub inserted: usize,
+}
+
+/// Deletes the lock only if this instance still holds it.
+const UNLOCK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+struct Inner {
+    redis: RedisConfig,
+    config: ReconcilerConfig,
+    connection: ConnectionManager,
+    store: Arc<dyn ExistingMessages>,
+    health: Health,
+    unlock: Script,
+}
+
+pub struct StreamHistoryReconciler {
+    inner: Arc<Inner>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl StreamHistoryReconciler {
+    /// Connects to Redis and starts running a round every `config.interval`.
+    pub async fn start(
+        redis: RedisConfig,
+        config: ReconcilerConfig,
+        store: Arc<dyn ExistingMessages>,
+    ) -> Result<StreamHistoryReconciler, BackendError> {
+        let connection = redis.manager().await?;
+        let inner = Arc::new(Inner {
+            redis,
+            config,
+            connection,
+            store,
+            health: Health::new("history reconciler"),
+            unlock: Script::new(UNLOCK_SCRIPT),
+        });
+        let task = tokio::spawn(round_loop(Arc::clone(&inner)));
+        Ok(StreamHistoryReconciler { inner, task: Mutex::new(Some(task)) })
+    }
+
+    /// Runs one round now (the background task also runs them).
+    pub async fn run_round(&self) -> Result<RoundReport, BackendError> {
+        self.inner.round().await
+    }
+
+    /// Stops the background rounds.
+    pub fn shutdown(&self) {
+        let task = self.task.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for StreamHistoryReconciler {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn round_loop(inner: Arc<Inner>) {
+    let mut ticks = tokio::time::interval(inner.config.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match inner.round().await {
+            Ok(report) if report.inserted > 0 => {
+                info!(inserted = report.inserted, "stored messages that history lacked");
+            }
+            Ok(_) => {}
+            // Logged once per outage by `Health`; this line says what failed.
+            Err(error) if !inner.health.is_down() => warn!(%error, "reconciler round failed"),
+            Err(_) => {}
+        }
+    }
+}
+
+impl Inner {
+    fn lock_key(&self) -> String {
+        format!("{}reconcile:lock", self.redis.key_prefix)
+    }
+
+    fn watermark_key(&self, shard: usize) -> String {
+        format!("{}reconcile:watermark:{}", self.redis.key_prefix, shard)
+    }
+
+    async fn round(&self) -> Result<RoundReport, BackendError> {
+        let mut connection = self.connection.clone();
+        let lock_key = self.lock_key();
+        let me = &self.redis.instance_id;
+        let locked: Option<String> = run(&self.redis, &self.health, "take reconcile lock", async {
+            ::redis::cmd("SET")
+                .arg(&lock_key)
+                .arg(me)
+                .arg("NX")
+                .arg("PX")
+                .arg(self.config.lock_ttl.as_millis() as u64)
+                .query_async(&mut connection)
+                .await
+        })
+        .await?;
+        if locked.is_none() {
+            return Ok(RoundReport::default());
+        }
+        let result = self.walk_streams(&mut connection).await;
+        let mut invocation = self.unlock.prepare_invoke();
+        invocation.key(&lock_key).arg(me);
+        let _ = run(&self.redis, &self.health, "release reconcile lock", async {
+            invocation.invoke_async::<i64>(&mut connection).await
+        })
+        .await;
+        result
+    }
+
+    async fn walk_streams(
+        &self,
+        connection: &mut ConnectionManager,
+    ) -> Result<RoundReport, BackendError> {
+        let (seconds, micros): (u64, u64) = run(&self.redis, &self.health, "read time", async {
+            ::redis::cmd("TIME").query_async(connection).await
+        })
+        .await?;
+        // Redis's clock, the one stream ids come from.
+        let now_ms = seconds * 1000 + micros / 1000;
+        let cutoff = now_ms.saturating_sub(self.config.settle.as_millis() as u64);
+        let mut report = RoundReport { ran: true, ..RoundReport::default() };
+        for shard in 0..self.redis.stream_shards {
+            self.walk_stream(connection, shard, cutoff, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    async fn walk_stream(
+        &self,
+        connection: &mut ConnectionManager,
+        shard: usize,
+        cutoff: u64,
+        report: &mut RoundReport,
+    ) -> Result<(), BackendError> {
+        let stream = self.redis.stream_key(shard);
+        let watermark_key = self.watermark_key(shard);
+        let watermark: Option<String> = run(&self.redis, &self.health, "read watermark", async {
+            ::redis::cmd("GET").arg(&watermark_key).query_async(connection).await
+        })
+        .await?;
+        let mut start = match watermark {
+            Some(id) => format!("({id}"),
+            None => "-".to_string(),
+        };
+        for _ in 0..self.config.max_batches_per_round {
+            let range: StreamRangeReply = run(&self.redis, &self.health, "read stream", async {
+                ::redis::cmd("XRANGE")
+                    .arg(&stream)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(self.config.batch)
+                    .query_async(connection)
+                    .await
+            })
+            .await?;
+            let fetched = range.ids.len();
+            let mut last_taken = None;
+            let mut messages: Vec<Message> = Vec::with_capacity(fetched);
+            for entry in &range.ids {
+                let Ok(id) = entry.id.parse::<MessageId>() else { continue };
+                if id.millis >= cutoff {
+                    break;
+                }
+                last_taken = Some(entry.id.clone());
+                if let Some(message) = message_of_entry(&entry.id, &entry.map) {
+                    messages.push(message);
+                }
+            }
+            let Some(last_taken) = last_taken else { break };
+            report.scanned += messages.len();
+            let keys: Vec<(GroupId, MessageId)> =
+                messages.iter().map(|m| (m.group.clone(), m.id)).collect();
+            let stored = self.store.existing(&keys).await?;
+            let missing: Vec<Message> = messages
+                .into_iter()
+                .filter(|m| !stored.contains(&(m.group.clone(), m.id)))
+                .collect();
+            if !missing.is_empty() {
+                self.store.append(&missing).await?;
+                report.inserted += missing.len();
+            }
+            run(&self.redis, &self.health, "advance watermark", async {
+                ::redis::cmd("SET")
+                    .arg(&watermark_key)
+                    .arg(&last_taken)
+                    .query_async::<()>(connection)
+                    .await
+            })
+            .await?;
+            start = format!("({last_taken}");
+            if fetched < self.config.batch {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

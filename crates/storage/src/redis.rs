@@ -1,0 +1,851 @@
+//! The scale-out messaging and membership, shared by every instance through Redis.
+//!
+//! Messaging uses Redis Streams, not pub/sub: an accepted message is appended
+//! with XADD (approximate MAXLEN trimming), and every instance reads new entries
+//! with a blocking XREAD on a connection of its own and hands them to its
+//! `LocalFanout`. The stream entry id is the message id, so all members
+//! everywhere see one order. Groups are spread over `stream_shards` streams by a
+//! stable hash; one XREAD reads them all. When Redis goes away the reader
+//! reconnects and resumes after the last id it delivered, so nothing accepted
+//! meanwhile is missed.
+//!
+//! Membership keeps the group list in a sorted set (ZRANGEBYLEX orders by bytes,
+//! which for UTF-8 is code-point order) and each group's members in a sorted set
+//! of `user \x1f instance` scored by expiry time (Redis's clock). Each instance
+//! refreshes its own entries on a heartbeat, so the members of an instance that
+//! died are dropped within `member_ttl`. The room check is a Lua script, so two
+//! instances racing for the last place cannot both win.
+//!
+//! Keys, all under `key_prefix`:
+//! - `groups`: sorted set of group ids, all scored 0.
+//! - `members:<group>`: sorted set of `<user>\x1f<instance>`, scored by expiry (ms).
+//! - `stream:<shard>`: stream of messages with fields `g` (group), `a` (author), `t` (text).
+//! - `reconcile:lock`, `reconcile:watermark:<shard>`: see `reconcile`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use ::redis::streams::StreamReadReply;
+use ::redis::{AsyncConnectionConfig, Client, FromRedisValue, Script, Value};
+use async_trait::async_trait;
+use next_chat_core::{
+    BackendError, ConnectionId, GroupId, JoinOutcome, LocalFanout, Membership, Message, MessageId,
+    MessageText, Messaging, NewMessage, OnAccepted, UserId,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use crate::clock::time_of;
+use crate::health::Health;
+
+const BACKEND: &str = "redis";
+
+/// Separates user and instance in a member entry; neither may contain control
+/// characters, so the split is unambiguous.
+const MEMBER_SEPARATOR: char = '\u{1f}';
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// e.g. `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// Put before every key, so several deployments (or tests) share one Redis.
+    pub key_prefix: String,
+    /// How many streams the groups are spread over.
+    pub stream_shards: usize,
+    /// Approximate length each stream is trimmed to. The streams only need to
+    /// hold what readers and the reconciler have not yet caught up with.
+    pub stream_maxlen: usize,
+    /// How long a member entry lives without a heartbeat: the most a crashed
+    /// instance's members keep their places.
+    pub member_ttl: Duration,
+    /// How often an instance refreshes its members' expiry; well below `member_ttl`.
+    pub heartbeat_interval: Duration,
+    /// The longest any command may take before it fails, so nothing hangs
+    /// while Redis is away.
+    pub command_timeout: Duration,
+    /// The longest a connection attempt may take.
+    pub connect_timeout: Duration,
+    /// How long one blocking XREAD waits for new entries.
+    pub read_block: Duration,
+    /// Most entries one XREAD returns.
+    pub read_batch: usize,
+    /// The longest pause between reconnection attempts of the stream reader.
+    pub reconnect_delay_max: Duration,
+    /// Names this instance in member entries; unique per running instance.
+    pub instance_id: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "nc:".into(),
+            stream_shards: 1,
+            stream_maxlen: 100_000,
+            member_ttl: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            read_block: Duration::from_secs(5),
+            read_batch: 1000,
+            reconnect_delay_max: Duration::from_secs(1),
+            instance_id: default_instance_id(),
+        }
+    }
+}
+
+/// The process id and start time: unique enough among running instances.
+fn default_instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{:x}", std::process::id(), nanos)
+}
+
+impl RedisConfig {
+    pub(crate) fn groups_key(&self) -> String {
+        format!("{}groups", self.key_prefix)
+    }
+
+    pub(crate) fn members_key(&self, group: &GroupId) -> String {
+        format!("{}members:{}", self.key_prefix, group.as_str())
+    }
+
+    pub(crate) fn stream_key(&self, shard: usize) -> String {
+        format!("{}stream:{}", self.key_prefix, shard)
+    }
+
+    pub(crate) fn stream_keys(&self) -> Vec<String> {
+        (0..self.stream_shards).map(|shard| self.stream_key(shard)).collect()
+    }
+
+    /// The shard of a group: FNV-1a of its bytes, stable across processes and
+    /// versions (std's hasher is neither).
+    pub(crate) fn shard_of(&self, group: &GroupId) -> usize {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in group.as_str().bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        (hash % self.stream_shards as u64) as usize
+    }
+
+    fn validate(&self) -> Result<(), BackendError> {
+        if self.stream_shards == 0 {
+            return Err(BackendError::new(BACKEND, "stream_shards must be at least 1"));
+        }
+        if self.heartbeat_interval >= self.member_ttl {
+            return Err(BackendError::new(
+                BACKEND,
+                "heartbeat_interval must be shorter than member_ttl",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn client(&self) -> Result<Client, BackendError> {
+        Client::open(self.url.as_str())
+            .map_err(|e| BackendError::new(BACKEND, format!("bad url '{}': {e}", self.url)))
+    }
+
+    /// A self-healing connection for ordinary commands. Reconnection is tried
+    /// once per failed command, so a command fails fast while Redis is away.
+    pub(crate) async fn manager(&self) -> Result<ConnectionManager, BackendError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.connect_timeout)
+            .set_response_timeout(self.command_timeout)
+            .set_number_of_retries(1)
+            .set_max_delay(100);
+        let client = self.client()?;
+        let connecting = client.get_connection_manager_with_config(config);
+        match tokio::time::timeout(self.connect_timeout + self.command_timeout, connecting).await {
+            Ok(Ok(manager)) => Ok(manager),
+            Ok(Err(e)) => Err(BackendError::new(BACKEND, format!("cannot connect: {e}"))),
+            Err(_) => Err(BackendError::new(BACKEND, "cannot connect: timed out")),
+        }
+    }
+}
+
+/// Runs a command with the configured timeout, turning every failure into a
+/// `BackendError` and recording the backend's health.
+pub(crate) async fn run<T: FromRedisValue>(
+    config: &RedisConfig,
+    health: &Health,
+    what: &str,
+    command: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+) -> Result<T, BackendError> {
+    let result = match tokio::time::timeout(config.command_timeout, command).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(BackendError::new(BACKEND, format!("{what}: {e}"))),
+        Err(_) => Err(BackendError::new(
+            BACKEND,
+            format!("{what}: no answer within {:?}", config.command_timeout),
+        )),
+    };
+    match &result {
+        Ok(_) => health.succeeded(),
+        Err(error) => health.failed(&error.detail),
+    }
+    result
+}
+
+// ------------------------------------------------------------------ messaging
+
+pub struct RedisMessaging {
+    config: Arc<RedisConfig>,
+    connection: ConnectionManager,
+    health: Health,
+    reader_health: Arc<Health>,
+    stop: watch::Sender<bool>,
+    reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RedisMessaging {
+    /// Connects, notes where each stream ends now, and starts the reader that
+    /// delivers every later entry to `fanout`.
+    pub async fn start(
+        config: RedisConfig,
+        fanout: Arc<LocalFanout>,
+    ) -> Result<RedisMessaging, BackendError> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let health = Health::new("redis messaging");
+        let mut connection = config.manager().await?;
+        // Start after the current last entries, and before `start` returns, so a
+        // message published once we return is always read.
+        let mut last_ids = Vec::with_capacity(config.stream_shards);
+        for key in config.stream_keys() {
+            let newest: Value = run(&config, &health, "read stream end", async {
+                ::redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+            last_ids.push(first_entry_id(&newest).unwrap_or_else(|| "0-0".to_string()));
+        }
+        let reader_health = Arc::new(Health::new("redis stream reader"));
+        let (stop, stopped) = watch::channel(false);
+        let reader = tokio::spawn(read_loop(
+            Arc::clone(&config),
+            fanout,
+            last_ids,
+            Arc::clone(&reader_health),
+            stopped,
+        ));
+        Ok(RedisMessaging {
+            config,
+            connection,
+            health,
+            reader_health,
+            stop,
+            reader: Mutex::new(Some(reader)),
+        })
+    }
+}
+
+/// The id of the first entry of an XRANGE/XREVRANGE reply, if any.
+fn first_entry_id(reply: &Value) -> Option<String> {
+    let Value::Array(entries) = reply else { return None };
+    let Value::Array(entry) = entries.first()? else { return None };
+    String::from_redis_value(entry.first()?).ok()
+}
+
+#[async_trait]
+impl Messaging for RedisMessaging {
+    async fn publish(
+        &self,
+        message: NewMessage,
+        on_accepted: OnAccepted<'_>,
+    ) -> Result<Message, BackendError> {
+        let key = self.config.stream_key(self.config.shard_of(&message.group));
+        let mut connection = self.connection.clone();
+        let id: String = run(&self.config, &self.health, "publish", async {
+            ::redis::cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.config.stream_maxlen)
+                .arg("*")
+                .arg("g")
+                .arg(message.group.as_str())
+                .arg("a")
+                .arg(message.author.as_str())
+                .arg("t")
+                .arg(message.text.as_str())
+                .query_async(&mut connection)
+                .await
+        })
+        .await?;
+        let id: MessageId = id
+            .parse()
+            .map_err(|_| BackendError::new(BACKEND, format!("XADD returned a bad id '{id}'")))?;
+        let accepted = Message {
+            id,
+            author: message.author,
+            group: message.group,
+            // The entry id's millisecond is Redis's clock when it accepted the
+            // message, the same on every instance that reads it.
+            send_time: time_of(id.millis),
+            text: message.text,
+        };
+        on_accepted(&accepted);
+        Ok(accepted)
+    }
+
+    async fn check(&self) -> Result<(), BackendError> {
+        let mut connection = self.connection.clone();
+        run(&self.config, &self.health, "ping", async {
+            ::redis::cmd("PING").query_async::<String>(&mut connection).await
+        })
+        .await?;
+        if self.reader_health.is_down() {
+            return Err(BackendError::new(BACKEND, "the stream reader is reconnecting"));
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let reader = self.reader.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+        if let Some(reader) = reader {
+            let _ = reader.await;
+        }
+    }
+}
+
+impl Drop for RedisMessaging {
+    fn drop(&mut self) {
+        let reader = self.reader.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+        if let Some(reader) = reader {
+            reader.abort();
+        }
+    }
+}
+
+/// A message from a stream entry. Entries are written only by `publish`, but a
+/// malformed one is skipped with a warning rather than stopping the reader.
+pub(crate) fn message_of_entry(id: &str, fields: &HashMap<String, Value>) -> Option<Message> {
+    let text_field = |name: &str| fields.get(name).and_then(|v| String::from_redis_value(v).ok());
+    let id: MessageId = id.parse().ok()?;
+    Some(Message {
+        id,
+        author: UserId::from_trusted(&text_field("a")?),
+        group: GroupId::from_trusted(&text_field("g")?),
+        send_time: time_of(id.millis),
+        text: MessageText::from_trusted(&text_field("t")?),
+    })
+}
+
+async fn reader_connection(config: &RedisConfig) -> Result<MultiplexedConnection, String> {
+    let client = config.client().map_err(|e| e.detail)?;
+    // The response timeout must outlast the blocking read itself.
+    let options = AsyncConnectionConfig::new()
+        .set_connection_timeout(config.connect_timeout)
+        .set_response_timeout(config.read_block + config.command_timeout);
+    match tokio::time::timeout(
+        config.connect_timeout + config.command_timeout,
+        client.get_multiplexed_async_connection_with_config(&options),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(e)) => Err(format!("cannot connect: {e}")),
+        Err(_) => Err("cannot connect: timed out".into()),
+    }
+}
+
+/// Reads every stream from `last_ids` on and delivers each entry, reconnecting
+/// (and resuming from the last delivered id) whenever Redis goes away.
+async fn read_loop(
+    config: Arc<RedisConfig>,
+    fanout: Arc<LocalFanout>,
+    mut last_ids: Vec<String>,
+    health: Arc<Health>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    const RETRY_MIN: Duration = Duration::from_millis(50);
+    let keys = config.stream_keys();
+    let block_ms = config.read_block.as_millis() as u64;
+    let mut retry = RETRY_MIN;
+    'connect: loop {
+        if *stopped.borrow() {
+            return;
+        }
+        let mut connection = match reader_connection(&config).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                health.failed(&error);
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = stopped.changed() => return,
+                }
+                retry = (retry * 2).min(config.reconnect_delay_max);
+                continue 'connect;
+            }
+        };
+        loop {
+            let mut read = ::redis::cmd("XREAD");
+            read.arg("COUNT").arg(config.read_batch).arg("BLOCK").arg(block_ms).arg("STREAMS");
+            read.arg(&keys).arg(&last_ids);
+            let reply = tokio::select! {
+                reply = tokio::time::timeout(
+                    config.read_block + config.command_timeout,
+                    read.query_async::<Option<StreamReadReply>>(&mut connection),
+                ) => reply,
+                _ = stopped.changed() => return,
+            };
+            let reply = match reply {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
+                    health.failed(&format!("read: {e}"));
+                    continue 'connect;
+                }
+                Err(_) => {
+                    health.failed(&"read: no answer in time");
+                    continue 'connect;
+                }
+            };
+            health.succeeded();
+            retry = RETRY_MIN;
+            for stream in reply.map(|r| r.keys).unwrap_or_default() {
+                let Some(shard) = keys.iter().position(|k| *k == stream.key) else { continue };
+                for entry in stream.ids {
+                    match message_of_entry(&entry.id, &entry.map) {
+                        Some(message) => {
+                            fanout.deliver(message);
+                        }
+                        None => {
+                            warn!(stream = %stream.key, id = %entry.id, "skipping a malformed stream entry")
+                        }
+                    }
+                    last_ids[shard] = entry.id;
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ membership
+
+/// KEYS[1] members set; ARGV: user, instance, max members, ttl ms, and "1" when
+/// this instance already counts the user as a member (then no room check: a
+/// member always gets back in, even if its entry expired during an outage).
+const JOIN_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[5] ~= '1' then
+  local seen = {}
+  local count = 0
+  for _, entry in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    local cut = string.find(entry, '\31', 1, true)
+    if cut then
+      local user = string.sub(entry, 1, cut - 1)
+      if user == ARGV[1] then
+        count = -1
+        break
+      end
+      if not seen[user] then
+        seen[user] = true
+        count = count + 1
+      end
+    end
+  end
+  if count >= tonumber(ARGV[3]) then
+    return 0
+  end
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1] .. '\31' .. ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+";
+
+/// KEYS[1] members set; returns the distinct users whose entries live.
+const COUNT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local seen = {}
+local count = 0
+for _, entry in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local cut = string.find(entry, '\31', 1, true)
+  if cut then
+    local user = string.sub(entry, 1, cut - 1)
+    if not seen[user] then
+      seen[user] = true
+      count = count + 1
+    end
+  end
+end
+return count
+";
+
+/// KEYS: members sets; ARGV: ttl ms, instance, then per key a count of users
+/// followed by those users. Pushes the expiry of this instance's entries.
+const HEARTBEAT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local i = 3
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, n do
+    redis.call('ZADD', KEYS[k], now + ttl, ARGV[i] .. '\31' .. ARGV[2])
+    i = i + 1
+  end
+  redis.call('PEXPIRE', KEYS[k], ttl)
+end
+return 0
+";
+
+/// Groups per heartbeat script call: bounds the size of one call.
+const HEARTBEAT_GROUPS_PER_CALL: usize = 200;
+
+/// Joins and leaves of one (group, user) on this instance are serialized, so
+/// a leave's ZREM cannot overtake a later join's ZADD. Striped to bound memory.
+const MEMBER_LOCK_STRIPES: usize = 64;
+
+type LocalMembers = HashMap<GroupId, HashMap<UserId, HashSet<ConnectionId>>>;
+
+struct MembershipInner {
+    config: RedisConfig,
+    connection: ConnectionManager,
+    health: Health,
+    /// This instance's connections per group and user: what the heartbeat
+    /// refreshes and what `shutdown` removes.
+    local: Mutex<LocalMembers>,
+    /// Groups known to exist (groups are never deleted), to save a round trip
+    /// on every join.
+    known_groups: Mutex<HashSet<GroupId>>,
+    member_locks: Vec<tokio::sync::Mutex<()>>,
+    join_script: Script,
+    count_script: Script,
+    heartbeat_script: Script,
+}
+
+pub struct RedisMembership {
+    inner: Arc<MembershipInner>,
+    heartbeat: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RedisMembership {
+    /// Connects and starts the heartbeat that keeps this instance's members alive.
+    pub async fn start(config: RedisConfig) -> Result<RedisMembership, BackendError> {
+        config.validate()?;
+        let connection = config.manager().await?;
+        let inner = Arc::new(MembershipInner {
+            connection,
+            health: Health::new("redis membership"),
+            local: Mutex::new(HashMap::new()),
+            known_groups: Mutex::new(HashSet::new()),
+            member_locks: (0..MEMBER_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            join_script: Script::new(JOIN_SCRIPT),
+            count_script: Script::new(COUNT_SCRIPT),
+            heartbeat_script: Script::new(HEARTBEAT_SCRIPT),
+            config,
+        });
+        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&inner)));
+        Ok(RedisMembership { inner, heartbeat: Mutex::new(Some(heartbeat)) })
+    }
+
+    /// Refreshes the expiry of this instance's members now (the heartbeat does
+    /// this every `heartbeat_interval`).
+    pub async fn heartbeat(&self) -> Result<(), BackendError> {
+        self.inner.heartbeat().await
+    }
+
+    fn stop_heartbeat(&self) {
+        let heartbeat = self.heartbeat.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+        if let Some(heartbeat) = heartbeat {
+            heartbeat.abort();
+        }
+    }
+}
+
+impl Drop for RedisMembership {
+    /// Stops heart-beating without removing the members, as a crash would;
+    /// `shutdown` is the orderly way out.
+    fn drop(&mut self) {
+        self.stop_heartbeat();
+    }
+}
+
+fn member_entry(user: &UserId, instance: &str) -> String {
+    format!("{}{MEMBER_SEPARATOR}{instance}", user.as_str())
+}
+
+impl MembershipInner {
+    fn local(&self) -> std::sync::MutexGuard<'_, LocalMembers> {
+        self.local.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn member_lock(&self, group: &GroupId, user: &UserId) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one((group, user));
+        &self.member_locks[(hash % MEMBER_LOCK_STRIPES as u64) as usize]
+    }
+
+    fn is_known(&self, group: &GroupId) -> bool {
+        self.known_groups.lock().unwrap_or_else(|poison| poison.into_inner()).contains(group)
+    }
+
+    fn remember(&self, group: &GroupId) {
+        self.known_groups.lock().unwrap_or_else(|poison| poison.into_inner()).insert(group.clone());
+    }
+
+    async fn heartbeat(&self) -> Result<(), BackendError> {
+        let snapshot: Vec<(String, Vec<String>)> = self
+            .local()
+            .iter()
+            .map(|(group, users)| {
+                (
+                    self.config.members_key(group),
+                    users.keys().map(|u| u.as_str().to_string()).collect(),
+                )
+            })
+            .collect();
+        let ttl_ms = self.config.member_ttl.as_millis() as u64;
+        for chunk in snapshot.chunks(HEARTBEAT_GROUPS_PER_CALL) {
+            let mut invocation = self.heartbeat_script.prepare_invoke();
+            invocation.arg(ttl_ms).arg(&self.config.instance_id);
+            for (key, users) in chunk {
+                invocation.key(key).arg(users.len()).arg(users);
+            }
+            let mut connection = self.connection.clone();
+            run(&self.config, &self.health, "heartbeat", async {
+                invocation.invoke_async::<i64>(&mut connection).await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn heartbeat_loop(inner: Arc<MembershipInner>) {
+    let mut ticks = tokio::time::interval(inner.config.heartbeat_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        // A failure is logged once by `Health`; the next tick tries again.
+        let _ = inner.heartbeat().await;
+    }
+}
+
+#[async_trait]
+impl Membership for RedisMembership {
+    async fn create_group(&self, group: &GroupId) -> Result<(), BackendError> {
+        let inner = &self.inner;
+        if inner.is_known(group) {
+            return Ok(());
+        }
+        let mut connection = inner.connection.clone();
+        run(&inner.config, &inner.health, "create group", async {
+            ::redis::cmd("ZADD")
+                .arg(inner.config.groups_key())
+                .arg("NX")
+                .arg(0)
+                .arg(group.as_str())
+                .query_async::<i64>(&mut connection)
+                .await
+        })
+        .await?;
+        inner.remember(group);
+        Ok(())
+    }
+
+    async fn group_exists(&self, group: &GroupId) -> Result<bool, BackendError> {
+        let inner = &self.inner;
+        if inner.is_known(group) {
+            return Ok(true);
+        }
+        let mut connection = inner.connection.clone();
+        let score: Option<f64> = run(&inner.config, &inner.health, "read group", async {
+            ::redis::cmd("ZSCORE")
+                .arg(inner.config.groups_key())
+                .arg(group.as_str())
+                .query_async(&mut connection)
+                .await
+        })
+        .await?;
+        if score.is_some() {
+            inner.remember(group);
+        }
+        Ok(score.is_some())
+    }
+
+    async fn list_groups(
+        &self,
+        after: Option<&GroupId>,
+        limit: usize,
+    ) -> Result<Vec<GroupId>, BackendError> {
+        let inner = &self.inner;
+        let start = match after {
+            Some(after) => format!("({}", after.as_str()),
+            None => "-".to_string(),
+        };
+        let mut connection = inner.connection.clone();
+        let groups: Vec<String> = run(&inner.config, &inner.health, "list groups", async {
+            ::redis::cmd("ZRANGEBYLEX")
+                .arg(inner.config.groups_key())
+                .arg(&start)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut connection)
+                .await
+        })
+        .await?;
+        Ok(groups.iter().map(|g| GroupId::from_trusted(g)).collect())
+    }
+
+    async fn join(
+        &self,
+        group: &GroupId,
+        user: &UserId,
+        connection: &ConnectionId,
+        max_members: usize,
+    ) -> Result<JoinOutcome, BackendError> {
+        let inner = &self.inner;
+        let _serial = inner.member_lock(group, user).lock().await;
+        let already_member = inner.local().get(group).is_some_and(|users| users.contains_key(user));
+        let mut redis = inner.connection.clone();
+        let mut invocation = inner.join_script.prepare_invoke();
+        invocation
+            .key(inner.config.members_key(group))
+            .arg(user.as_str())
+            .arg(&inner.config.instance_id)
+            .arg(max_members)
+            .arg(inner.config.member_ttl.as_millis() as u64)
+            .arg(if already_member { "1" } else { "0" });
+        let admitted: i64 = run(&inner.config, &inner.health, "join", async {
+            invocation.invoke_async(&mut redis).await
+        })
+        .await?;
+        if admitted != 1 {
+            return Ok(JoinOutcome::NoRoom);
+        }
+        inner
+            .local()
+            .entry(group.clone())
+            .or_default()
+            .entry(user.clone())
+            .or_default()
+            .insert(connection.clone());
+        Ok(JoinOutcome::Joined)
+    }
+
+    async fn leave(
+        &self,
+        group: &GroupId,
+        user: &UserId,
+        connection: &ConnectionId,
+    ) -> Result<(), BackendError> {
+        let inner = &self.inner;
+        let _serial = inner.member_lock(group, user).lock().await;
+        let last_connection = {
+            let mut local = inner.local();
+            let Some(users) = local.get_mut(group) else { return Ok(()) };
+            let Some(connections) = users.get_mut(user) else { return Ok(()) };
+            if !connections.remove(connection) || !connections.is_empty() {
+                return Ok(());
+            }
+            users.remove(user);
+            if users.is_empty() {
+                local.remove(group);
+            }
+            true
+        };
+        if last_connection {
+            // If this fails the entry is no longer refreshed and expires.
+            let mut redis = inner.connection.clone();
+            run(&inner.config, &inner.health, "leave", async {
+                ::redis::cmd("ZREM")
+                    .arg(inner.config.members_key(group))
+                    .arg(member_entry(user, &inner.config.instance_id))
+                    .query_async::<i64>(&mut redis)
+                    .await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn member_count(&self, group: &GroupId) -> Result<usize, BackendError> {
+        let inner = &self.inner;
+        let mut redis = inner.connection.clone();
+        let mut invocation = inner.count_script.prepare_invoke();
+        invocation.key(inner.config.members_key(group));
+        let count: i64 = run(&inner.config, &inner.health, "count members", async {
+            invocation.invoke_async(&mut redis).await
+        })
+        .await?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    async fn check(&self) -> Result<(), BackendError> {
+        let inner = &self.inner;
+        let mut connection = inner.connection.clone();
+        run(&inner.config, &inner.health, "ping", async {
+            ::redis::cmd("PING").query_async::<String>(&mut connection).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        self.stop_heartbeat();
+        let inner = &self.inner;
+        let local = std::mem::take(&mut *inner.local());
+        if local.is_empty() {
+            return;
+        }
+        let mut pipe = ::redis::pipe();
+        for (group, users) in &local {
+            let entries: Vec<String> =
+                users.keys().map(|u| member_entry(u, &inner.config.instance_id)).collect();
+            pipe.cmd("ZREM").arg(inner.config.members_key(group)).arg(entries).ignore();
+        }
+        let mut connection = inner.connection.clone();
+        let removed = run(&inner.config, &inner.health, "free places at shutdown", async {
+            pipe.query_async::<()>(&mut connection).await
+        })
+        .await;
+        if let Err(error) = removed {
+            warn!(%error, "could not free this instance's places; they expire on their own");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_stable_and_in_range() {
+        let config = RedisConfig { stream_shards: 4, ..RedisConfig::default() };
+        let group = GroupId::from_trusted("off-topic");
+        let shard = config.shard_of(&group);
+        assert!(shard < 4);
+        assert_eq!(shard, config.shard_of(&GroupId::from_trusted("off-topic")));
+        // FNV-1a is fixed, so this value never changes between versions.
+        assert_eq!(RedisConfig { stream_shards: 1000, ..config }.shard_of(&group), {
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            for byte in b"off-topic" {
+                hash ^= u64::from(*byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+            (hash % 1000) as usize
+        });
+    }
+}
