@@ -1,0 +1,53 @@
+# syntax=docker/dockerfile:1
+#
+# The Next Chat image: next-chat-server (the entrypoint), the console client
+# next-chat, the black-box test runner next-chat-autotest and next-chat-bench.
+#
+#   docker build -t next-chat .
+#   docker run --rm -p 5000:5000 next-chat
+#   docker run --rm --entrypoint next-chat-autotest next-chat --url http://HOST:5000/next-chat
+#
+# The build command below is scripts/test's build command plus --release;
+# deploy/check.py fails when the two differ, so they cannot drift apart.
+
+# The builder and the runtime must share a Debian release (glibc).
+ARG RUST_VERSION=1.95
+ARG DEBIAN_RELEASE=trixie
+
+FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
+WORKDIR /src
+COPY . .
+# The cache mounts keep the registry and the target directory between builds;
+# the binaries are copied out of the target cache in the same step because a
+# cache mount is not part of the image.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --locked --release --workspace --bins \
+    && mkdir -p /out \
+    && cp target/release/next-chat-server target/release/next-chat \
+          target/release/next-chat-autotest target/release/next-chat-bench /out/
+
+FROM debian:${DEBIAN_RELEASE}-slim AS runtime
+# ca-certificates for TLS backends (rediss://, MySQL over TLS) should they be
+# enabled; nothing else is needed: the binaries link only glibc. Unpinned on
+# purpose: the CA bundle must be the release's current one.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+# A numeric, non-root user so Kubernetes' runAsNonRoot can verify it.
+RUN groupadd --system --gid 10001 nextchat \
+    && useradd --system --uid 10001 --gid nextchat --home-dir /var/lib/next-chat \
+       --shell /usr/sbin/nologin nextchat \
+    && install -d -o nextchat -g nextchat -m 0750 /var/lib/next-chat
+COPY --from=build /out/ /usr/local/bin/
+# Embedded mode keeps its SQLite file (sqlite://next-chat.db) in the working
+# directory; mount a volume here to keep it.
+WORKDIR /var/lib/next-chat
+USER 10001:10001
+ENV NEXT_CHAT_LISTEN=0.0.0.0:5000
+EXPOSE 5000
+# SIGTERM starts the graceful shutdown (Close with allowReconnect, drain, exit 0
+# within 10 s); the server handles it itself as PID 1.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["next-chat-server"]

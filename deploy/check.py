@@ -1,0 +1,637 @@
+#!/usr/bin/env python3
+"""Static checks of the delivery files: the Dockerfile, the Helm chart and the
+CI workflows. No Docker engine, Kubernetes or helm binary is needed; what can
+only be verified against a cluster is listed in deploy/README-deploying.md.
+
+Run from anywhere (the repository's test command installs the dependencies,
+tests/requirements.txt, into .venv):
+
+    .venv/bin/python deploy/check.py            # every check
+    .venv/bin/python deploy/check.py values     # the checks whose name contains "values"
+
+crates/autotest/tests/deploy_checks.rs runs it as part of `cargo nextest run`.
+Exit status 0 when every check passes, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "deploy" / "helm" / "next-chat"
+TEMPLATES = CHART / "templates"
+WORKFLOWS = ROOT / ".github" / "workflows"
+DOCKERFILE = ROOT / "Dockerfile"
+TEST_SCRIPT = ROOT / "scripts" / "test"
+CI_RUN = ROOT / ".ci" / "run"
+
+# The binaries the issue says the image carries.
+IMAGE_BINARIES = ["next-chat-server", "next-chat", "next-chat-autotest"]
+
+# Fields of Helm's top-level template object other than .Values.
+BUILTIN_OBJECTS = {"Release", "Chart", "Capabilities", "Template", "Files", "Subcharts"}
+
+
+class CheckFailed(Exception):
+    """One check's findings; each line is one problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def fail_if(problems: list[str]) -> None:
+    if problems:
+        raise CheckFailed(problems)
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def repository_files() -> list[Path]:
+    """Tracked and untracked-but-not-ignored files, as git sees the tree."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT, check=True, capture_output=True,
+    ).stdout.decode()
+    return sorted({ROOT / p for p in out.split("\0") if p and (ROOT / p).is_file()})
+
+
+def is_template(path: Path) -> bool:
+    """Files Helm renders: anything under a chart's templates/ folder."""
+    return any(d.name == "templates" and (d.parent / "Chart.yaml").exists() for d in path.parents)
+
+
+def load_yaml(path: Path):
+    with path.open(encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+# --------------------------------------------------------------------------
+# YAML files
+
+
+def check_yaml_parses() -> None:
+    """Every YAML file that is not a Helm template parses."""
+    problems = []
+    checked = 0
+    for path in repository_files():
+        if path.suffix not in (".yaml", ".yml") or is_template(path):
+            continue
+        if "node_modules" in path.parts:
+            continue
+        checked += 1
+        try:
+            with path.open(encoding="utf-8") as f:
+                list(yaml.safe_load_all(f))
+        except yaml.YAMLError as e:
+            problems.append(f"{rel(path)}: {e}")
+    required = [CHART / "values.yaml", CHART / "Chart.yaml", *sorted(WORKFLOWS.glob("*.yml"))]
+    for path in required:
+        if not path.exists():
+            problems.append(f"{rel(path)} is missing")
+    if checked < 4:
+        problems.append(f"only {checked} YAML files found; expected the chart's and the workflows'")
+    fail_if(problems)
+
+
+def check_chart_metadata() -> None:
+    """Chart.yaml is a v2 application chart named after its folder, with SemVer versions."""
+    chart = load_yaml(CHART / "Chart.yaml")
+    problems = []
+    semver = re.compile(r"^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
+    if chart.get("apiVersion") != "v2":
+        problems.append("apiVersion must be v2")
+    if chart.get("name") != CHART.name:
+        problems.append(f"name {chart.get('name')!r} must be the folder's name {CHART.name!r}")
+    if not semver.match(str(chart.get("version", ""))):
+        problems.append(f"version {chart.get('version')!r} is not SemVer")
+    if not isinstance(chart.get("appVersion"), str) or not chart["appVersion"]:
+        problems.append("appVersion must be a non-empty string (quote it)")
+    if chart.get("type", "application") != "application":
+        problems.append("type must be application")
+    for required in ["values.yaml", "README.md", "templates/NOTES.txt"]:
+        if not (CHART / required).exists():
+            problems.append(f"{required} is missing")
+    fail_if(problems)
+
+
+# --------------------------------------------------------------------------
+# Templates: the .Values paths they read
+
+
+ACTION = re.compile(r"\{\{-?(.*?)-?\}\}", re.DOTALL)
+STRING = re.compile(r'"(?:[^"\\]|\\.)*"|`[^`]*`')
+# A field chain, with what stands before it: `$`, `$name`, or nothing (the dot).
+CHAIN = re.compile(r"(?<![\w)\]])(\$[A-Za-z_]\w*|\$)?((?:\.[A-Za-z_]\w*)+)")
+ROOT_DOT = "root"
+UNKNOWN_DOT = object()  # a dot (or chain) that cannot be resolved statically
+NO_VALUES = ()  # a chain that reads no values (.Release.Name)
+
+
+def template_files() -> list[Path]:
+    return sorted(p for p in TEMPLATES.rglob("*") if p.is_file())
+
+
+def actions(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, action body without delimiters or comments)."""
+    for m in ACTION.finditer(text):
+        body = m.group(1).strip()
+        if body.startswith("/*"):
+            continue
+        yield text.count("\n", 0, m.start()) + 1, body
+
+
+def define_contexts(files: list[Path]) -> dict[str, bool]:
+    """For each named template: True when every include passes the root (. or $)."""
+    passes_root: dict[str, bool] = {}
+    call = re.compile(r'(?:include|template)\s+"([^"]+)"\s+(\S+)')
+    for path in files:
+        for _, body in actions(path.read_text(encoding="utf-8")):
+            for name, arg in call.findall(body):
+                root = arg.rstrip(")") in (".", "$")
+                passes_root[name] = passes_root.get(name, True) and root
+    return passes_root
+
+
+def first_operand(expr: str) -> str:
+    """The value a `with`/`range` sets the dot to, when it is a plain field chain."""
+    expr = expr.strip()
+    if ":=" in expr:  # range $i, $v := X
+        expr = expr.split(":=", 1)[1].strip()
+    return expr
+
+
+def chain_target(prefix: str | None, fields: list[str], dot):
+    """The values path a field chain reads, NO_VALUES when it reads none, or
+    UNKNOWN_DOT when it cannot be resolved statically."""
+    if prefix == "$":
+        base = ROOT_DOT
+    elif prefix:  # a template variable: unresolved if it may reach .Values
+        return UNKNOWN_DOT if "Values" in fields else NO_VALUES
+    else:
+        base = dot
+    if base is UNKNOWN_DOT:
+        return UNKNOWN_DOT
+    if base == ROOT_DOT:
+        if fields[0] == "Values":
+            return tuple(fields[1:])
+        if fields[0] in BUILTIN_OBJECTS:
+            return NO_VALUES
+        raise ValueError(f"the root object has no field .{fields[0]}")
+    return tuple(base) + tuple(fields)
+
+
+class TemplateScan:
+    """Walks every template's actions, tracking what the dot is inside
+    with/range/define blocks, and collects the .Values paths read."""
+
+    def __init__(self):
+        self.paths: dict[tuple[str, ...], list[str]] = {}
+        self.unresolved: list[str] = []
+        self.problems: list[str] = []
+
+    def scan(self, files: list[Path]) -> None:
+        roots = define_contexts(files)
+        for path in files:
+            self.scan_file(path, roots)
+
+    def record(self, where: str, body: str, dot) -> None:
+        code = STRING.sub('""', body)
+        for prefix, chain in CHAIN.findall(code):
+            fields = chain.strip(".").split(".")
+            try:
+                target = chain_target(prefix or None, fields, dot)
+            except ValueError as e:
+                self.problems.append(f"{where}: {e}")
+                continue
+            if target is UNKNOWN_DOT:
+                self.unresolved.append(f"{where}: {prefix}{chain}")
+            elif target:
+                self.paths.setdefault(target, []).append(where)
+
+    def resolve_dot(self, expr: str, dot):
+        """The dot inside `with expr`; UNKNOWN_DOT unless expr is a field chain."""
+        m = re.fullmatch(r"(\$)?((?:\.[A-Za-z_]\w*)+)", expr)
+        if not m:
+            return UNKNOWN_DOT
+        try:
+            target = chain_target(m.group(1), m.group(2).strip(".").split("."), dot)
+        except ValueError:
+            return UNKNOWN_DOT
+        return UNKNOWN_DOT if target == NO_VALUES else target
+
+    def scan_file(self, path: Path, roots: dict[str, bool]) -> None:
+        # Each frame: (keyword, dot inside the block, dot outside it, line).
+        stack: list[tuple[str, object, object, int]] = []
+        dot = ROOT_DOT
+        for line, body in actions(path.read_text(encoding="utf-8")):
+            where = f"{rel(path)}:{line}"
+            word = body.split(None, 1)[0] if body else ""
+            rest = body[len(word):].strip()
+            if word == "end":
+                if not stack:
+                    self.problems.append(f"{where}: `end` without an open block")
+                    continue
+                _, _, dot, _ = stack.pop()
+            elif word == "else":
+                if not stack:
+                    self.problems.append(f"{where}: `else` outside a block")
+                    continue
+                keyword, _, outer, start = stack[-1]
+                dot = outer
+                if rest.startswith("with "):
+                    expr = rest[5:].strip()
+                    self.record(where, expr, outer)
+                    dot = self.resolve_dot(first_operand(expr), outer)
+                    stack[-1] = (keyword, dot, outer, start)
+                else:
+                    self.record(where, rest, outer)
+            elif word in ("if", "with", "range"):
+                self.record(where, rest, dot)
+                inner = dot
+                if word == "with":
+                    inner = self.resolve_dot(first_operand(rest), dot)
+                elif word == "range":
+                    inner = UNKNOWN_DOT  # an element of a list or map
+                stack.append((word, inner, dot, line))
+                dot = inner
+            elif word in ("define", "block"):
+                name = re.match(r'"([^"]*)"', rest)
+                inner = ROOT_DOT if name and roots.get(name.group(1), True) else UNKNOWN_DOT
+                stack.append((word, inner, dot, line))
+                dot = inner
+            else:
+                self.record(where, body, dot)
+        for keyword, _, _, start in stack:
+            self.problems.append(f"{rel(path)}:{start}: `{keyword}` is never closed with `end`")
+
+
+def values_keys(values, prefix=()) -> Iterator[tuple[str, ...]]:
+    """Every key path of values.yaml (mappings only; list items are data)."""
+    if isinstance(values, dict):
+        for key, value in values.items():
+            path = prefix + (str(key),)
+            yield path
+            yield from values_keys(value, path)
+
+
+def lookup(values, path: tuple[str, ...]) -> bool:
+    node = values
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def check_template_values() -> None:
+    """Every .Values path a template reads is defined in values.yaml, and every
+    key of values.yaml is read by some template."""
+    values = load_yaml(CHART / "values.yaml")
+    scan = TemplateScan()
+    scan.scan(template_files())
+    problems = list(scan.problems)
+    if not scan.paths:
+        problems.append("no .Values paths found in the templates: the scan is broken")
+    for path, places in sorted(scan.paths.items()):
+        if not lookup(values, path):
+            problems.append(f".Values.{'.'.join(path)} is not defined in values.yaml (read at {places[0]})")
+    used = set(scan.paths)
+    for key in values_keys(values):
+        covered = any(key[: len(p)] == p for p in used) or any(p[: len(key)] == key for p in used)
+        if not covered:
+            problems.append(f"values.yaml key {'.'.join(key)} is read by no template")
+    # Chains inside range blocks and through variables cannot be resolved; they
+    # must stay few and known, so that the check above keeps its meaning.
+    allowed_unresolved = 0
+    if len(scan.unresolved) > allowed_unresolved:
+        problems.append(
+            f"{len(scan.unresolved)} field chains could not be resolved statically "
+            f"(at most {allowed_unresolved} expected; use .Values or $.Values): " + "; ".join(scan.unresolved))
+    fail_if(problems)
+
+
+def check_values_documented() -> None:
+    """Every key of values.yaml has a comment of its own on the line(s) above it."""
+    lines = (CHART / "values.yaml").read_text(encoding="utf-8").splitlines()
+    key = re.compile(r"^\s*(?:-\s+)?([A-Za-z_][\w.-]*|\"[^\"]+\"):(\s|$)")
+    problems = []
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("#") or not key.match(line):
+            continue
+        j = i - 1
+        while j >= 0 and not lines[j].strip():
+            j -= 1
+        previous = lines[j].strip() if j >= 0 else ""
+        if previous.startswith("- "):
+            previous = previous[2:].strip()
+        if not previous.startswith("#"):
+            problems.append(f"values.yaml:{i + 1}: key {key.match(line).group(1)} has no comment above it")
+    fail_if(problems)
+
+
+def server_env_names() -> set[str]:
+    names: set[str] = set()
+    for path in (ROOT / "crates" / "server" / "src").rglob("*.rs"):
+        names.update(re.findall(r'"(NEXT_CHAT_[A-Z0-9_]+)"', path.read_text(encoding="utf-8")))
+    return names
+
+
+def check_server_settings() -> None:
+    """The chart's config keys and NEXT_CHAT_* variables are settings the
+    server has (it refuses unknown keys in its config file)."""
+    known = server_env_names()
+    problems = []
+    if not known:
+        fail_if(["found no NEXT_CHAT_* settings in crates/server/src"])
+    values = load_yaml(CHART / "values.yaml")
+    for key in values["config"]:
+        if f"NEXT_CHAT_{key.upper()}" not in known:
+            problems.append(f"values.yaml config.{key}: the server has no setting {key} (NEXT_CHAT_{key.upper()})")
+    for key in ("database", "redis", "listen", "migrate", "config"):
+        if key in values["config"]:
+            problems.append(f"values.yaml config.{key}: set by the chart itself, not through config")
+    for path in template_files():
+        for name in re.findall(r"\bNEXT_CHAT_[A-Z0-9_]+\b", path.read_text(encoding="utf-8")):
+            if name not in known:
+                problems.append(f"{rel(path)}: {name} is not a server setting")
+    fail_if(problems)
+
+
+def check_chart_contract() -> None:
+    """The templates do what the issue asks of them (probes, hooks, drain time)."""
+    text = {p.relative_to(TEMPLATES).as_posix(): p.read_text(encoding="utf-8") for p in template_files()}
+    problems = []
+
+    def need(file: str, pattern: str, why: str) -> None:
+        if not re.search(pattern, text.get(file, ""), re.MULTILINE):
+            problems.append(f"templates/{file}: {why} (no match for {pattern!r})")
+
+    need("deployment.yaml", r"readinessProbe:\s*\n\s*httpGet:\s*\n\s*path: /readyz", "readiness probe on /readyz")
+    need("deployment.yaml", r"livenessProbe:\s*\n\s*httpGet:\s*\n\s*path: /healthz", "liveness probe on /healthz")
+    need("deployment.yaml", r"preStop:", "a preStop hook")
+    need("deployment.yaml", r"terminationGracePeriodSeconds: \{\{ \.Values\.terminationGracePeriodSeconds \}\}", "grace period from values")
+    need("deployment.yaml", r"replicas: \{\{ \.Values\.replicaCount \}\}", "replicas from values")
+    need("deployment.yaml", r"secretKeyRef|databaseUrlSource", "database URL from a Secret")
+    need("deployment.yaml", r"configMap:", "configuration from the ConfigMap")
+    need("service.yaml", r"targetPort: http", "the Service targets the server port")
+    need("ingress.yaml", r"nginx\.ingress\.kubernetes\.io/affinity\" \"cookie\"", "cookie affinity")
+    need("migrate-job.yaml", r"helm\.sh/hook: post-install,post-upgrade", "a post-install,post-upgrade hook")
+    need("migrate-job.yaml", r"next-chat-server migrate", "runs next-chat-server migrate")
+    need("migrate-job.yaml", r"until next-chat-server migrate", "retries until the database is ready")
+    need("redis.yaml", r"--appendonly\s*\n\s*- \"yes\"", "Redis AOF persistence")
+    need("redis.yaml", r"volumeClaimTemplates:", "a PersistentVolumeClaim for Redis")
+    need("mysql.yaml", r"kind: StatefulSet", "MySQL as a StatefulSet")
+    need("mysql.yaml", r"volumeClaimTemplates:", "a PersistentVolumeClaim for MySQL")
+    need("tests/autotest.yaml", r"helm\.sh/hook: test", "a helm test hook")
+    need("tests/autotest.yaml", r"next-chat-autotest", "runs next-chat-autotest")
+    need("tests/autotest.yaml", r"--url", "passes the Service URL")
+    # The drain the server promises must fit the defaults.
+    values = load_yaml(CHART / "values.yaml")
+    needed = values["preStopSleepSeconds"] + values["config"]["shutdown_timeout_secs"] + 5
+    if values["terminationGracePeriodSeconds"] < needed:
+        problems.append(f"terminationGracePeriodSeconds {values['terminationGracePeriodSeconds']} < {needed}")
+    fail_if(problems)
+
+
+# --------------------------------------------------------------------------
+# Dockerfile and the commands shared with scripts/test
+
+
+def script_command(path: Path, start: str) -> list[str]:
+    """The words of the one line of `path` that starts with `start`."""
+    lines = [l.strip() for l in path.read_text(encoding="utf-8").splitlines() if l.strip().startswith(start)]
+    if len(lines) != 1:
+        raise CheckFailed([f"{rel(path)}: expected exactly one line starting with {start!r}, found {len(lines)}"])
+    return [w for w in shlex.split(lines[0]) if w != '"$@"' and w != "$@"]
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    joined, current = [], ""
+    for line in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        current += stripped
+        joined.append(current)
+        current = ""
+    result = []
+    for item in joined:
+        word, _, rest = item.partition(" ")
+        result.append((word.upper(), rest.strip()))
+    return result
+
+
+def check_docker_build_command() -> None:
+    """The Dockerfile builds with scripts/test's build command plus --release."""
+    expected = script_command(TEST_SCRIPT, "cargo build")
+    problems = []
+    builds = []
+    for word, rest in dockerfile_instructions():
+        if word != "RUN":
+            continue
+        for m in re.finditer(r"cargo build[^&;|]*", rest):
+            builds.append(shlex.split(m.group(0)))
+    if len(builds) != 1:
+        problems.append(f"Dockerfile: expected one `cargo build`, found {len(builds)}")
+    else:
+        build = builds[0]
+        if "--release" not in build:
+            problems.append("Dockerfile: the build is not --release")
+        without = [w for w in build if w != "--release"]
+        if without != expected:
+            problems.append(f"Dockerfile builds with {' '.join(build)!r}; scripts/test builds with "
+                            f"{' '.join(expected)!r} (they must differ only by --release)")
+    if "--locked" not in expected:
+        problems.append("scripts/test: the build must be --locked")
+    fail_if(problems)
+
+
+def workspace_binaries() -> set[str]:
+    meta = json.loads(subprocess.run(
+        ["cargo", "metadata", "--no-deps", "--format-version", "1", "--offline"],
+        cwd=ROOT, check=True, capture_output=True).stdout)
+    return {t["name"] for p in meta["packages"] for t in p["targets"] if "bin" in t["kind"]}
+
+
+def check_dockerfile() -> None:
+    """Multi-stage, slim Debian runtime, non-root, port 5000, the server as
+    entrypoint, and the binaries the issue names; hadolint finds nothing."""
+    instructions = dockerfile_instructions()
+    problems = []
+    stages = [rest for word, rest in instructions if word == "FROM"]
+    if len(stages) < 2:
+        problems.append("not multi-stage")
+    else:
+        if not re.search(r"debian:\S*slim", stages[-1]):
+            problems.append(f"runtime stage {stages[-1]!r} is not a slim Debian image")
+    final = instructions[max(i for i, (w, _) in enumerate(instructions) if w == "FROM"):]
+    users = [rest for word, rest in final if word == "USER"]
+    if not users or users[-1].split(":")[0] in ("0", "root"):
+        problems.append("the runtime stage does not switch to a non-root USER")
+    elif not users[-1].split(":")[0].isdigit():
+        problems.append("USER should be numeric so that runAsNonRoot can verify it")
+    if not any(word == "EXPOSE" and "5000" in rest.split() for word, rest in final):
+        problems.append("the runtime stage does not EXPOSE 5000")
+    entry = [rest for word, rest in final if word == "ENTRYPOINT"]
+    if not entry or json.loads(entry[-1]) != ["next-chat-server"]:
+        problems.append(f"ENTRYPOINT must be [\"next-chat-server\"], is {entry}")
+    copied = " ".join(rest for word, rest in instructions if word == "RUN")
+    binaries = workspace_binaries()
+    for name in IMAGE_BINARIES:
+        if name not in binaries:
+            problems.append(f"{name} is not a binary of the workspace")
+        if f"target/release/{name} " not in copied + " ":
+            problems.append(f"the image does not carry {name}")
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if not hadolint:
+        problems.append("hadolint is not installed (pip install -r tests/requirements.txt)")
+    else:
+        run = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+        if run.returncode != 0:
+            problems.append("hadolint:\n" + run.stdout + run.stderr)
+    fail_if(problems)
+
+
+def check_dockerignore() -> None:
+    """.dockerignore keeps target/ and .git out and lets in what the build needs."""
+    patterns = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
+                if l.strip() and not l.startswith("#")]
+    problems = []
+    for must in ("target", ".git"):
+        if must not in patterns:
+            problems.append(f".dockerignore must exclude {must}")
+    needed = [p for p in repository_files()
+              if rel(p) in ("Cargo.toml", "Cargo.lock", "rustfmt.toml")
+              or (rel(p).startswith("crates/") and "/tests/" not in rel(p))]
+    for path in needed:
+        name = rel(path)
+        for pattern in patterns:
+            p = pattern.lstrip("/").replace("**/", "")
+            if fnmatch.fnmatch(name, p) or name.startswith(p.rstrip("/") + "/"):
+                problems.append(f".dockerignore pattern {pattern!r} excludes {name}, which the build needs")
+    fail_if(problems)
+
+
+# --------------------------------------------------------------------------
+# Workflows
+
+
+def workflow_steps(workflow: dict) -> Iterator[tuple[str, dict]]:
+    for job_name, job in (workflow.get("jobs") or {}).items():
+        for step in job.get("steps") or []:
+            yield job_name, step
+
+
+def check_workflows() -> None:
+    """The workflows run .ci/run (so their build and test commands are
+    scripts/test's), never cargo build/test of their own, with Redis and MySQL
+    service containers; they validate against the GitHub workflow schema."""
+    problems = []
+    files = sorted(WORKFLOWS.glob("*.yml")) + sorted(WORKFLOWS.glob("*.yaml"))
+    if len(files) < 2:
+        problems.append("expected a pull-request and a release workflow")
+    ci_run_body = CI_RUN.read_text(encoding="utf-8")
+    if "scripts/test" not in ci_run_body:
+        problems.append(".ci/run no longer runs scripts/test; update deploy/check.py")
+    triggers = {}
+    for path in files:
+        workflow = load_yaml(path)
+        # YAML 1.1 reads the key `on` as True.
+        on = workflow.get("on", workflow.get(True))
+        triggers[path.name] = on
+        if not on or "jobs" not in workflow:
+            problems.append(f"{rel(path)}: needs `on` and `jobs`")
+            continue
+        runs = [(job, step.get("run", "")) for job, step in workflow_steps(workflow)]
+        test_jobs = {job for job, run in runs if re.search(r"(^|\s)(bash )?\.ci/run\s*$", run.strip())}
+        called = [job.get("uses", "") for job in workflow["jobs"].values()]
+        calls_tests = any(
+            u.startswith("./.github/workflows/") and ".ci/run" in (ROOT / u[2:]).read_text(encoding="utf-8")
+            for u in called if (ROOT / u[2:]).is_file())
+        if not test_jobs and not calls_tests:
+            problems.append(f"{rel(path)}: no step runs .ci/run, and no job calls a workflow that does")
+        for job, run in runs:
+            for line in run.splitlines():
+                if re.search(r"cargo (build|test|nextest)", line):
+                    problems.append(f"{rel(path)} job {job}: {line.strip()!r} duplicates scripts/test; run .ci/run")
+        for job in test_jobs:
+            services = workflow["jobs"][job].get("services") or {}
+            ports = " ".join(str(p) for s in services.values() for p in s.get("ports", []))
+            for port, name in (("6379", "Redis"), ("3306", "MySQL")):
+                if f"{port}:{port}" not in ports:
+                    problems.append(f"{rel(path)} job {job}: no {name} service container on {port}")
+    if not any(isinstance(on, dict) and "pull_request" in on for on in triggers.values()):
+        problems.append("no workflow runs on pull_request")
+    if not any(isinstance(on, dict) and "tags" in (on.get("push") or {}) for on in triggers.values()):
+        problems.append("no workflow runs on pushed tags")
+    checker = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent)) or shutil.which("check-jsonschema")
+    if not checker:
+        problems.append("check-jsonschema is not installed (pip install -r tests/requirements.txt)")
+    elif files:
+        run = subprocess.run([checker, "--builtin-schema", "vendor.github-workflows", *map(str, files)],
+                             capture_output=True, text=True)
+        if run.returncode != 0:
+            problems.append("GitHub workflow schema:\n" + run.stdout + run.stderr)
+    fail_if(problems)
+
+
+CHECKS: list[Callable[[], None]] = [
+    check_yaml_parses,
+    check_chart_metadata,
+    check_template_values,
+    check_values_documented,
+    check_server_settings,
+    check_chart_contract,
+    check_docker_build_command,
+    check_dockerfile,
+    check_dockerignore,
+    check_workflows,
+]
+
+
+def summary(check: Callable[[], None]) -> str:
+    """The first sentence of a check's docstring."""
+    return " ".join(check.__doc__.split()).split(". ")[0].rstrip(".")
+
+
+def main(argv: list[str]) -> int:
+    selected = [c for c in CHECKS if not argv[1:] or any(a in c.__name__ for a in argv[1:])]
+    failed = 0
+    for check in selected:
+        name = check.__name__.removeprefix("check_")
+        try:
+            check()
+            print(f"ok    {name}: {summary(check)}")
+        except CheckFailed as e:
+            failed += 1
+            print(f"FAIL  {name}: {summary(check)}")
+            for problem in e.problems:
+                print("      " + problem.replace("\n", "\n      "))
+        except Exception as e:  # a crash in a check is a failure too
+            failed += 1
+            print(f"FAIL  {name}: crashed: {type(e).__name__}: {e}")
+    print(f"deploy/check.py: {len(selected) - failed} checks ok, {failed} failed")
+    return 1 if failed or not selected else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

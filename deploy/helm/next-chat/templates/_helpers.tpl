@@ -1,0 +1,149 @@
+{{/*
+Names, labels and the few computed values the templates share.
+*/}}
+
+{{/* The port the server listens on inside the pod (the image's EXPOSE). */}}
+{{- define "next-chat.containerPort" -}}
+5000
+{{- end }}
+
+{{- define "next-chat.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+RELEASE-next-chat, or the release name alone when it already contains the
+chart name; at most 63 characters (a DNS label).
+*/}}
+{{- define "next-chat.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "next-chat.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "next-chat.labels" -}}
+helm.sh/chart: {{ include "next-chat.chart" . }}
+{{ include "next-chat.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "next-chat.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "next-chat.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The server pods' selector: the common labels plus the component. */}}
+{{- define "next-chat.serverSelectorLabels" -}}
+{{ include "next-chat.selectorLabels" . }}
+app.kubernetes.io/component: server
+{{- end }}
+
+{{- define "next-chat.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "next-chat.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "next-chat.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The release's own Secret: database and Redis URLs and generated passwords. */}}
+{{- define "next-chat.secretName" -}}
+{{- include "next-chat.fullname" . }}
+{{- end }}
+
+{{- define "next-chat.redisHost" -}}
+{{- printf "%s-redis" (include "next-chat.fullname" .) }}
+{{- end }}
+
+{{- define "next-chat.mysqlHost" -}}
+{{- printf "%s-mysql" (include "next-chat.fullname" .) }}
+{{- end }}
+
+{{/*
+A value kept in the release's Secret: the one given in values if any, else
+the one already stored (so upgrades keep generated passwords), else a new
+random one. Call with (list $ "secret-key" .Values.some.password).
+*/}}
+{{- define "next-chat.secretValue" -}}
+{{- $root := index . 0 }}
+{{- $key := index . 1 }}
+{{- $given := index . 2 }}
+{{- if $given }}
+{{- $given }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" $root.Release.Namespace (include "next-chat.secretName" $root) }}
+{{- if and $existing (hasKey $existing.data $key) }}
+{{- index $existing.data $key | b64dec }}
+{{- else }}
+{{- randAlphaNum 32 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where the server's database URL comes from: an EnvVarSource for
+NEXT_CHAT_DATABASE. The chart refuses to render without a database, since
+SQLite inside a pod would lose history and cannot be shared by replicas.
+*/}}
+{{- define "next-chat.databaseUrlSource" -}}
+{{- if .Values.mysql.enabled }}
+secretKeyRef:
+  name: {{ include "next-chat.secretName" . }}
+  key: database-url
+{{- else if .Values.externalDatabase.existingSecret }}
+secretKeyRef:
+  name: {{ .Values.externalDatabase.existingSecret }}
+  key: {{ .Values.externalDatabase.existingSecretKey }}
+{{- else if .Values.externalDatabase.url }}
+secretKeyRef:
+  name: {{ include "next-chat.secretName" . }}
+  key: database-url
+{{- else }}
+{{- fail "no history database: set mysql.enabled=true, externalDatabase.url or externalDatabase.existingSecret" }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the server gets a Redis at all ("true" or ""). */}}
+{{- define "next-chat.hasRedis" -}}
+{{- if or .Values.redis.enabled .Values.externalRedis.url .Values.externalRedis.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* An EnvVarSource for NEXT_CHAT_REDIS; only called when hasRedis. */}}
+{{- define "next-chat.redisUrlSource" -}}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.existingSecret }}
+secretKeyRef:
+  name: {{ .Values.externalRedis.existingSecret }}
+  key: {{ .Values.externalRedis.existingSecretKey }}
+{{- else }}
+secretKeyRef:
+  name: {{ include "next-chat.secretName" . }}
+  key: redis-url
+{{- end }}
+{{- end }}
+
+{{/* Refuses value combinations that would deploy something broken. */}}
+{{- define "next-chat.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not (include "next-chat.hasRedis" .)) }}
+{{- fail "replicaCount > 1 needs Redis: set redis.enabled=true, externalRedis.url or externalRedis.existingSecret" }}
+{{- end }}
+{{- $needed := add .Values.preStopSleepSeconds .Values.config.shutdown_timeout_secs 5 }}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (int $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least preStopSleepSeconds + config.shutdown_timeout_secs + 5 (%d) so the server can drain" (int .Values.terminationGracePeriodSeconds) (int $needed)) }}
+{{- end }}
+{{- end }}
