@@ -1,0 +1,45 @@
+//! The typed values the hub exchanges with a client: messages, join results and
+//! the events a connection delivers.
+
+use std::time::SystemTime;
+
+/// One chat message, as `OnMessage`, `OnHistory` and `GetHistory` carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Opaque; unique within the group and increasing in delivery order.
+    pub id: String,
+    pub author_id: String,
+    pub group_id: String,
+    /// The server's time when it accepted the message.
+    pub send_time: SystemTime,
+    pub text: String,
+}
+
+/// What `JoinGroup` answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinResult {
+    /// Joined: the group's recent history arrived as [`Event::History`] first.
+    Joined,
+    /// The group already has its maximum number of distinct members.
+    NoRoom,
+}
+
+/// Something that happened on the connection, in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new message in a group this client has joined (`OnMessage`); after a
+    /// reconnect, also each message missed while away, once, in order.
+    Message(Message),
+    /// The group's latest messages, oldest first, sent on `join_group`.
+    History { group: String, messages: Vec<Message> },
+    /// The connection was lost and the client is reconnecting.
+    Disconnected { error: Option<String> },
+    /// After a reconnect, a group could not be joined again (full, or an error);
+    /// the client no longer receives its messages.
+    RejoinFailed { group: String, error: String },
+    /// Connected again, groups rejoined and missed messages delivered.
+    Reconnected,
+    /// The client is finished: closed by the caller (`error: None`), or the
+    /// connection was lost with no (more) reconnecting. The last event.
+    Closed { error: Option<String> },
+}

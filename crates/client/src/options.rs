@@ -1,0 +1,98 @@
+//! What a caller decides before connecting: where, as whom, in which encoding,
+//! how long calls may take, and whether and how to reconnect.
+
+use std::time::Duration;
+
+/// The hub protocol encoding the connection speaks after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    #[default]
+    Json,
+    MessagePack,
+}
+
+/// How a client connects. Build one with [`ClientOptions::new`] and change the
+/// fields that differ from the defaults.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The hub URL, `http(s)://host:port/next-chat` or `ws(s)://host:port/next-chat`.
+    pub url: String,
+    /// The user id, sent as the `Authorization` header.
+    pub user: String,
+    pub protocol: Protocol,
+    /// Connect straight to the WebSocket, without `POST .../negotiate` first.
+    pub skip_negotiation: bool,
+    /// How long any hub call may wait for its completion.
+    pub call_timeout: Duration,
+    /// How long connecting (negotiate, WebSocket upgrade, handshake) may take.
+    pub connect_timeout: Duration,
+    /// The client sends a Ping whenever it has sent nothing for this long, so the
+    /// server (which closes a connection silent for 30 s) keeps it open.
+    pub keep_alive_interval: Duration,
+    /// The server is taken for dead when nothing at all arrived for this long
+    /// (it pings every 15 s when idle).
+    pub server_timeout: Duration,
+    /// `None`: a lost connection ends the client with [`crate::Event::Closed`].
+    pub reconnect: Option<ReconnectPolicy>,
+}
+
+impl ClientOptions {
+    /// JSON, negotiate first, 10 s calls, no automatic reconnect.
+    pub fn new(url: impl Into<String>, user: impl Into<String>) -> ClientOptions {
+        ClientOptions {
+            url: url.into(),
+            user: user.into(),
+            protocol: Protocol::Json,
+            skip_negotiation: false,
+            call_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            keep_alive_interval: Duration::from_secs(15),
+            server_timeout: Duration::from_secs(30),
+            reconnect: None,
+        }
+    }
+}
+
+/// Exponential backoff between reconnect attempts: `initial_delay`, doubling up to
+/// `max_delay`, for at most `max_attempts` attempts (`None`: forever).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconnectPolicy {
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        ReconnectPolicy {
+            initial_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(10),
+            max_attempts: None,
+        }
+    }
+}
+
+impl ReconnectPolicy {
+    /// The wait before attempt `attempt` (0-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.min(16));
+        self.initial_delay.saturating_mul(factor).min(self.max_delay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = ReconnectPolicy {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(700),
+            max_attempts: None,
+        };
+        let delays: Vec<u64> = (0..5).map(|a| policy.delay(a).as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 700, 700]);
+        assert_eq!(policy.delay(u32::MAX), Duration::from_millis(700));
+    }
+}
