@@ -135,7 +135,10 @@ impl Drop for StreamHistoryReconciler {
 }
 
 async fn round_loop(inner: Arc<Inner>) {
-    let mut ticks = tokio::time::interval(inner.config.interval);
+    // The first round one interval after start: instances starting together
+    // need not all race for the lock at once.
+    let first = tokio::time::Instant::now() + inner.config.interval;
+    let mut ticks = tokio::time::interval_at(first, inner.config.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;

@@ -18,7 +18,9 @@
 //!
 //! Keys, all under `key_prefix`:
 //! - `groups`: sorted set of group ids, all scored 0.
-//! - `members:<group>`: sorted set of `<user>\x1f<instance>`, scored by expiry (ms).
+//! - `members:<group>`: sorted set of `<user>\x1f<instance>`, scored by expiry (ms
+//!   of Redis's clock); the key itself expires with its longest-lived entry, so
+//!   groups whose instances all died leave nothing behind.
 //! - `stream:<shard>`: stream of messages with fields `g` (group), `a` (author), `t` (text).
 //! - `reconcile:lock`, `reconcile:watermark:<shard>`: see `reconcile`.
 
@@ -465,7 +467,8 @@ if ARGV[5] ~= '1' then
   end
 end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1] .. '\31' .. ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ttl)
+local latest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(latest[2])) + 1)
 return 1
 ";
 
@@ -503,7 +506,10 @@ for k = 1, #KEYS do
     redis.call('ZADD', KEYS[k], now + ttl, ARGV[i] .. '\31' .. ARGV[2])
     i = i + 1
   end
-  redis.call('PEXPIRE', KEYS[k], ttl)
+  local latest = redis.call('ZRANGE', KEYS[k], -1, -1, 'WITHSCORES')
+  if latest[2] then
+    redis.call('PEXPIREAT', KEYS[k], math.floor(tonumber(latest[2])) + 1)
+  end
 end
 return 0
 ";

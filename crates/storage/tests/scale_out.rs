@@ -1,0 +1,363 @@
+//! Tests only the scale-out backends need: several instances sharing one Redis,
+//! members of a dead instance expiring, the stream reader surviving a Redis
+//! restart, MySQL's batched writes and index use, and the reconciler. They use
+//! the machine's Redis and MariaDB under names of their own, except the restart
+//! test, which runs a `redis-server` of its own on a free port.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use next_chat_core::{
+    HistoryStore, JoinOutcome, LocalFanout, Membership, Message, MessageId, MessageText, Messaging,
+    NewMessage,
+};
+use next_chat_storage::{
+    ExistingMessages, MySqlHistory, ReconcilerConfig, RedisConfig, RedisMembership, RedisMessaging,
+    StreamHistoryReconciler, mysql,
+};
+use sqlx::Row;
+
+fn draft(group_name: &str, text: &str) -> NewMessage {
+    NewMessage {
+        author: user("alice"),
+        group: group(group_name),
+        text: MessageText::from_trusted(text),
+    }
+}
+
+/// Polls `condition` until it holds or `within` passes; for state that changes
+/// on a server's clock (expiry, reconnection), not to hide races.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_racing_for_the_last_places_admit_exactly_the_maximum() {
+    let names = ScaleOutNames::new();
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        instances.push(Arc::new(RedisMembership::start(names.redis_config()).await.unwrap()));
+    }
+    let g = group("race");
+    instances[0].create_group(&g).await.unwrap();
+    // 17 places taken, 3 left, 12 users on 4 instances racing for them.
+    for i in 0..17 {
+        let outcome = instances[i % 4]
+            .join(&g, &user(&format!("early{i}")), &connection(&format!("e{i}")), 20)
+            .await;
+        assert_eq!(outcome.unwrap(), JoinOutcome::Joined);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let instance = Arc::clone(&instances[i % 4]);
+        let g = g.clone();
+        tasks.push(tokio::spawn(async move {
+            instance.join(&g, &user(&format!("late{i}")), &connection(&format!("l{i}")), 20).await
+        }));
+    }
+    let mut joined = 0;
+    for task in tasks {
+        if task.await.unwrap().unwrap() == JoinOutcome::Joined {
+            joined += 1;
+        }
+    }
+    assert_eq!(joined, 3);
+    assert_eq!(instances[1].member_count(&g).await.unwrap(), 20);
+    // A user already in through one instance gets in through another.
+    assert_eq!(
+        instances[3].join(&g, &user("early0"), &connection("e0-bis"), 20).await.unwrap(),
+        JoinOutcome::Joined
+    );
+    assert_eq!(instances[2].member_count(&g).await.unwrap(), 20);
+    for instance in &instances {
+        instance.shutdown().await;
+    }
+    assert_eq!(instances[0].member_count(&g).await.unwrap(), 0, "shutdown frees the places");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_an_instance_that_stops_heart_beating_expire() {
+    let names = ScaleOutNames::new();
+    let short = RedisConfig {
+        member_ttl: Duration::from_millis(1500),
+        heartbeat_interval: Duration::from_millis(300),
+        ..names.redis_config()
+    };
+    let doomed = RedisMembership::start(short.clone()).await.unwrap();
+    let observer = RedisMembership::start(names.redis_config()).await.unwrap();
+    let g = group("g");
+    doomed.create_group(&g).await.unwrap();
+    for i in 0..3 {
+        let (u, c) = (user(&format!("u{i}")), connection(&format!("c{i}")));
+        assert_eq!(doomed.join(&g, &u, &c, 20).await.unwrap(), JoinOutcome::Joined);
+    }
+    assert_eq!(
+        observer.join(&g, &user("survivor"), &connection("s"), 20).await.unwrap(),
+        JoinOutcome::Joined
+    );
+    // Heart-beating keeps the members well past their time to live.
+    tokio::time::sleep(short.member_ttl * 2).await;
+    assert_eq!(observer.member_count(&g).await.unwrap(), 4);
+
+    // Dropping without shutdown stops the heartbeat and leaves the entries, as
+    // a SIGKILL would.
+    let stopped = Instant::now();
+    drop(doomed);
+    eventually(short.member_ttl * 3, "the dead instance's members expire", || async {
+        observer.member_count(&g).await.unwrap() == 1
+    })
+    .await;
+    assert!(stopped.elapsed() >= short.member_ttl - short.heartbeat_interval);
+    // The freed places can be taken.
+    assert_eq!(
+        observer.join(&g, &user("u0"), &connection("c0-new"), 2).await.unwrap(),
+        JoinOutcome::Joined
+    );
+    observer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_deliver_every_message_in_one_order() {
+    let names = ScaleOutNames::new();
+    let fanouts = [Arc::new(LocalFanout::new()), Arc::new(LocalFanout::new())];
+    let mut instances = Vec::new();
+    for fanout in &fanouts {
+        instances.push(Arc::new(
+            RedisMessaging::start(names.redis_config(), Arc::clone(fanout)).await.unwrap(),
+        ));
+    }
+    let g = group("shared");
+    let mut on_a = subscribe(&fanouts[0], &g, "a");
+    let mut on_b = subscribe(&fanouts[1], &g, "b");
+    let mut tasks = Vec::new();
+    for (n, instance) in instances.iter().enumerate() {
+        let instance = Arc::clone(instance);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                instance.publish(draft("shared", &format!("{n}/{i}")), &|_| {}).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let seen_a = receive(&mut on_a, 100).await;
+    let seen_b = receive(&mut on_b, 100).await;
+    assert_eq!(seen_a, seen_b, "both instances see one order");
+    assert!(seen_a.windows(2).all(|w| w[0].id < w[1].id));
+    expect_nothing(&mut on_a, Duration::from_millis(200)).await;
+    for instance in &instances {
+        instance.shutdown().await;
+    }
+}
+
+/// A `redis-server` of the test's own, on a free port, without persistence.
+struct OwnRedis {
+    port: u16,
+    child: tokio::process::Child,
+}
+
+impl OwnRedis {
+    async fn start(port: u16) -> OwnRedis {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is on PATH");
+        let url = format!("redis://127.0.0.1:{port}");
+        eventually(Duration::from_secs(10), "redis-server answers", || async {
+            let Ok(client) = redis::Client::open(url.as_str()) else { return false };
+            match client.get_multiplexed_async_connection().await {
+                Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+        OwnRedis { port, child }
+    }
+
+    async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_resumes_after_redis_comes_back_and_publish_fails_fast_meanwhile() {
+    let port = free_port();
+    let server = OwnRedis::start(port).await;
+    let config = RedisConfig {
+        url: format!("redis://127.0.0.1:{}", server.port),
+        key_prefix: "restart:".into(),
+        command_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        read_block: Duration::from_millis(500),
+        reconnect_delay_max: Duration::from_millis(500),
+        ..RedisConfig::default()
+    };
+    let fanout = Arc::new(LocalFanout::new());
+    let messaging = RedisMessaging::start(config, Arc::clone(&fanout)).await.unwrap();
+    let g = group("g");
+    let mut received = subscribe(&fanout, &g, "c");
+    let before = messaging.publish(draft("g", "before"), &|_| {}).await.unwrap();
+    assert_eq!(receive(&mut received, 1).await, vec![before.clone()]);
+
+    server.kill().await;
+    let started = Instant::now();
+    let failed = messaging.publish(draft("g", "lost"), &|_| {}).await;
+    let error = failed.expect_err("publish fails while Redis is away");
+    assert_eq!(error.backend, "redis");
+    assert!(started.elapsed() < Duration::from_secs(3), "failed fast: {:?}", started.elapsed());
+    assert!(messaging.check().await.is_err());
+
+    let _server = OwnRedis::start(port).await;
+    // Publish as soon as Redis takes it, likely before the reader is back: the
+    // reader must still deliver it, from the id it stopped at.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = loop {
+        match messaging.publish(draft("g", "after 0"), &|_| {}).await {
+            Ok(message) => break vec![message],
+            Err(_) => assert!(Instant::now() < deadline, "publish works again within 10 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for i in 1..5 {
+        after.push(messaging.publish(draft("g", &format!("after {i}")), &|_| {}).await.unwrap());
+    }
+    assert_eq!(receive(&mut received, 5).await, after, "nothing accepted was missed");
+    assert!(after[0].id > before.id);
+    eventually(Duration::from_secs(5), "check passes again", || async {
+        messaging.check().await.is_ok()
+    })
+    .await;
+    messaging.shutdown().await;
+}
+
+fn message_at(group_name: &str, id: MessageId, text: &str) -> Message {
+    let mut m = message(group_name, id.millis, id.seq, text);
+    m.id = id;
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_takes_large_batches_once_and_reads_by_the_primary_key() {
+    let names = ScaleOutNames::new();
+    let history = MySqlHistory::connect(&names.mysql_url(), true).await.unwrap();
+    let batch: Vec<Message> = (0..1200u64)
+        .map(|i| message_at("big", MessageId::new(1000 + i / 7, i % 7), &format!("m{i}")))
+        .collect();
+    let started = Instant::now();
+    history.append(&batch).await.unwrap();
+    let first = started.elapsed();
+    history.append(&batch).await.unwrap();
+    println!(
+        "append of 1200 rows: {first:?}, again (all present): {:?}",
+        started.elapsed() - first
+    );
+    assert_eq!(history.read(&group("big"), None, 5000).await.unwrap(), batch);
+
+    let keys: Vec<_> = [batch[0].id, batch[1199].id, MessageId::new(1, 1)]
+        .into_iter()
+        .map(|id| (group("big"), id))
+        .collect();
+    let existing = history.existing(&keys).await.unwrap();
+    assert_eq!(existing.len(), 2);
+    assert!(!existing.contains(&(group("big"), MessageId::new(1, 1))));
+
+    // Reads are range scans of the primary key, not sorts of the group.
+    let mut connection = {
+        use sqlx::Connection;
+        sqlx::MySqlConnection::connect(&names.mysql_url()).await.unwrap()
+    };
+    let plan = sqlx::query(
+        "EXPLAIN SELECT id_millis, id_seq, author_id, send_time_ms, text FROM messages \
+         WHERE group_id = 'big' AND (id_millis < 1100 OR (id_millis = 1100 AND id_seq < 3)) \
+         ORDER BY id_millis DESC, id_seq DESC LIMIT 100",
+    )
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    let key: Option<String> = plan.try_get("key").unwrap();
+    let extra: Option<String> = plan.try_get("Extra").unwrap();
+    assert_eq!(key.as_deref(), Some("PRIMARY"));
+    assert!(!extra.unwrap_or_default().contains("filesort"), "no sort");
+    history.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_stores_what_history_lacks_once() {
+    let names = ScaleOutNames::new();
+    mysql::migrate(&names.mysql_url()).await.unwrap();
+    let history = Arc::new(MySqlHistory::connect(&names.mysql_url(), false).await.unwrap());
+    // Messages accepted by an instance that died before storing them: in the
+    // stream, and only some of them in MySQL.
+    let messaging =
+        RedisMessaging::start(names.redis_config(), Arc::new(LocalFanout::new())).await.unwrap();
+    let mut published = Vec::new();
+    for i in 0..30 {
+        let g = if i % 2 == 0 { "even" } else { "odd" };
+        published.push(messaging.publish(draft(g, &format!("m{i}")), &|_| {}).await.unwrap());
+    }
+    history.append(&published[..10]).await.unwrap();
+
+    let config = ReconcilerConfig {
+        interval: Duration::from_secs(3600),
+        settle: Duration::ZERO,
+        batch: 7,
+        ..ReconcilerConfig::default()
+    };
+    let reconciler =
+        StreamHistoryReconciler::start(names.redis_config(), config.clone(), history.clone())
+            .await
+            .unwrap();
+    // Entries of the current millisecond wait for the next round, so rounds
+    // repeat until everything older than now is in.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut inserted = 0;
+    while inserted < 20 {
+        assert!(Instant::now() < deadline, "the reconciler catches up within 5 s");
+        let report = reconciler.run_round().await.unwrap();
+        assert!(report.ran);
+        inserted += report.inserted;
+    }
+    assert_eq!(inserted, 20);
+    for g in ["even", "odd"] {
+        let expected: Vec<Message> =
+            published.iter().filter(|m| m.group.as_str() == g).cloned().collect();
+        assert_eq!(history.read(&group(g), None, 100).await.unwrap(), expected);
+    }
+    // The watermark moved: a further round finds nothing new.
+    let again = reconciler.run_round().await.unwrap();
+    assert_eq!((again.scanned, again.inserted), (0, 0));
+
+    // While another instance holds the lock, a round does nothing.
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}reconcile:lock", names.key_prefix))
+        .arg("someone else")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    messaging.publish(draft("even", "late"), &|_| {}).await.unwrap();
+    assert!(!reconciler.run_round().await.unwrap().ran);
+    reconciler.shutdown();
+    messaging.shutdown().await;
+}
