@@ -1,0 +1,89 @@
+//! Runs the `next-chat-autotest` binary, as `helm test` does, against real
+//! servers started here: every scenario and the load phase must pass in
+//! embedded mode and in Redis/MySQL mode, and a failing scenario or an
+//! unreachable server must fail the run with a non-zero exit status.
+
+use std::process::ExitStatus;
+
+use next_chat_testkit::{ScaleOut, TestServer};
+
+const SCENARIOS: usize = 5;
+
+struct Report {
+    status: ExitStatus,
+    stdout: String,
+}
+
+impl Report {
+    /// The closing `N passed, N failed` line.
+    fn summary(&self) -> &str {
+        self.stdout.lines().last().unwrap_or_default()
+    }
+}
+
+async fn autotest(url: &str, extra: &[&str]) -> Report {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_next-chat-autotest"))
+        .args(["--url", url])
+        .args(extra)
+        .output()
+        .await
+        .expect("next-chat-autotest runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    // Shown when a test fails.
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    Report { status: output.status, stdout }
+}
+
+#[tokio::test]
+async fn every_scenario_and_the_load_phase_pass_against_an_embedded_server() {
+    let server = TestServer::embedded().await;
+    let report = autotest(&server.url, &[]).await;
+    assert_eq!(report.summary(), format!("{} passed, 0 failed", SCENARIOS + 1));
+    assert!(report.status.success(), "exit status {}", report.status);
+}
+
+#[tokio::test]
+async fn every_scenario_and_the_load_phase_pass_against_a_redis_mysql_server() {
+    let scale = ScaleOut::create();
+    let server = TestServer::start(scale.args()).await;
+    let report = autotest(&server.url, &[]).await;
+    assert_eq!(report.summary(), format!("{} passed, 0 failed", SCENARIOS + 1));
+    assert!(report.status.success(), "exit status {}", report.status);
+}
+
+#[tokio::test]
+async fn scenarios_pass_over_messagepack() {
+    let server = TestServer::embedded().await;
+    let report = autotest(&server.url, &["--protocol", "messagepack", "--skip-load"]).await;
+    assert_eq!(report.summary(), format!("{SCENARIOS} passed, 0 failed"));
+    assert!(report.status.success(), "exit status {}", report.status);
+}
+
+#[tokio::test]
+async fn a_failing_scenario_fails_the_run() {
+    // The server admits 3 members; the runner expects the 21st to be refused,
+    // so the 4th already gets NoRoom and that scenario fails.
+    let server = TestServer::start(vec!["--max-members".into(), "3".into()]).await;
+    let report = autotest(&server.url, &["--skip-load"]).await;
+    assert_eq!(report.summary(), format!("{} passed, 1 failed", SCENARIOS - 1));
+    assert!(report.stdout.contains("FAIL  user 21 of a group gets NoRoom"), "{}", report.stdout);
+    assert_eq!(report.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn the_matching_max_members_passes() {
+    let server = TestServer::start(vec!["--max-members".into(), "3".into()]).await;
+    let report = autotest(&server.url, &["--skip-load", "--max-members", "3"]).await;
+    assert_eq!(report.summary(), format!("{SCENARIOS} passed, 0 failed"));
+    assert!(report.status.success());
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_every_scenario() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let report = autotest(&format!("http://127.0.0.1:{port}/next-chat"), &[]).await;
+    assert_eq!(report.summary(), format!("0 passed, {} failed", SCENARIOS + 1));
+    assert_eq!(report.status.code(), Some(1));
+}
