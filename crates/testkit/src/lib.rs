@@ -6,6 +6,16 @@
 //! `cargo build --workspace --bins` first); `binary` finds them next to the test
 //! executable. Each server prints `listening on http://ADDR` on stdout once it
 //! accepts connections, which is what `TestServer::start` waits for.
+//!
+//! For failure tests: `TcpProxy` takes a backend away from one test's servers
+//! (MariaDB, through a port of the test's own), `RedisServer` is a Redis of the
+//! test's own that it can kill and start again.
+
+mod proxy;
+mod redis_server;
+
+pub use proxy::TcpProxy;
+pub use redis_server::RedisServer;
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -19,6 +29,8 @@ use tokio::process::{Child, Command};
 /// prefix or database of their own.
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const MYSQL_ROOT_URL: &str = "mysql://root@127.0.0.1:3306";
+/// MariaDB's address, for a `TcpProxy` in front of it.
+pub const MYSQL_ADDR: &str = "127.0.0.1:3306";
 
 /// How long a server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -49,6 +61,12 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{n:016x}")
 }
 
+/// A port nothing listens on right now (another process may take it later).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("a bound socket has an address").port()
+}
+
 /// A MariaDB database and a Redis key prefix of this test's own, removed on drop.
 pub struct ScaleOut {
     pub redis_url: String,
@@ -72,13 +90,24 @@ impl ScaleOut {
 
     /// The server flags that select these backends.
     pub fn args(&self) -> Vec<String> {
+        self.args_via(None, None)
+    }
+
+    /// The same flags, but reaching Redis at `redis_url` (say a `RedisServer`
+    /// of the test's own) and MariaDB through `127.0.0.1:mysql_port` (say a
+    /// `TcpProxy`); `None` keeps the machine's.
+    pub fn args_via(&self, redis_url: Option<&str>, mysql_port: Option<u16>) -> Vec<String> {
+        let mysql_url = match mysql_port {
+            Some(port) => format!("mysql://root@127.0.0.1:{port}/{}", self.database),
+            None => self.mysql_url.clone(),
+        };
         vec![
             "--redis".into(),
-            self.redis_url.clone(),
+            redis_url.unwrap_or(&self.redis_url).to_string(),
             "--redis-key-prefix".into(),
             self.key_prefix.clone(),
             "--database".into(),
-            self.mysql_url.clone(),
+            mysql_url,
             "--migrate".into(),
         ]
     }
