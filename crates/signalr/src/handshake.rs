@@ -34,6 +34,10 @@ pub enum HandshakeError {
     UnsupportedProtocol(String),
     #[error("The server does not support version {version} of the '{protocol}' protocol.")]
     UnsupportedVersion { protocol: String, version: i64 },
+    #[error("The '{protocol}' protocol cannot be used over {transport}, which carries text only.")]
+    TextOnlyTransport { protocol: String, transport: String },
+    #[error("no handshake request within {seconds} s")]
+    TimedOut { seconds: u64 },
 }
 
 impl HandshakeRequest {

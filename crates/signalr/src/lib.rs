@@ -10,6 +10,7 @@ pub mod json;
 pub mod msgpack;
 pub mod negotiate;
 pub mod protocol;
+pub mod server;
 pub mod value;
 
 pub use negotiate::Transport;

@@ -1,0 +1,441 @@
+//! One client connection as the hub sees it, and the outbound side of it.
+//!
+//! [`Connection`] is the cheap handle the hub keeps: it knows who is connected over
+//! what, and queues already-encoded records without ever waiting. [`Outbound`] is the
+//! other end of that queue, owned by whichever transport writes to the client; it
+//! also decides when to send a keep-alive Ping and how to finish after a close.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::negotiate::Transport;
+use crate::protocol::{HubMessage, Protocol};
+use crate::value::Value;
+
+/// The close text when a client does not read what we send fast enough.
+pub(crate) const QUEUE_FULL_ERROR: &str =
+    "outbound queue full: the client is not reading fast enough";
+
+/// Why [`Connection::send`] did not queue a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the connection is closed")]
+    Closed,
+    /// The queue was full; the connection has been closed with an error.
+    #[error("{QUEUE_FULL_ERROR}")]
+    QueueFull,
+}
+
+/// How a connection is to end, set once by whoever closes it first.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CloseRequest {
+    /// Sent to the client in the Close message, and logged.
+    pub error: Option<String>,
+    pub allow_reconnect: bool,
+    /// Whether the client may still be listening for a Close message.
+    pub send_close_message: bool,
+    /// Whether records already queued are written before the Close message. Off when
+    /// the client is gone or too slow; shutdown turns it off when its time is up.
+    pub drain: bool,
+    /// For the log: what ended the connection.
+    pub reason: String,
+}
+
+impl CloseRequest {
+    /// The client went away or asked to stop: nothing more to tell it.
+    pub(crate) fn peer_gone(reason: impl Into<String>) -> Self {
+        Self {
+            error: None,
+            allow_reconnect: false,
+            send_close_message: false,
+            drain: false,
+            reason: reason.into(),
+        }
+    }
+
+    /// We end the connection and tell the client why.
+    pub(crate) fn with_error(error: impl Into<String>) -> Self {
+        let error = error.into();
+        Self {
+            reason: error.clone(),
+            error: Some(error),
+            allow_reconnect: false,
+            send_close_message: true,
+            drain: true,
+        }
+    }
+}
+
+/// The state shared by every handle of one connection and by its transport.
+#[derive(Debug)]
+struct Shared {
+    id: String,
+    user: String,
+    transport: Transport,
+    /// 0 until the handshake picks a protocol, then 1 + [`Protocol::slot`].
+    protocol: AtomicU8,
+    outbound: mpsc::Sender<Bytes>,
+    close: watch::Sender<Option<CloseRequest>>,
+}
+
+/// A handle to one client connection. Cloning is cheap (an `Arc`).
+#[derive(Debug, Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+impl Connection {
+    /// A new connection and the receiving end of its outbound queue.
+    pub(crate) fn new(
+        id: String,
+        user: String,
+        transport: Transport,
+        queue_capacity: usize,
+        keep_alive: Option<Duration>,
+    ) -> (Connection, Outbound) {
+        let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+        let (close, close_rx) = watch::channel(None);
+        let connection = Connection {
+            shared: Arc::new(Shared {
+                id,
+                user,
+                transport,
+                protocol: AtomicU8::new(0),
+                outbound: tx,
+                close,
+            }),
+        };
+        let outbound = Outbound {
+            records: rx,
+            close: close_rx,
+            connection: connection.clone(),
+            keep_alive,
+            last_write: Instant::now(),
+            finished: false,
+        };
+        (connection, outbound)
+    }
+
+    /// The connection id (16 random bytes, base64url), unique across servers.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// The user the hub's `authenticate` returned.
+    pub fn user(&self) -> &str {
+        &self.shared.user
+    }
+
+    /// The hub protocol the handshake chose (JSON until the handshake completes; the
+    /// hub never sees a connection before that).
+    pub fn protocol(&self) -> Protocol {
+        self.negotiated_protocol().unwrap_or(Protocol::Json)
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.shared.transport
+    }
+
+    pub(crate) fn negotiated_protocol(&self) -> Option<Protocol> {
+        match self.shared.protocol.load(Ordering::Acquire) {
+            1 => Some(Protocol::Json),
+            2 => Some(Protocol::MessagePack),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn set_protocol(&self, protocol: Protocol) {
+        self.shared.protocol.store(protocol.slot() as u8 + 1, Ordering::Release);
+    }
+
+    /// Queues one whole record (already encoded for [`Connection::protocol`]) without
+    /// waiting. A full queue closes the connection with an error and returns
+    /// [`SendError::QueueFull`].
+    pub fn send(&self, record: Bytes) -> Result<(), SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        self.push(record)
+    }
+
+    /// Queues even while the connection is closing (completions of the invocation in
+    /// flight, and the handshake response).
+    pub(crate) fn push(&self, record: Bytes) -> Result<(), SendError> {
+        match self.shared.outbound.try_send(record) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.request_close(CloseRequest {
+                    drain: false,
+                    ..CloseRequest::with_error(QUEUE_FULL_ERROR)
+                });
+                Err(SendError::QueueFull)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+        }
+    }
+
+    /// Encodes a hub message for this connection's protocol and queues it.
+    pub fn send_message(&self, message: &HubMessage) -> Result<(), SendError> {
+        self.send(self.protocol().encode(message))
+    }
+
+    /// Calls `target` on the client (no invocation id: the client sends no completion).
+    pub fn send_invocation(&self, target: &str, arguments: Vec<Value>) -> Result<(), SendError> {
+        self.send_message(&HubMessage::Invocation {
+            invocation_id: None,
+            target: target.to_owned(),
+            arguments,
+            stream_ids: Vec::new(),
+        })
+    }
+
+    /// Closes the connection: what is queued is written, then a Close message carrying
+    /// `error`. Closing twice keeps the first reason.
+    pub fn close(&self, error: Option<String>) {
+        let request = match error {
+            Some(error) => CloseRequest::with_error(error),
+            None => CloseRequest {
+                error: None,
+                allow_reconnect: false,
+                send_close_message: true,
+                drain: true,
+                reason: "closed by the server".into(),
+            },
+        };
+        self.request_close(request);
+    }
+
+    /// Whether the connection is closing or closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.close.borrow().is_some()
+    }
+
+    /// Resolves once the connection is closing.
+    pub async fn closed(&self) {
+        let mut rx = self.shared.close.subscribe();
+        // An error means every sender is gone, which cannot happen while `self` lives.
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+
+    /// Sets the close request unless one is set already. Returns whether it was set.
+    pub(crate) fn request_close(&self, request: CloseRequest) -> bool {
+        self.shared.close.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(request);
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Stops draining: the transport writes the Close message (if any) and ends now.
+    pub(crate) fn stop_draining(&self) {
+        self.shared.close.send_if_modified(|current| match current {
+            Some(request) if request.drain => {
+                request.drain = false;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    pub(crate) fn close_request(&self) -> Option<CloseRequest> {
+        self.shared.close.borrow().clone()
+    }
+
+    pub(crate) fn subscribe_close(&self) -> watch::Receiver<Option<CloseRequest>> {
+        self.shared.close.subscribe()
+    }
+}
+
+/// The transport's end of the outbound queue.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    records: mpsc::Receiver<Bytes>,
+    close: watch::Receiver<Option<CloseRequest>>,
+    connection: Connection,
+    /// Ping after this long without a write; `None` for long polling, whose polls
+    /// keep the connection alive by themselves.
+    keep_alive: Option<Duration>,
+    last_write: Instant,
+    finished: bool,
+}
+
+impl Outbound {
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The next record to write: queued records, keep-alive Pings, and after a close
+    /// the drained queue then the Close message. `None` when the transport should end.
+    /// Cancel-safe.
+    pub(crate) async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(step) = self.after_close() {
+                return step;
+            }
+            let ping_at = self.ping_deadline();
+            tokio::select! {
+                biased;
+                changed = self.close.changed() => {
+                    if changed.is_err() {
+                        self.finished = true;
+                        return None;
+                    }
+                }
+                record = self.records.recv() => {
+                    return match record {
+                        Some(record) => Some(self.wrote(record)),
+                        None => {
+                            self.finished = true;
+                            None
+                        }
+                    };
+                }
+                _ = sleep_until_opt(ping_at) => {
+                    if let Some(protocol) = self.connection.negotiated_protocol() {
+                        return Some(self.wrote(ping_record(protocol)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A record available now, without waiting; `None` when there is none (or the
+    /// transport should end: see [`Outbound::is_finished`]).
+    pub(crate) fn try_next(&mut self) -> Option<Bytes> {
+        if let Some(step) = self.after_close() {
+            return step;
+        }
+        self.records.try_recv().ok().map(|record| self.wrote(record))
+    }
+
+    /// Resolves when the connection is closing and must not drain any more.
+    pub(crate) async fn forced(&self) {
+        let mut rx = self.close.clone();
+        let _ = rx.wait_for(|request| request.as_ref().is_some_and(|r| !r.drain)).await;
+    }
+
+    /// What to do once a close is requested: `Some(Some(record))` to write,
+    /// `Some(None)` to end, `None` when the connection is not closing.
+    fn after_close(&mut self) -> Option<Option<Bytes>> {
+        if self.finished {
+            return Some(None);
+        }
+        let request = self.close.borrow_and_update().clone()?;
+        if request.drain
+            && let Ok(record) = self.records.try_recv()
+        {
+            return Some(Some(self.wrote(record)));
+        }
+        self.finished = true;
+        // Before the handshake there is no protocol to write a Close message in.
+        let Some(protocol) = self.connection.negotiated_protocol() else {
+            return Some(None);
+        };
+        if !request.send_close_message {
+            return Some(None);
+        }
+        Some(Some(protocol.encode(&HubMessage::Close {
+            error: request.error,
+            allow_reconnect: request.allow_reconnect,
+        })))
+    }
+
+    fn ping_deadline(&self) -> Option<Instant> {
+        let interval = self.keep_alive?;
+        self.connection.negotiated_protocol()?;
+        Some(self.last_write + interval)
+    }
+
+    fn wrote(&mut self, record: Bytes) -> Bytes {
+        self.last_write = Instant::now();
+        record
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The Ping record, static so a keep-alive tick allocates nothing.
+fn ping_record(protocol: Protocol) -> Bytes {
+    match protocol {
+        Protocol::Json => Bytes::from_static(b"{\"type\":6}\x1e"),
+        Protocol::MessagePack => Bytes::from_static(&[0x02, 0x91, 0x06]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(capacity: usize) -> (Connection, Outbound) {
+        let (connection, outbound) = Connection::new(
+            "id".into(),
+            "alice".into(),
+            Transport::WebSockets,
+            capacity,
+            Some(Duration::from_secs(15)),
+        );
+        connection.set_protocol(Protocol::Json);
+        (connection, outbound)
+    }
+
+    #[test]
+    fn ping_records_match_the_encoder() {
+        for protocol in Protocol::ALL {
+            assert_eq!(ping_record(protocol), protocol.encode(&HubMessage::Ping));
+        }
+    }
+
+    #[tokio::test]
+    async fn full_queue_closes_the_connection_with_an_error() {
+        let (connection, mut outbound) = open(2);
+        assert!(connection.send(Bytes::from_static(b"1")).is_ok());
+        assert!(connection.send(Bytes::from_static(b"2")).is_ok());
+        assert_eq!(connection.send(Bytes::from_static(b"3")), Err(SendError::QueueFull));
+        assert!(connection.is_closed());
+        assert_eq!(connection.send(Bytes::from_static(b"4")), Err(SendError::Closed));
+        // No draining after an overflow: straight to the Close message.
+        let close = outbound.next().await.expect("a Close message");
+        assert_eq!(
+            &close[..],
+            format!("{{\"type\":7,\"error\":\"{QUEUE_FULL_ERROR}\"}}\u{1e}").as_bytes()
+        );
+        assert_eq!(outbound.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn close_drains_the_queue_first() {
+        let (connection, mut outbound) = open(8);
+        connection.send(Bytes::from_static(b"a")).expect("queue has room");
+        connection.close(None);
+        assert_eq!(outbound.next().await, Some(Bytes::from_static(b"a")));
+        assert_eq!(outbound.next().await, Some(Bytes::from_static(b"{\"type\":7}\x1e")));
+        assert_eq!(outbound.next().await, None);
+        assert!(outbound.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_after_the_keep_alive_interval_of_silence() {
+        let (_connection, mut outbound) = open(8);
+        let started = Instant::now();
+        let ping = outbound.next().await.expect("a ping");
+        assert_eq!(&ping[..], b"{\"type\":6}\x1e");
+        assert_eq!(started.elapsed(), Duration::from_secs(15));
+    }
+}

@@ -1,0 +1,470 @@
+//! The HTTP endpoints: negotiate, and `GET`/`POST`/`DELETE` on the hub path, which
+//! identify the caller, find its negotiated connection and hand over to the
+//! transport. Every refusal is mapped to its HTTP status here and nowhere else.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::connection::{CloseRequest, Connection};
+use super::long_polling::{self, PollState};
+use super::registry::{Negotiated, NegotiatedState, lock};
+use super::session::{self, Inbound, Liveness};
+use super::{Hub, ServerState, sse, websocket};
+use crate::negotiate::{NegotiateResponse, Transport, answer_version, new_random_id};
+
+/// POST bodies waiting for the session; a small bound gives back-pressure.
+const INBOUND_CAPACITY: usize = 4;
+
+type Params = Query<Vec<(String, String)>>;
+
+/// A refusal, turned into a response in one place.
+enum Refusal {
+    Unauthorized(String),
+    Forbidden,
+    MissingId,
+    UnknownConnection,
+    Conflict,
+    ChangedTransport,
+    TransportDisabled(Transport),
+    ShuttingDown,
+    NotStarted,
+    PostOnWebSocket,
+    DeleteNotLongPolling,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let (status, text) = match self {
+            Refusal::Unauthorized(reason) => (StatusCode::UNAUTHORIZED, reason),
+            Refusal::Forbidden => {
+                (StatusCode::FORBIDDEN, "this connection was negotiated by another user".to_owned())
+            }
+            Refusal::MissingId => (StatusCode::BAD_REQUEST, "Connection ID required".to_owned()),
+            Refusal::UnknownConnection => {
+                (StatusCode::NOT_FOUND, "No Connection with that ID".to_owned())
+            }
+            Refusal::Conflict => (
+                StatusCode::CONFLICT,
+                "the connection already has a request of this transport in progress".to_owned(),
+            ),
+            Refusal::ChangedTransport => {
+                (StatusCode::BAD_REQUEST, "Cannot change transports mid-connection".to_owned())
+            }
+            Refusal::TransportDisabled(transport) => (
+                StatusCode::NOT_FOUND,
+                format!("{transport} transport not supported by this end point type"),
+            ),
+            Refusal::ShuttingDown => {
+                (StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down".to_owned())
+            }
+            Refusal::NotStarted => (
+                StatusCode::BAD_REQUEST,
+                "the connection has not started a transport yet".to_owned(),
+            ),
+            Refusal::PostOnWebSocket => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST requests are not allowed for WebSocket connections.".to_owned(),
+            ),
+            Refusal::DeleteNotLongPolling => (
+                StatusCode::BAD_REQUEST,
+                "Cannot terminate this connection using the DELETE endpoint.".to_owned(),
+            ),
+        };
+        (status, [(header::CONTENT_TYPE, "text/plain")], text).into_response()
+    }
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+}
+
+/// The credential: the `Authorization` header (less a leading `Bearer `), else the
+/// `access_token` query parameter.
+fn credential<'a>(headers: &'a HeaderMap, params: &'a [(String, String)]) -> Option<&'a str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION)
+        && let Ok(value) = std::str::from_utf8(value.as_bytes())
+    {
+        return Some(value.strip_prefix("Bearer ").unwrap_or(value));
+    }
+    param(params, "access_token")
+}
+
+fn identify<H: Hub>(
+    server: &ServerState<H>,
+    headers: &HeaderMap,
+    params: &[(String, String)],
+) -> Result<String, Refusal> {
+    if server.registry.is_shutting_down() {
+        return Err(Refusal::ShuttingDown);
+    }
+    let token = credential(headers, params).ok_or_else(|| {
+        Refusal::Unauthorized(
+            "no identity: send an Authorization header or an access_token query parameter"
+                .to_owned(),
+        )
+    })?;
+    server.hub.authenticate(token).map_err(Refusal::Unauthorized)
+}
+
+/// The negotiated connection `?id=` names, if `user` negotiated it.
+fn find<H: Hub>(
+    server: &ServerState<H>,
+    params: &[(String, String)],
+    user: &str,
+) -> Result<Arc<Negotiated>, Refusal> {
+    let token = param(params, "id").filter(|id| !id.is_empty()).ok_or(Refusal::MissingId)?;
+    let negotiated = server.registry.negotiated(token).ok_or(Refusal::UnknownConnection)?;
+    if negotiated.user != user {
+        warn!(
+            connection_id = %negotiated.connection_id,
+            negotiated_by = %negotiated.user,
+            requested_by = %user,
+            "transport request by another user refused"
+        );
+        return Err(Refusal::Forbidden);
+    }
+    Ok(negotiated)
+}
+
+fn ensure_enabled<H: Hub>(server: &ServerState<H>, transport: Transport) -> Result<(), Refusal> {
+    if server.config.transports.contains(&transport) {
+        Ok(())
+    } else {
+        Err(Refusal::TransportDisabled(transport))
+    }
+}
+
+/// `POST {path}/negotiate`
+pub(crate) async fn negotiate<H: Hub>(
+    State(server): State<Arc<ServerState<H>>>,
+    Query(params): Params,
+    headers: HeaderMap,
+) -> Response {
+    let user = match identify(&server, &headers, &params) {
+        Ok(user) => user,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let body = match answer_version(param(&params, "negotiateVersion")) {
+        Err(error) => NegotiateResponse::error(error),
+        Ok(version) => {
+            let connection_id = new_random_id();
+            let token = if version >= 1 { new_random_id() } else { connection_id.clone() };
+            let transports = &server.config.transports;
+            let body = if version >= 1 {
+                NegotiateResponse::v1(connection_id.clone(), token.clone(), transports)
+            } else {
+                NegotiateResponse::v0(connection_id.clone(), transports)
+            };
+            debug!(%connection_id, %user, version, "negotiated");
+            server.registry.add_negotiated(
+                Negotiated {
+                    connection_id,
+                    token,
+                    user,
+                    state: std::sync::Mutex::new(NegotiatedState::Pending),
+                },
+                server.config.negotiate_timeout,
+            );
+            body
+        }
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body.to_json()).into_response()
+}
+
+/// `GET {path}`: a WebSocket upgrade, an SSE stream, or a long poll.
+pub(crate) async fn connect<H: Hub>(
+    State(server): State<Arc<ServerState<H>>>,
+    Query(params): Params,
+    request: Request,
+) -> Response {
+    let headers = request.headers();
+    let user = match identify(&server, headers, &params) {
+        Ok(user) => user,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let result = if is_websocket(headers) {
+        connect_websocket(server, params, user, request).await
+    } else if accepts_event_stream(headers) {
+        connect_sse(server, &params, user)
+    } else {
+        long_poll(server, &params, user).await
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+async fn connect_websocket<H: Hub>(
+    server: Arc<ServerState<H>>,
+    params: Vec<(String, String)>,
+    user: String,
+    request: Request,
+) -> Result<Response, Refusal> {
+    ensure_enabled(&server, Transport::WebSockets)?;
+    let (mut parts, _body) = request.into_parts();
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    let (connection_id, negotiated) = if param(&params, "id").is_some() {
+        let negotiated = find(&server, &params, &user)?;
+        activate(&negotiated, Transport::WebSockets, || NegotiatedState::WebSockets)?;
+        (negotiated.connection_id.clone(), Some(negotiated))
+    } else {
+        // skipNegotiation: the connection starts here.
+        (new_random_id(), None)
+    };
+    Ok(websocket::upgrade(server, upgrade, connection_id, user, negotiated))
+}
+
+/// Binds a pending negotiated connection to `transport`.
+fn activate(
+    negotiated: &Negotiated,
+    transport: Transport,
+    state: impl FnOnce() -> NegotiatedState,
+) -> Result<(), Refusal> {
+    let mut current = lock(&negotiated.state);
+    match current.transport() {
+        None => {
+            *current = state();
+            Ok(())
+        }
+        Some(active) if active == transport => Err(Refusal::Conflict),
+        Some(_) => Err(Refusal::ChangedTransport),
+    }
+}
+
+/// The session's inbound stream for transports whose client sends by POST.
+fn posted_bodies(rx: mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item = Inbound> + Send {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|body| (Inbound::Data(body), rx))
+    })
+}
+
+fn connect_sse<H: Hub>(
+    server: Arc<ServerState<H>>,
+    params: &[(String, String)],
+    user: String,
+) -> Result<Response, Refusal> {
+    ensure_enabled(&server, Transport::ServerSentEvents)?;
+    let negotiated = find(&server, params, &user)?;
+    let config = &server.config;
+    let (connection, outbound) = Connection::new(
+        negotiated.connection_id.clone(),
+        user,
+        Transport::ServerSentEvents,
+        config.outbound_queue_capacity,
+        Some(config.keep_alive_interval),
+    );
+    let (inbound, rx) = mpsc::channel(INBOUND_CAPACITY);
+    activate(&negotiated, Transport::ServerSentEvents, || NegotiatedState::ServerSentEvents {
+        inbound,
+        connection: connection.clone(),
+    })?;
+    let live = server.registry.register_live(&connection);
+    let response = sse::response(outbound, live.clone());
+    let liveness = Liveness::ClientTimeout(config.client_timeout);
+    tokio::spawn(async move {
+        session::run(server.clone(), connection, posted_bodies(rx), liveness, live).await;
+        server.registry.remove_negotiated(&negotiated.token);
+    });
+    Ok(response)
+}
+
+async fn long_poll<H: Hub>(
+    server: Arc<ServerState<H>>,
+    params: &[(String, String)],
+    user: String,
+) -> Result<Response, Refusal> {
+    ensure_enabled(&server, Transport::LongPolling)?;
+    let negotiated = find(&server, params, &user)?;
+    let existing = match &*lock(&negotiated.state) {
+        NegotiatedState::LongPolling { polls, .. } => Some(polls.clone()),
+        NegotiatedState::Pending => None,
+        _ => return Err(Refusal::ChangedTransport),
+    };
+    if let Some(polls) = existing {
+        return Ok(long_polling::poll(polls, server.config.long_poll_timeout).await);
+    }
+    let config = &server.config;
+    let (connection, outbound) = Connection::new(
+        negotiated.connection_id.clone(),
+        user,
+        Transport::LongPolling,
+        config.outbound_queue_capacity,
+        None,
+    );
+    let polls = Arc::new(PollState::new(outbound));
+    let (inbound, rx) = mpsc::channel(INBOUND_CAPACITY);
+    activate(&negotiated, Transport::LongPolling, || NegotiatedState::LongPolling {
+        inbound,
+        connection: connection.clone(),
+        polls: polls.clone(),
+    })?;
+    let live = server.registry.register_live(&connection);
+    let disconnect_timeout = config.long_poll_disconnect_timeout;
+    let liveness = Liveness::Polling(polls.clone(), disconnect_timeout);
+    tokio::spawn(async move {
+        session::run(server.clone(), connection.clone(), posted_bodies(rx), liveness, live.clone())
+            .await;
+        // Let the client fetch what is left (the Close message) before forgetting it.
+        let undelivered = connection
+            .close_request()
+            .is_none_or(|request| request.send_close_message || request.drain);
+        if undelivered {
+            polls.wait_finished(disconnect_timeout).await;
+        }
+        server.registry.remove_negotiated(&negotiated.token);
+        drop(live);
+    });
+    Ok(long_polling::started())
+}
+
+/// `POST {path}?id=`: the client's messages over SSE or long polling.
+pub(crate) async fn send<H: Hub>(
+    State(server): State<Arc<ServerState<H>>>,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let user = identify(&server, &headers, &params)?;
+        let negotiated = find(&server, &params, &user)?;
+        let (inbound, connection) = match &*lock(&negotiated.state) {
+            NegotiatedState::Pending => return Err(Refusal::NotStarted),
+            NegotiatedState::WebSockets => return Err(Refusal::PostOnWebSocket),
+            NegotiatedState::ServerSentEvents { inbound, connection }
+            | NegotiatedState::LongPolling { inbound, connection, .. } => {
+                (inbound.clone(), connection.clone())
+            }
+        };
+        let limit = server.config.max_message_size;
+        let Some(body) = read_body(body, limit).await else {
+            let error = session::too_large(None, limit);
+            warn!(connection_id = %connection.id(), %error, "incoming message too large");
+            connection.request_close(CloseRequest::with_error(error.clone()));
+            return Ok((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                [(header::CONTENT_TYPE, "text/plain")],
+                error,
+            )
+                .into_response());
+        };
+        if inbound.send(body).await.is_err() {
+            return Err(Refusal::UnknownConnection);
+        }
+        Ok(([(header::CONTENT_TYPE, "text/plain")], "").into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The whole body, or `None` when it exceeds `limit` (or the client broke off).
+async fn read_body(body: Body, limit: usize) -> Option<Bytes> {
+    let mut stream = body.into_data_stream();
+    let mut collected: Vec<u8> = Vec::new();
+    let mut first: Option<Bytes> = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.ok()?;
+        let size = first.as_ref().map_or(0, Bytes::len) + collected.len() + chunk.len();
+        if size > limit {
+            return None;
+        }
+        match first.take() {
+            // The common case, one chunk: no copy.
+            None if collected.is_empty() => first = Some(chunk),
+            Some(previous) => {
+                collected.extend_from_slice(&previous);
+                collected.extend_from_slice(&chunk);
+            }
+            None => collected.extend_from_slice(&chunk),
+        }
+    }
+    Some(first.unwrap_or_else(|| Bytes::from(collected)))
+}
+
+/// `DELETE {path}?id=`: a long-polling client stops.
+pub(crate) async fn delete<H: Hub>(
+    State(server): State<Arc<ServerState<H>>>,
+    Query(params): Params,
+    headers: HeaderMap,
+) -> Response {
+    let result = (|| {
+        let user = identify(&server, &headers, &params)?;
+        let negotiated = find(&server, &params, &user)?;
+        match &*lock(&negotiated.state) {
+            NegotiatedState::LongPolling { connection, .. } => {
+                connection.request_close(CloseRequest::peer_gone(
+                    "the client ended long polling (DELETE)",
+                ));
+                Ok((StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "text/plain")], "")
+                    .into_response())
+            }
+            _ => Err(Refusal::DeleteNotLongPolling),
+        }
+    })();
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, value.parse().expect("valid header value"));
+        }
+        map
+    }
+
+    #[test]
+    fn header_wins_over_query_and_loses_one_bearer() {
+        let query = vec![("access_token".to_owned(), "bob".to_owned())];
+        assert_eq!(credential(&headers(&[("authorization", "alice")]), &query), Some("alice"));
+        assert_eq!(credential(&headers(&[("authorization", "Bearer alice")]), &[]), Some("alice"));
+        assert_eq!(
+            credential(&headers(&[("authorization", "Bearer Bearer x")]), &[]),
+            Some("Bearer x")
+        );
+        assert_eq!(credential(&HeaderMap::new(), &query), Some("bob"));
+        assert_eq!(credential(&HeaderMap::new(), &[]), None);
+    }
+
+    #[test]
+    fn recognises_event_stream_requests() {
+        assert!(accepts_event_stream(&headers(&[("accept", "text/event-stream")])));
+        assert!(accepts_event_stream(&headers(&[(
+            "accept",
+            "text/html, text/event-stream;q=0.9"
+        )])));
+        assert!(!accepts_event_stream(&headers(&[("accept", "*/*")])));
+    }
+}

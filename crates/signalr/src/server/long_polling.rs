@@ -1,0 +1,178 @@
+//! The Long Polling transport's outbound side: each `GET ?id=` takes what is queued
+//! (waiting up to the poll timeout), and a newer poll ends an older one with 204,
+//! as ASP.NET Core does. The first poll only starts the connection and is answered
+//! at once (the JS client sends its handshake only after it returns).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::time::Instant;
+
+use super::connection::Outbound;
+use super::registry::lock;
+
+/// The outbound queue of one long-polling connection, lent to one poll at a time.
+#[derive(Debug)]
+pub(crate) struct PollState {
+    /// `None` while a poll holds it.
+    outbound: Mutex<Option<Outbound>>,
+    /// Signalled when a poll gives the outbound back.
+    returned: Notify,
+    /// Ends the poll in progress when a newer one arrives.
+    current_poll: Mutex<Option<oneshot::Sender<()>>>,
+    times: Mutex<PollTimes>,
+    /// Signalled when a poll starts or ends, so the session re-arms its idle timer.
+    activity: Notify,
+    /// The outbound yielded its last record: later polls get 204.
+    finished: watch::Sender<bool>,
+    /// Set once: the transport must not be used any more.
+    gone: AtomicBool,
+}
+
+#[derive(Debug)]
+struct PollTimes {
+    active: usize,
+    last_end: Instant,
+}
+
+impl PollState {
+    pub(crate) fn new(outbound: Outbound) -> Self {
+        Self {
+            outbound: Mutex::new(Some(outbound)),
+            returned: Notify::new(),
+            current_poll: Mutex::new(None),
+            times: Mutex::new(PollTimes { active: 0, last_end: Instant::now() }),
+            activity: Notify::new(),
+            finished: watch::channel(false).0,
+            gone: AtomicBool::new(false),
+        }
+    }
+
+    /// When the last poll ended, or `None` while one is outstanding.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        let times = lock(&self.times);
+        (times.active == 0).then_some(times.last_end)
+    }
+
+    /// Resolves when a poll starts or ends.
+    pub(crate) async fn activity(&self) {
+        self.activity.notified().await;
+    }
+
+    /// Waits (at most `timeout`) for the client to fetch the last records.
+    pub(crate) async fn wait_finished(&self, timeout: Duration) {
+        let mut finished = self.finished.subscribe();
+        let _ = tokio::time::timeout(timeout, finished.wait_for(|done| *done)).await;
+        self.gone.store(true, Ordering::Release);
+    }
+
+    fn mark_finished(&self) {
+        self.finished.send_replace(true);
+    }
+
+    fn is_finished(&self) -> bool {
+        *self.finished.borrow() || self.gone.load(Ordering::Acquire)
+    }
+
+    fn begin(&self) {
+        lock(&self.times).active += 1;
+        self.activity.notify_one();
+    }
+}
+
+/// Gives the outbound back and records the end of the poll, however it ends
+/// (including the client aborting the request).
+struct PollGuard {
+    polls: Arc<PollState>,
+    outbound: Option<Outbound>,
+}
+
+impl Drop for PollGuard {
+    fn drop(&mut self) {
+        if let Some(outbound) = self.outbound.take() {
+            *lock(&self.polls.outbound) = Some(outbound);
+            self.polls.returned.notify_one();
+        }
+        {
+            let mut times = lock(&self.polls.times);
+            times.active = times.active.saturating_sub(1);
+            times.last_end = Instant::now();
+        }
+        self.polls.activity.notify_one();
+    }
+}
+
+/// Answers one poll: 200 with records, 200 empty on timeout, 204 when the connection
+/// has ended or a newer poll replaced this one.
+pub(crate) async fn poll(polls: Arc<PollState>, timeout: Duration) -> Response {
+    if polls.is_finished() {
+        return no_content();
+    }
+    let (cancel_tx, mut cancelled) = oneshot::channel();
+    if let Some(previous) = lock(&polls.current_poll).replace(cancel_tx) {
+        let _ = previous.send(());
+    }
+    polls.begin();
+    let mut guard = PollGuard { polls: polls.clone(), outbound: None };
+    let outbound = loop {
+        let returned = polls.returned.notified();
+        if let Some(outbound) = lock(&polls.outbound).take() {
+            break guard.outbound.insert(outbound);
+        }
+        tokio::select! {
+            _ = returned => {}
+            _ = &mut cancelled => return no_content(),
+        }
+    };
+    let first = tokio::select! {
+        record = outbound.next() => record,
+        _ = tokio::time::sleep(timeout) => return empty(StatusCode::OK),
+        _ = &mut cancelled => return no_content(),
+    };
+    let Some(first) = first else {
+        polls.mark_finished();
+        return no_content();
+    };
+    let mut body = Vec::with_capacity(first.len());
+    body.extend_from_slice(&first);
+    while let Some(record) = outbound.try_next() {
+        body.extend_from_slice(&record);
+    }
+    if outbound.is_finished() {
+        polls.mark_finished();
+    }
+    drop(guard);
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, "no-cache, no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The answer to the first poll, which starts the connection.
+pub(crate) fn started() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, "no-cache, no-store"),
+        ],
+        Vec::<u8>::new(),
+    )
+        .into_response()
+}
+
+fn no_content() -> Response {
+    empty(StatusCode::NO_CONTENT)
+}
+
+fn empty(status: StatusCode) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain"), (header::CACHE_CONTROL, "no-cache, no-store")])
+        .into_response()
+}

@@ -1,0 +1,167 @@
+//! The server side of SignalR: serves a [`Hub`] to stock SignalR clients.
+//!
+//! [`HubServer::router`] mounts negotiate and the three transports (WebSockets,
+//! Server-Sent Events, Long Polling) on an axum router. Each connection runs one
+//! transport-neutral [`session`] (handshake, decoding, invocations in order,
+//! client timeout) and one writer that drains its bounded outbound queue and sends
+//! keep-alive Pings. This module knows nothing of what the hub does.
+//!
+//! Architecture invariant: no lock is held across an `.await`; hub code is only
+//! ever called from a connection's own session task.
+
+mod connection;
+mod http;
+mod long_polling;
+mod registry;
+mod session;
+mod sse;
+mod websocket;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+pub use connection::{Connection, SendError};
+
+use crate::negotiate::Transport;
+use crate::value::Value;
+use registry::Registry;
+
+/// What a SignalR server serves: identity, connection lifetime and invocations.
+pub trait Hub: Send + Sync + 'static {
+    /// Per-connection state, created by [`Hub::connected`].
+    type Session: Send + Sync + 'static;
+
+    /// Maps a credential to a user. The token is the `Authorization` header value
+    /// with a leading `Bearer ` removed, else the `access_token` query parameter (the
+    /// header wins). `Err` answers 401 with the reason.
+    fn authenticate(&self, token: &str) -> Result<String, String>;
+
+    /// A connection completed its handshake. `Err` closes it with that error.
+    fn connected(
+        &self,
+        connection: Connection,
+    ) -> impl Future<Output = Result<Self::Session, String>> + Send;
+
+    /// One invocation, `target` exactly as received. `Ok(None)` completes without a
+    /// result, `Err(text)` completes with that error. Invocations of one connection
+    /// run one at a time, in order.
+    fn invoke(
+        &self,
+        session: &Self::Session,
+        target: &str,
+        arguments: Vec<Value>,
+    ) -> impl Future<Output = Result<Option<Value>, String>> + Send;
+
+    /// The connection is gone; called exactly once for every successful `connected`.
+    fn disconnected(&self, session: Self::Session) -> impl Future<Output = ()> + Send;
+}
+
+/// Tuning of the SignalR server. `Default` gives the values of the wire contract.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Send a Ping after this long without sending anything.
+    pub keep_alive_interval: Duration,
+    /// Close a connection that sent no hub message for this long (not long polling,
+    /// whose polls keep it alive, as in ASP.NET Core).
+    pub client_timeout: Duration,
+    /// The handshake request must arrive within this long of the transport opening.
+    pub handshake_timeout: Duration,
+    /// The largest incoming WebSocket message, POST body, or hub record, in bytes.
+    pub max_message_size: usize,
+    /// Records queued for one client before it counts as too slow and is closed.
+    pub outbound_queue_capacity: usize,
+    /// tungstenite's read buffer, allocated per connection: small to keep idle
+    /// connections cheap.
+    pub ws_read_buffer_size: usize,
+    /// Bytes buffered before a WebSocket write goes out; 0 writes each message at once.
+    pub ws_write_buffer_size: usize,
+    /// The most a WebSocket write buffer may hold (outgoing messages have no size
+    /// limit, so this must exceed the largest one).
+    pub ws_max_write_buffer_size: usize,
+    /// A negotiated connection that no transport request claims within this long is
+    /// forgotten.
+    pub negotiate_timeout: Duration,
+    /// An idle long poll is answered (200, empty) after this long. ASP.NET: 90 s.
+    pub long_poll_timeout: Duration,
+    /// A long-polling connection with no poll outstanding for this long is closed.
+    /// ASP.NET's DisconnectTimeout: 15 s.
+    pub long_poll_disconnect_timeout: Duration,
+    /// Invocations received while one runs, before the connection stops reading.
+    pub max_queued_invocations: usize,
+    /// The transports offered by negotiate and accepted, in order of preference.
+    pub transports: Vec<Transport>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            keep_alive_interval: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(15),
+            max_message_size: 128 * 1024,
+            outbound_queue_capacity: 1024,
+            ws_read_buffer_size: 2 * 1024,
+            ws_write_buffer_size: 0,
+            ws_max_write_buffer_size: usize::MAX,
+            negotiate_timeout: Duration::from_secs(15),
+            long_poll_timeout: Duration::from_secs(90),
+            long_poll_disconnect_timeout: Duration::from_secs(15),
+            max_queued_invocations: 32,
+            transports: Transport::ALL.to_vec(),
+        }
+    }
+}
+
+/// Everything the request handlers and sessions share.
+pub(crate) struct ServerState<H: Hub> {
+    pub(crate) hub: Arc<H>,
+    pub(crate) config: HubConfig,
+    pub(crate) registry: Arc<Registry>,
+}
+
+/// Serves one hub over HTTP. Cheap to keep; the router holds the shared state.
+pub struct HubServer<H: Hub> {
+    state: Arc<ServerState<H>>,
+}
+
+impl<H: Hub> HubServer<H> {
+    pub fn new(hub: Arc<H>, config: HubConfig) -> Self {
+        Self {
+            state: Arc::new(ServerState { hub, config, registry: Arc::new(Registry::default()) }),
+        }
+    }
+
+    /// Routes `POST {path}/negotiate` and `GET`/`POST`/`DELETE {path}`.
+    pub fn router(&self, path: &str) -> Router {
+        let path = path.trim_end_matches('/');
+        Router::new()
+            .route(&format!("{path}/negotiate"), post(http::negotiate::<H>))
+            .route(
+                if path.is_empty() { "/" } else { path },
+                get(http::connect::<H>).post(http::send::<H>).delete(http::delete::<H>),
+            )
+            .with_state(self.state.clone())
+    }
+
+    /// Open connections (handshaking ones included).
+    pub fn connection_count(&self) -> usize {
+        self.state.registry.live_count()
+    }
+
+    /// Sends every connection a Close message with `allowReconnect: true`, lets the
+    /// writers drain what is queued for at most `drain`, then ends them; every
+    /// connected session gets its `disconnected`. New requests are refused with 503.
+    pub async fn shutdown(&self, drain: Duration) {
+        self.state.registry.shutdown(drain).await;
+    }
+}
+
+impl<H: Hub> Clone for HubServer<H> {
+    fn clone(&self) -> Self {
+        Self { state: self.state.clone() }
+    }
+}

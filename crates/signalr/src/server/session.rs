@@ -1,0 +1,417 @@
+//! One connection's life, whatever the transport: handshake, then decoding hub
+//! messages, running invocations one at a time in order, enforcing the client
+//! timeout, and finally telling the hub the connection is gone.
+//!
+//! The transport hands in a stream of [`Inbound`] frames (WebSocket messages or POST
+//! bodies) and writes whatever the connection's outbound queue yields.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, Stream, StreamExt};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use super::connection::{CloseRequest, Connection};
+use super::long_polling::PollState;
+use super::registry::LiveGuard;
+use super::{Hub, ServerState};
+use crate::handshake::{HandshakeError, HandshakeRequest, HandshakeResponse, find_record_end};
+use crate::protocol::{HubMessage, Outcome, Protocol, ProtocolError};
+use crate::value::Value;
+
+/// One frame from the transport.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// A whole WebSocket message or POST body: zero or more records, possibly partial.
+    Data(Bytes),
+    /// The transport failed (the text says how); the connection ends with an error.
+    Failed(String),
+}
+
+/// How the session decides that a client is gone.
+pub(crate) enum Liveness {
+    /// No hub message for this long closes the connection (WebSockets, SSE).
+    ClientTimeout(Duration),
+    /// Long polling: no poll outstanding for this long closes the connection.
+    Polling(Arc<PollState>, Duration),
+}
+
+/// The error text when an incoming frame or record is over the limit.
+pub(crate) fn too_large(size: Option<usize>, limit: usize) -> String {
+    match size {
+        Some(size) => ProtocolError::MessageTooLarge { size, limit }.to_string(),
+        None => format!("message exceeds the limit of {limit} bytes"),
+    }
+}
+
+/// Runs the connection to its end. Returns once `disconnected` has run (if
+/// `connected` had succeeded); the transport's writer may still be draining.
+pub(crate) async fn run<H: Hub>(
+    server: Arc<ServerState<H>>,
+    connection: Connection,
+    inbound: impl Stream<Item = Inbound> + Send,
+    liveness: Liveness,
+    live: LiveGuard,
+) {
+    let span = info_span!(
+        "signalr_connection",
+        connection_id = connection.id(),
+        user = connection.user(),
+        transport = connection.transport().name(),
+    );
+    run_inner(server, connection, inbound, liveness).instrument(span).await;
+    drop(live);
+}
+
+async fn run_inner<H: Hub>(
+    server: Arc<ServerState<H>>,
+    connection: Connection,
+    inbound: impl Stream<Item = Inbound> + Send,
+    liveness: Liveness,
+) {
+    let mut inbound = pin!(inbound);
+    let config = &server.config;
+    let (protocol, leftover) = match handshake(&server, &connection, inbound.as_mut()).await {
+        Ok(done) => done,
+        Err(request) => {
+            warn!(reason = %request.reason, "handshake failed");
+            connection.request_close(request);
+            return;
+        }
+    };
+    connection.set_protocol(protocol);
+    if connection.push(HandshakeResponse::ok().encode()).is_err() {
+        return;
+    }
+    let hub = server.hub.as_ref();
+    let session = match AssertUnwindSafe(hub.connected(connection.clone())).catch_unwind().await {
+        Ok(Ok(session)) => session,
+        Ok(Err(error)) => {
+            warn!(protocol = protocol.name(), %error, "hub refused the connection");
+            connection.request_close(CloseRequest::with_error(error));
+            return;
+        }
+        Err(_) => {
+            error!("hub panicked in connected");
+            connection.request_close(CloseRequest::with_error("internal server error"));
+            return;
+        }
+    };
+    info!(protocol = protocol.name(), "connection opened");
+
+    let mut decoder = protocol.decoder(config.max_message_size);
+    decoder.push(&leftover);
+    let mut close_rx = connection.subscribe_close();
+    let mut queued: VecDeque<Call> = VecDeque::new();
+    let mut in_flight: Option<BoxFuture<'_, Completed>> = None;
+    let mut last_received = Instant::now();
+
+    let ending: CloseRequest = 'session: loop {
+        // Decode what has arrived, as far as the invocation queue has room.
+        while queued.len() < config.max_queued_invocations {
+            match decoder.next_message() {
+                Ok(Some(message)) => {
+                    last_received = Instant::now();
+                    match dispatch(message, &connection, protocol, &mut queued) {
+                        Dispatch::Continue => {}
+                        Dispatch::End(request) => break 'session request,
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    warn!(protocol = protocol.name(), %error, "protocol error");
+                    break 'session CloseRequest::with_error(error.to_string());
+                }
+            }
+        }
+        if in_flight.is_none()
+            && let Some(call) = queued.pop_front()
+        {
+            in_flight = Some(start_call(hub, &session, call));
+        }
+        let deadline = match &liveness {
+            // While we are busy the client's pings wait unread: not its fault.
+            Liveness::ClientTimeout(_) if in_flight.is_some() => None,
+            Liveness::ClientTimeout(timeout) => Some(last_received + *timeout),
+            Liveness::Polling(polls, timeout) => polls.idle_since().map(|idle| idle + *timeout),
+        };
+        let poll_activity = async {
+            match &liveness {
+                Liveness::Polling(polls, _) => polls.activity().await,
+                Liveness::ClientTimeout(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = close_rx.changed() => {
+                break 'session connection
+                    .close_request()
+                    .unwrap_or_else(|| CloseRequest::peer_gone("closed"));
+            }
+            completed = poll_call(&mut in_flight) => {
+                in_flight = None;
+                complete(&connection, protocol, completed);
+            }
+            frame = inbound.next(), if queued.len() < config.max_queued_invocations => {
+                match frame {
+                    Some(Inbound::Data(data)) => {
+                        if data.len() > config.max_message_size {
+                            let error = too_large(Some(data.len()), config.max_message_size);
+                            warn!(%error, "incoming message too large");
+                            break 'session CloseRequest::with_error(error);
+                        }
+                        decoder.push(&data);
+                    }
+                    Some(Inbound::Failed(error)) => {
+                        warn!(%error, "transport failed");
+                        break 'session CloseRequest {
+                            drain: false,
+                            ..CloseRequest::with_error(error)
+                        };
+                    }
+                    None => break 'session CloseRequest::peer_gone("the client disconnected"),
+                }
+            }
+            _ = sleep_until_opt(deadline) => {
+                if let Some(request) = timed_out(&liveness, last_received) {
+                    warn!(reason = %request.reason, "closing an unresponsive connection");
+                    break 'session request;
+                }
+            }
+            _ = poll_activity => {}
+        }
+    };
+    connection.request_close(ending);
+    if let Some(call) = in_flight.take() {
+        complete(&connection, protocol, call.await);
+    }
+    drop(in_flight);
+    if !queued.is_empty() {
+        debug!(skipped = queued.len(), "invocations not run: the connection closed");
+    }
+    drop(queued);
+    if AssertUnwindSafe(hub.disconnected(session)).catch_unwind().await.is_err() {
+        error!("hub panicked in disconnected");
+    }
+    let reason = connection.close_request().map(|r| r.reason).unwrap_or_default();
+    info!(protocol = protocol.name(), %reason, "connection closed");
+}
+
+/// Reads the handshake request. `Err` is how to close the connection.
+async fn handshake<H: Hub>(
+    server: &ServerState<H>,
+    connection: &Connection,
+    mut inbound: std::pin::Pin<&mut (impl Stream<Item = Inbound> + Send)>,
+) -> Result<(Protocol, Bytes), CloseRequest> {
+    let config = &server.config;
+    let mut close_rx = connection.subscribe_close();
+    let mut buffer: Vec<u8> = Vec::new();
+    let deadline = Instant::now() + config.handshake_timeout;
+    let refuse = |error: HandshakeError| {
+        let text = error.to_string();
+        // The response must reach the client before the connection ends.
+        let _ = connection.push(HandshakeResponse::error(text.clone()).encode());
+        CloseRequest {
+            error: Some(text.clone()),
+            allow_reconnect: false,
+            send_close_message: false,
+            drain: true,
+            reason: format!("handshake refused: {text}"),
+        }
+    };
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = close_rx.changed() => {
+                return Err(connection
+                    .close_request()
+                    .unwrap_or_else(|| CloseRequest::peer_gone("closed")));
+            }
+            frame = inbound.next() => frame,
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(refuse(HandshakeError::TimedOut {
+                    seconds: config.handshake_timeout.as_secs(),
+                }));
+            }
+        };
+        match frame {
+            Some(Inbound::Data(data)) => buffer.extend_from_slice(&data),
+            Some(Inbound::Failed(error)) => {
+                return Err(CloseRequest::peer_gone(format!(
+                    "transport failed during the handshake: {error}"
+                )));
+            }
+            None => {
+                return Err(CloseRequest::peer_gone(
+                    "the client disconnected before the handshake",
+                ));
+            }
+        }
+        let Some(end) = find_record_end(&buffer) else {
+            if buffer.len() > config.max_message_size {
+                return Err(refuse(HandshakeError::TooLarge { limit: config.max_message_size }));
+            }
+            continue;
+        };
+        if end > config.max_message_size {
+            return Err(refuse(HandshakeError::TooLarge { limit: config.max_message_size }));
+        }
+        let protocol = HandshakeRequest::parse(&buffer[..end])
+            .and_then(|request| request.select_protocol())
+            .map_err(refuse)?;
+        if !connection.transport().supports(protocol) {
+            return Err(refuse(HandshakeError::TextOnlyTransport {
+                protocol: protocol.name().to_owned(),
+                transport: connection.transport().name().to_owned(),
+            }));
+        }
+        return Ok((protocol, Bytes::copy_from_slice(&buffer[end + 1..])));
+    }
+}
+
+/// An invocation waiting its turn.
+struct Call {
+    invocation_id: Option<String>,
+    target: String,
+    arguments: Vec<Value>,
+}
+
+struct Completed {
+    invocation_id: Option<String>,
+    target: String,
+    result: Result<Option<Value>, String>,
+}
+
+enum Dispatch {
+    Continue,
+    End(CloseRequest),
+}
+
+fn dispatch(
+    message: HubMessage,
+    connection: &Connection,
+    protocol: Protocol,
+    queued: &mut VecDeque<Call>,
+) -> Dispatch {
+    match message {
+        HubMessage::Invocation { invocation_id, target, arguments, stream_ids } => {
+            if stream_ids.is_empty() {
+                queued.push_back(Call { invocation_id, target, arguments });
+            } else if let Some(invocation_id) = invocation_id {
+                let error = format!("'{target}': streaming arguments are not supported");
+                complete(
+                    connection,
+                    protocol,
+                    Completed { invocation_id: Some(invocation_id), target, result: Err(error) },
+                );
+            }
+        }
+        HubMessage::StreamInvocation { invocation_id, target, .. } => {
+            let error = format!("'{target}': streaming hub methods are not supported");
+            complete(
+                connection,
+                protocol,
+                Completed { invocation_id: Some(invocation_id), target, result: Err(error) },
+            );
+        }
+        HubMessage::Ping => {}
+        HubMessage::Close { error, .. } => {
+            let reason = match error {
+                Some(error) => format!("the client closed the connection: {error}"),
+                None => "the client closed the connection".to_owned(),
+            };
+            return Dispatch::End(CloseRequest::peer_gone(reason));
+        }
+        HubMessage::StreamItem { .. }
+        | HubMessage::Completion { .. }
+        | HubMessage::CancelInvocation { .. }
+        | HubMessage::Ack { .. }
+        | HubMessage::Sequence { .. } => {
+            debug!(?message, "ignored a message this server has no use for");
+        }
+    }
+    Dispatch::Continue
+}
+
+fn start_call<'a, H: Hub>(
+    hub: &'a H,
+    session: &'a H::Session,
+    call: Call,
+) -> BoxFuture<'a, Completed> {
+    Box::pin(async move {
+        let invoked = AssertUnwindSafe(hub.invoke(session, &call.target, call.arguments))
+            .catch_unwind()
+            .await;
+        let result = match invoked {
+            Ok(result) => result,
+            Err(_) => {
+                error!(target = %call.target, "hub panicked in invoke");
+                Err("internal server error".to_owned())
+            }
+        };
+        Completed { invocation_id: call.invocation_id, target: call.target, result }
+    })
+}
+
+async fn poll_call(in_flight: &mut Option<BoxFuture<'_, Completed>>) -> Completed {
+    match in_flight {
+        Some(call) => call.await,
+        None => std::future::pending().await,
+    }
+}
+
+fn complete(connection: &Connection, protocol: Protocol, completed: Completed) {
+    let Some(invocation_id) = completed.invocation_id else {
+        if let Err(error) = completed.result {
+            debug!(target = %completed.target, %error, "non-blocking invocation failed");
+        }
+        return;
+    };
+    let outcome = match completed.result {
+        Ok(None) => Outcome::Void,
+        Ok(Some(value)) => Outcome::Result(value),
+        Err(error) => {
+            debug!(target = %completed.target, %error, "invocation failed");
+            Outcome::Error(error)
+        }
+    };
+    // A full queue closes the connection; nothing more to do here.
+    let _ = connection.push(protocol.encode(&HubMessage::Completion { invocation_id, outcome }));
+}
+
+fn timed_out(liveness: &Liveness, last_received: Instant) -> Option<CloseRequest> {
+    let now = Instant::now();
+    match liveness {
+        Liveness::ClientTimeout(timeout) if now >= last_received + *timeout => {
+            Some(CloseRequest::with_error(format!(
+                "client timeout: no message received from the client for {} s",
+                timeout.as_secs_f64()
+            )))
+        }
+        Liveness::Polling(polls, timeout)
+            if polls.idle_since().is_some_and(|idle| now >= idle + *timeout) =>
+        {
+            Some(CloseRequest {
+                send_close_message: false,
+                ..CloseRequest::with_error(format!(
+                    "long polling: no poll from the client for {} s",
+                    timeout.as_secs_f64()
+                ))
+            })
+        }
+        _ => None,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

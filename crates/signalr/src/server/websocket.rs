@@ -1,0 +1,142 @@
+//! The WebSockets transport: one task reads frames into the session, another writes
+//! the outbound queue, one whole record per WebSocket message (text frames for JSON,
+//! binary for MessagePack). No WebSocket-level pings are sent: keep-alive is the hub
+//! Ping, because some clients (signalrcore) take ping frames for data.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::response::Response;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use tracing::{debug, warn};
+
+use super::connection::{CloseRequest, Connection, Outbound};
+use super::registry::{LiveGuard, Negotiated};
+use super::session::{self, Inbound, Liveness};
+use super::{Hub, ServerState};
+use crate::negotiate::Transport;
+use crate::protocol::Protocol;
+
+/// How long a write may take once the connection is being torn down.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Completes the upgrade and runs the connection. `negotiated` is `None` for a client
+/// that skipped negotiation.
+pub(crate) fn upgrade<H: Hub>(
+    server: Arc<ServerState<H>>,
+    upgrade: WebSocketUpgrade,
+    connection_id: String,
+    user: String,
+    negotiated: Option<Arc<Negotiated>>,
+) -> Response {
+    let config = &server.config;
+    // Frames up to twice the limit are read so that the session can close an
+    // oversized message with an error naming the limit; beyond that tungstenite
+    // refuses them itself.
+    let read_limit = config.max_message_size.saturating_mul(2).max(1024);
+    let failed_token = negotiated.as_ref().map(|n| n.token.clone());
+    let failed_registry = server.registry.clone();
+    upgrade
+        .read_buffer_size(config.ws_read_buffer_size)
+        .write_buffer_size(config.ws_write_buffer_size)
+        .max_write_buffer_size(config.ws_max_write_buffer_size)
+        .max_message_size(read_limit)
+        .max_frame_size(read_limit)
+        .on_failed_upgrade(move |error| {
+            warn!(%error, "WebSocket upgrade failed");
+            if let Some(token) = failed_token {
+                failed_registry.remove_negotiated(&token);
+            }
+        })
+        .on_upgrade(move |socket| run(server, socket, connection_id, user, negotiated))
+}
+
+async fn run<H: Hub>(
+    server: Arc<ServerState<H>>,
+    socket: WebSocket,
+    connection_id: String,
+    user: String,
+    negotiated: Option<Arc<Negotiated>>,
+) {
+    let config = &server.config;
+    let (connection, outbound) = Connection::new(
+        connection_id,
+        user,
+        Transport::WebSockets,
+        config.outbound_queue_capacity,
+        Some(config.keep_alive_interval),
+    );
+    let live = server.registry.register_live(&connection);
+    let (sink, stream) = socket.split();
+    tokio::spawn(write(sink, outbound, live.clone()));
+    let read_limit = config.max_message_size;
+    let inbound = stream.filter_map(move |frame| {
+        std::future::ready(match frame {
+            Ok(Message::Text(text)) => Some(Inbound::Data(Message::Text(text).into_data())),
+            Ok(Message::Binary(data)) => Some(Inbound::Data(data)),
+            // Control frames are no sign of life at the hub level; after a close
+            // frame the stream ends, which the session takes as the client leaving.
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_)) => None,
+            Err(error) => Some(Inbound::Failed(read_error(&error, read_limit))),
+        })
+    });
+    session::run(
+        server.clone(),
+        connection,
+        inbound,
+        Liveness::ClientTimeout(config.client_timeout),
+        live,
+    )
+    .await;
+    if let Some(negotiated) = negotiated {
+        server.registry.remove_negotiated(&negotiated.token);
+    }
+}
+
+/// The text for a read error: oversized frames name the limit.
+fn read_error(error: &axum::Error, limit: usize) -> String {
+    let text = error.to_string();
+    if text.contains("too long") || text.contains("limit exceeded") {
+        session::too_large(None, limit)
+    } else {
+        format!("WebSocket read failed: {text}")
+    }
+}
+
+async fn write(mut sink: SplitSink<WebSocket, Message>, mut outbound: Outbound, _live: LiveGuard) {
+    while let Some(record) = outbound.next().await {
+        let message = match outbound.connection().negotiated_protocol() {
+            Some(Protocol::MessagePack) => Message::Binary(record),
+            _ => match Utf8Bytes::try_from(record) {
+                Ok(text) => Message::Text(text),
+                Err(error) => {
+                    warn!(%error, "dropped a record that is not UTF-8 on a JSON connection");
+                    continue;
+                }
+            },
+        };
+        let forced = outbound.connection().close_request().is_some_and(|request| !request.drain);
+        let sent = if forced {
+            tokio::time::timeout(FINAL_WRITE_TIMEOUT, sink.send(message)).await.unwrap_or(Ok(()))
+        } else {
+            tokio::select! {
+                sent = sink.send(message) => sent,
+                _ = outbound.forced() => continue,
+            }
+        };
+        if let Err(error) = sent {
+            debug!(%error, "WebSocket write failed");
+            outbound
+                .connection()
+                .request_close(CloseRequest::peer_gone(format!("WebSocket write failed: {error}")));
+            break;
+        }
+    }
+    let close = Message::Close(Some(CloseFrame {
+        code: close_code::NORMAL,
+        reason: Utf8Bytes::from_static(""),
+    }));
+    let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, sink.send(close)).await;
+}
