@@ -15,6 +15,7 @@ Exit status 0 when every check passes, 1 otherwise.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 import re
@@ -407,6 +408,297 @@ def check_chart_contract() -> None:
 
 
 # --------------------------------------------------------------------------
+# Rendering the chart (deploy/helmlite.py stands in for `helm template`)
+
+API_VERSIONS = {
+    "Deployment": "apps/v1", "StatefulSet": "apps/v1", "Service": "v1", "ConfigMap": "v1",
+    "Secret": "v1", "ServiceAccount": "v1", "Ingress": "networking.k8s.io/v1",
+    "PodDisruptionBudget": "policy/v1", "Job": "batch/v1", "Pod": "v1",
+}
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+# The value combinations the READMEs document, and the ones the chart must refuse
+# (the pull-request workflow renders the same ones with the real helm).
+RENDER_CASES: dict[str, dict] = {
+    "defaults": {},
+    "ingress with TLS": {"ingress": {"enabled": True, "tls": {"enabled": True}}},
+    "external Redis and database by URL": {
+        "redis": {"enabled": False}, "externalRedis": {"url": "redis://redis:6379"},
+        "mysql": {"enabled": False}, "externalDatabase": {"url": "mysql://u:p@db:3306/chat"}},
+    "external database from a Secret, no Redis, one replica": {
+        "mysql": {"enabled": False}, "externalDatabase": {"existingSecret": "db"},
+        "redis": {"enabled": False}, "replicaCount": 1},
+    "external backends from one Secret": {
+        "mysql": {"enabled": False}, "externalDatabase": {"existingSecret": "chat-backends"},
+        "redis": {"enabled": False}, "externalRedis": {"existingSecret": "chat-backends"}},
+    "no migration hook": {"migrations": {"enabled": False}},
+}
+REFUSED_CASES: dict[str, dict] = {
+    "two replicas without Redis": {"redis": {"enabled": False}},
+    "no database": {"mysql": {"enabled": False}},
+    "a grace period shorter than the drain": {"terminationGracePeriodSeconds": 10},
+}
+
+
+def pod_specs(doc: dict) -> list[dict]:
+    kind = doc.get("kind")
+    if kind in ("Deployment", "StatefulSet", "Job"):
+        return [doc["spec"]["template"]["spec"]]
+    if kind == "Pod":
+        return [doc["spec"]]
+    return []
+
+
+CONTAINER_KEYS = {"name", "image", "imagePullPolicy", "command", "args", "env", "envFrom", "ports",
+                  "readinessProbe", "livenessProbe", "startupProbe", "lifecycle", "resources",
+                  "securityContext", "volumeMounts", "workingDir"}
+PROBE_KEYS = {"httpGet", "tcpSocket", "exec", "grpc", "initialDelaySeconds", "periodSeconds",
+              "timeoutSeconds", "failureThreshold", "successThreshold", "terminationGracePeriodSeconds"}
+
+
+def container_problems(container: dict) -> list[str]:
+    """What the API server would reject in a container (the parts this chart uses)."""
+    problems = [f"unknown field {k}" for k in container if k not in CONTAINER_KEYS]
+    for key in ("command", "args"):
+        for item in container.get(key) or []:
+            if not isinstance(item, str):
+                problems.append(f"{key} item {item!r} is not a string")
+    for env in container.get("env") or []:
+        if set(env) - {"name", "value", "valueFrom"} or ("value" in env) == ("valueFrom" in env):
+            problems.append(f"env {env.get('name')}: needs a name and exactly one of value, valueFrom: {env}")
+        elif "value" in env and not isinstance(env["value"], str):
+            problems.append(f"env {env['name']}: value {env['value']!r} is not a string")
+        elif "valueFrom" in env and (not isinstance(env["valueFrom"], dict) or len(env["valueFrom"]) != 1):
+            problems.append(f"env {env['name']}: valueFrom must hold one source: {env['valueFrom']}")
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        if probe in container:
+            p = container[probe] or {}
+            problems.extend(f"{probe}: unknown field {k}" for k in p if k not in PROBE_KEYS)
+            if sum(k in p for k in ("httpGet", "tcpSocket", "exec", "grpc")) != 1:
+                problems.append(f"{probe}: needs exactly one handler")
+    for port in container.get("ports") or []:
+        if not isinstance(port.get("containerPort"), int):
+            problems.append(f"port {port.get('name')}: containerPort is not an integer")
+    return problems
+
+
+def metadata_problems(doc: dict) -> list[str]:
+    """Labels and annotations must be string maps, in the object and its pod template."""
+    problems = []
+    metas = [doc.get("metadata") or {}]
+    template = (doc.get("spec") or {}).get("template")
+    if isinstance(template, dict):
+        metas.append(template.get("metadata") or {})
+    for meta in metas:
+        for key in ("labels", "annotations"):
+            for k, v in (meta.get(key) or {}).items():
+                if not isinstance(v, str):
+                    problems.append(f"{key}.{k} is {v!r}, not a string")
+    return problems
+
+
+def check_manifests(case: str, docs: list[dict], values: dict) -> list[str]:
+    """Structure and cross-references of one render's manifests."""
+    problems = []
+    by_kind: dict[str, dict[str, dict]] = {}
+    for doc in docs:
+        kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name")
+        where = f"{case}: {kind} {name}"
+        if kind not in API_VERSIONS:
+            problems.append(f"{where}: unexpected kind")
+            continue
+        if doc.get("apiVersion") != API_VERSIONS[kind]:
+            problems.append(f"{where}: apiVersion {doc.get('apiVersion')} is not {API_VERSIONS[kind]}")
+        if not name or not DNS_LABEL.match(name):
+            problems.append(f"{where}: the name is not a DNS label")
+        problems.extend(f"{where}: {p}" for p in metadata_problems(doc))
+        if name in by_kind.setdefault(kind, {}):
+            problems.append(f"{where}: defined twice")
+        by_kind[kind][name] = doc
+    secrets = {n: {**(d.get("stringData") or {}), **(d.get("data") or {})} for n, d in by_kind.get("Secret", {}).items()}
+    own_secret = next(iter(secrets), None)
+    for kind in ("Deployment", "StatefulSet"):
+        for name, doc in by_kind.get(kind, {}).items():
+            selector = doc["spec"]["selector"]["matchLabels"]
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+            if any(labels.get(k) != v for k, v in selector.items()):
+                problems.append(f"{case}: {kind} {name}: the selector does not match the pod labels")
+            if kind == "StatefulSet" and doc["spec"]["serviceName"] not in by_kind.get("Service", {}):
+                problems.append(f"{case}: StatefulSet {name}: no Service {doc['spec']['serviceName']}")
+    for name, service in by_kind.get("Service", {}).items():
+        selector = service["spec"]["selector"]
+        targets = [d for k in ("Deployment", "StatefulSet") for d in by_kind.get(k, {}).values()
+                   if all(d["spec"]["template"]["metadata"]["labels"].get(a) == b for a, b in selector.items())]
+        if len(targets) != 1:
+            problems.append(f"{case}: Service {name} selects {len(targets)} workloads, not 1")
+            continue
+        ports = {p["name"] for c in targets[0]["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+        for port in service["spec"]["ports"]:
+            if port["targetPort"] not in ports:
+                problems.append(f"{case}: Service {name}: no container port named {port['targetPort']}")
+    for kind, docs_of_kind in by_kind.items():
+        for name, doc in docs_of_kind.items():
+            for spec in pod_specs(doc):
+                where = f"{case}: {kind} {name}"
+                account = spec.get("serviceAccountName")
+                if account and values["serviceAccount"]["create"] and account not in by_kind.get("ServiceAccount", {}):
+                    problems.append(f"{where}: no ServiceAccount {account}")
+                for volume in spec.get("volumes", []):
+                    if "configMap" in volume and volume["configMap"]["name"] not in by_kind.get("ConfigMap", {}):
+                        problems.append(f"{where}: no ConfigMap {volume['configMap']['name']}")
+                for container in spec["containers"]:
+                    problems.extend(f"{where}: container {container.get('name')}: {p}" for p in container_problems(container))
+                    if not container.get("image") or ":" not in container["image"]:
+                        problems.append(f"{where}: container {container['name']} has no tagged image")
+                    names = [e["name"] for e in container.get("env", [])]
+                    if len(names) != len(set(names)):
+                        problems.append(f"{where}: duplicate env vars {names}")
+                    ports = {p["name"] for p in container.get("ports", [])}
+                    for probe in ("readinessProbe", "livenessProbe"):
+                        target = (container.get(probe) or {})
+                        port = (target.get("httpGet") or target.get("tcpSocket") or {}).get("port")
+                        if isinstance(port, str) and port not in ports:
+                            problems.append(f"{where}: {probe} uses the unknown port {port}")
+                    for env in container.get("env", []):
+                        ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+                        if not ref:
+                            continue
+                        if ref["name"] == own_secret and ref["key"] not in secrets[own_secret]:
+                            problems.append(f"{where}: {env['name']} reads key {ref['key']} the Secret does not have")
+                        if ref["name"] != own_secret and ref["name"] not in (
+                                values["externalDatabase"]["existingSecret"], values["externalRedis"]["existingSecret"]):
+                            problems.append(f"{where}: {env['name']} reads the unknown Secret {ref['name']}")
+    server = by_kind.get("Deployment", {})
+    if len(server) != 1:
+        problems.append(f"{case}: expected one Deployment, found {len(server)}")
+    else:
+        doc = next(iter(server.values()))
+        spec = doc["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        env = {e["name"]: e for e in container.get("env", [])}
+        if doc["spec"]["replicas"] != values["replicaCount"]:
+            problems.append(f"{case}: replicas {doc['spec']['replicas']} is not replicaCount")
+        sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+        if spec["terminationGracePeriodSeconds"] < sleep + values["config"]["shutdown_timeout_secs"] + 5:
+            problems.append(f"{case}: the grace period leaves no time to drain")
+        for name in ("NEXT_CHAT_DATABASE", "NEXT_CHAT_CONFIG", "NEXT_CHAT_LISTEN"):
+            if name not in env:
+                problems.append(f"{case}: the server has no {name}")
+        has_redis = values["redis"]["enabled"] or values["externalRedis"]["url"] or values["externalRedis"]["existingSecret"]
+        if bool(has_redis) != ("NEXT_CHAT_REDIS" in env):
+            problems.append(f"{case}: NEXT_CHAT_REDIS is {'missing' if has_redis else 'set without a Redis'}")
+        config = yaml.safe_load(next(iter(by_kind["ConfigMap"].values()))["data"]["config.yaml"])
+        if config != values["config"]:
+            problems.append(f"{case}: the ConfigMap's config.yaml is not values.config: {config}")
+    for kind, key, component in (("StatefulSet", "redis", "redis"), ("StatefulSet", "mysql", "mysql")):
+        present = any(d["metadata"]["labels"].get("app.kubernetes.io/component") == component
+                      for d in by_kind.get(kind, {}).values())
+        if present != bool(values[key]["enabled"]):
+            problems.append(f"{case}: the bundled {key} is {'present' if present else 'absent'} with {key}.enabled={values[key]['enabled']}")
+    jobs = by_kind.get("Job", {})
+    if bool(jobs) != bool(values["migrations"]["enabled"]):
+        problems.append(f"{case}: the migration Job does not follow migrations.enabled")
+    for job in jobs.values():
+        if job["metadata"]["annotations"].get("helm.sh/hook") != "post-install,post-upgrade":
+            problems.append(f"{case}: the migration Job is not a post-install,post-upgrade hook")
+    tests = [p for p in by_kind.get("Pod", {}).values() if p["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+    if len(tests) != 1:
+        problems.append(f"{case}: expected one helm test Pod")
+    else:
+        container = tests[0]["spec"]["containers"][0]
+        service = next(iter(n for n, s in by_kind.get("Service", {}).items() if s["spec"].get("clusterIP") != "None"))
+        url = f"http://{service}:{values['service']['port']}/next-chat"
+        if container["command"] != ["next-chat-autotest"] or container["args"][:2] != ["--url", url]:
+            problems.append(f"{case}: the test Pod does not run next-chat-autotest --url {url}")
+    ingresses = by_kind.get("Ingress", {})
+    if bool(ingresses) != bool(values["ingress"]["enabled"]):
+        problems.append(f"{case}: the Ingress does not follow ingress.enabled")
+    for ingress in ingresses.values():
+        notes = ingress["metadata"]["annotations"]
+        if notes.get("nginx.ingress.kubernetes.io/affinity") != "cookie":
+            problems.append(f"{case}: the Ingress has no cookie affinity")
+        backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+        if backend["name"] not in by_kind.get("Service", {}):
+            problems.append(f"{case}: the Ingress routes to the unknown Service {backend['name']}")
+    return problems
+
+
+# (template, values, expected output, or an exception class name) as Go's
+# text/template with Sprig and Helm gives them: what helmlite must get right
+# for check_chart_renders to mean anything.
+HELMLITE_CASES = [
+    ("a {{- 1 -}} b {{ 2 }}", {}, "a1b 2"),
+    ("{{ .Values.n }}|{{ .Values.big }}|{{ .Values.half }}", {"n": 20, "big": 1000000, "half": 0.5}, "20|1e+06|0.5"),
+    ("{{ if gt .Values.n 1 }}x{{ end }}", {"n": 2}, "RenderError"),
+    ("{{ if gt (int .Values.n) 1 }}x{{ end }}", {"n": 2}, "x"),
+    ("{{ printf \"%d\" .Values.n }}", {"n": 2}, "%!d(float64=2)"),
+    ("{{ .Values.a.b }}", {}, "RenderError"),
+    ("{{ with .Values.a }}{{ .b }}{{ else }}none{{ end }}", {"a": {"b": "x"}}, "x"),
+    ("{{ with .Values.a }}{{ .b }}{{ else }}none{{ end }}", {"a": {}}, "none"),
+    ("{{ range $k, $v := .Values.m }}{{ $k }}={{ $v }};{{ end }}", {"m": {"b": 2, "a": "x"}}, "a=x;b=2;"),
+    ("{{ toYaml .Values.m | nindent 2 }}", {"m": {"b": [1], "a": "x"}}, "\n  a: x\n  b:\n  - 1"),
+    ("{{ default \"d\" .Values.e }}/{{ default \"d\" .Values.s }}", {"e": "", "s": "s"}, "d/s"),
+    ("{{ ternary \"t\" \"f\" .Values.b | quote }}", {"b": False}, "\"f\""),
+    ("{{ fail \"no\" }}", {}, "Fail"),
+    ("{{ include \"x\" . }}", {"v": "y"}, "[y]"),
+    ("{{ $d := dict }}{{ $_ := set $d \"k\" 1 }}{{ toYaml (merge $d (dict \"k\" 2 \"j\" 3)) }}", {}, "j: 3\nk: 1"),
+]
+
+
+def check_helmlite_semantics() -> None:
+    """deploy/helmlite.py renders the Go template and Sprig cases it relies on as Helm does"""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import helmlite
+
+    defines = '{{- define "x" -}}[{{ .Values.v }}]{{- end }}'
+    problems = []
+    for source, values, expected in HELMLITE_CASES:
+        try:
+            got = helmlite.render_string(source, values, defines)
+        except helmlite.RenderError as e:
+            got = type(e).__name__
+        if got != expected:
+            problems.append(f"{source!r} with {values}: got {got!r}, expected {expected!r}")
+    fail_if(problems)
+
+
+def check_chart_renders() -> None:
+    """The chart renders (deploy/helmlite.py) for every documented value combination into valid, consistent manifests, and refuses the broken ones"""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import helmlite
+
+    chart = helmlite.Chart(CHART)
+    problems = []
+    for case, overrides in RENDER_CASES.items():
+        values = helmlite.merge_values(copy.deepcopy(chart.default_values), copy.deepcopy(overrides))
+        try:
+            rendered = chart.render(copy.deepcopy(overrides), release="chat", namespace="chat")
+        except helmlite.RenderError as e:
+            problems.append(f"{case}: {e}")
+            continue
+        docs = []
+        for name, text in rendered.items():
+            if name.endswith("NOTES.txt"):
+                if "next-chat --url" not in text:
+                    problems.append(f"{case}: NOTES.txt does not say how to connect with next-chat")
+                continue
+            try:
+                docs.extend(d for d in yaml.safe_load_all(text) if d)
+            except yaml.YAMLError as e:
+                problems.append(f"{case}: {name} is not YAML: {e}")
+        problems.extend(check_manifests(case, docs, values))
+    for case, overrides in REFUSED_CASES.items():
+        try:
+            chart.render(copy.deepcopy(overrides))
+            problems.append(f"{case}: rendered, but the chart must refuse it")
+        except helmlite.Fail:
+            pass
+        except helmlite.RenderError as e:
+            problems.append(f"{case}: failed with an error instead of a message: {e}")
+    fail_if(problems)
+
+
+# --------------------------------------------------------------------------
 # Dockerfile and the commands shared with scripts/test
 
 
@@ -601,6 +893,8 @@ CHECKS: list[Callable[[], None]] = [
     check_values_documented,
     check_server_settings,
     check_chart_contract,
+    check_helmlite_semantics,
+    check_chart_renders,
     check_docker_build_command,
     check_dockerfile,
     check_dockerignore,

@@ -102,15 +102,15 @@ NEXT_CHAT_DATABASE. The chart refuses to render without a database, since
 SQLite inside a pod would lose history and cannot be shared by replicas.
 */}}
 {{- define "next-chat.databaseUrlSource" -}}
-{{- if .Values.mysql.enabled }}
+{{- if .Values.mysql.enabled -}}
 secretKeyRef:
   name: {{ include "next-chat.secretName" . }}
   key: database-url
-{{- else if .Values.externalDatabase.existingSecret }}
+{{- else if .Values.externalDatabase.existingSecret -}}
 secretKeyRef:
   name: {{ .Values.externalDatabase.existingSecret }}
   key: {{ .Values.externalDatabase.existingSecretKey }}
-{{- else if .Values.externalDatabase.url }}
+{{- else if .Values.externalDatabase.url -}}
 secretKeyRef:
   name: {{ include "next-chat.secretName" . }}
   key: database-url
@@ -126,11 +126,11 @@ secretKeyRef:
 
 {{/* An EnvVarSource for NEXT_CHAT_REDIS; only called when hasRedis. */}}
 {{- define "next-chat.redisUrlSource" -}}
-{{- if and (not .Values.redis.enabled) .Values.externalRedis.existingSecret }}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.existingSecret -}}
 secretKeyRef:
   name: {{ .Values.externalRedis.existingSecret }}
   key: {{ .Values.externalRedis.existingSecretKey }}
-{{- else }}
+{{- else -}}
 secretKeyRef:
   name: {{ include "next-chat.secretName" . }}
   key: redis-url
