@@ -1,1 +1,11 @@
-//! The Next Chat server.
+//! The Next Chat server: configuration, the hub that maps SignalR onto the chat
+//! rules, metrics, and the application that wires them to the chosen backends.
+
+pub mod app;
+mod backends;
+pub mod config;
+pub mod hub;
+pub mod metrics;
+
+pub use app::App;
+pub use config::{Cli, Config};

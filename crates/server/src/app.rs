@@ -1,0 +1,229 @@
+//! Builds the whole server from a `Config` and runs it until a shutdown signal.
+//! `main` is a few lines around `App::build` and `App::run`; tests start the
+//! real binary, which goes through exactly this path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use next_chat_core::{
+    BackendError, ChatService, HistoryStore, HistoryWriter, LocalFanout, Membership, Messaging,
+};
+use next_chat_signalr::server::{HubConfig, HubServer};
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, Database};
+use crate::hub::ChatHub;
+use crate::metrics::{HistoryMetrics, Metrics};
+
+/// The hub's path, fixed by the contract.
+pub const HUB_PATH: &str = "/next-chat";
+
+/// How long `/readyz` waits for a backend before calling it down.
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The three backends, whichever implementations the configuration chose.
+pub struct Backends {
+    pub messaging: Arc<dyn Messaging>,
+    pub membership: Arc<dyn Membership>,
+    pub history: Arc<dyn HistoryStore>,
+    /// Copies into MySQL what an instance could not store (scale-out only).
+    pub reconciler: Option<next_chat_storage::StreamHistoryReconciler>,
+}
+
+impl Backends {
+    pub async fn connect(config: &Config, fanout: &Arc<LocalFanout>) -> anyhow::Result<Backends> {
+        crate::backends::connect(config, fanout).await
+    }
+}
+
+/// Applies the history database's migrations (the `migrate` subcommand).
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    crate::backends::migrate(&config.database).await
+}
+
+struct Shared {
+    chat: Arc<ChatService>,
+    metrics: Arc<Metrics>,
+    /// False once shutdown has begun, so load balancers stop sending new clients.
+    accepting: AtomicBool,
+}
+
+pub struct App {
+    config: Config,
+    listener: TcpListener,
+    router: Router,
+    hub: Arc<HubServer<ChatHub>>,
+    shared: Arc<Shared>,
+    reconciler: Option<next_chat_storage::StreamHistoryReconciler>,
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let metrics = Arc::new(Metrics::new());
+        let fanout = Arc::new(LocalFanout::new());
+        let backends = Backends::connect(&config, &fanout).await?;
+        let history = HistoryWriter::start(
+            Arc::clone(&backends.history),
+            config.history.clone(),
+            Arc::new(HistoryMetrics(Arc::clone(&metrics))),
+        );
+        let reconciler = backends.reconciler;
+        let chat = Arc::new(ChatService::new(
+            config.chat.clone(),
+            backends.messaging,
+            backends.membership,
+            history,
+            fanout,
+        ));
+        let hub_config = HubConfig {
+            keep_alive_interval: config.keep_alive,
+            client_timeout: config.client_timeout,
+            max_message_size: config.max_message_size,
+            outbound_queue_capacity: config.outbound_queue,
+            ..HubConfig::default()
+        };
+        let hub = Arc::new(HubServer::new(
+            Arc::new(ChatHub::new(Arc::clone(&chat), Arc::clone(&metrics))),
+            hub_config,
+        ));
+        let shared = Arc::new(Shared { chat, metrics, accepting: AtomicBool::new(true) });
+        let router = hub.router(HUB_PATH).merge(
+            Router::new()
+                .route("/healthz", get(|| async { "ok\n" }))
+                .route("/readyz", get(readyz))
+                .route("/metrics", get(metrics_text))
+                .with_state(Arc::clone(&shared)),
+        );
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+        Ok(App { config, listener, router, hub, shared, reconciler })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Serves until `shutdown` resolves, then closes every connection with
+    /// Close(allowReconnect), stores the history still queued and returns,
+    /// all within the configured shutdown timeout.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let App { config, listener, router, hub, shared, reconciler } = self;
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server =
+            axum::serve(listener, router.into_make_service()).with_graceful_shutdown(async move {
+                let _ = http_stopped.await;
+            });
+        let mut server = tokio::spawn(server.into_future());
+
+        tokio::select! {
+            () = shutdown => {}
+            result = &mut server => {
+                return result.context("http server task")?.context("http server");
+            }
+        }
+        let started = Instant::now();
+        let deadline = started + config.shutdown_timeout;
+        info!(connections = hub.connection_count(), "shutting down");
+        shared.accepting.store(false, Ordering::SeqCst);
+        let _ = stop_http.send(());
+
+        // A third of the time for clients to take what is queued for them, the
+        // rest for history; whatever is left bounds the HTTP server's own exit.
+        hub.shutdown(config.shutdown_timeout / 3).await;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(Duration::from_millis(500));
+        let unsaved = shared.chat.flush_history(left).await;
+        if unsaved > 0 {
+            error!(unsaved, "shutdown timeout reached with messages not yet stored in history");
+        }
+        if let Some(reconciler) = &reconciler {
+            reconciler.shutdown();
+        }
+        shared.chat.messaging().shutdown().await;
+        shared.chat.membership().shutdown().await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, server).await.is_err() {
+            warn!("some HTTP connections were still open at the shutdown deadline");
+        }
+        info!(took = ?started.elapsed(), "stopped");
+        Ok(())
+    }
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if !shared.accepting.load(Ordering::SeqCst) {
+        return unavailable("server", "shutting down".into());
+    }
+    let chat = &shared.chat;
+    let (messaging, membership, history) = tokio::join!(
+        checked("messaging", chat.messaging().check()),
+        checked("membership", chat.membership().check()),
+        checked("history", chat.history().store().check()),
+    );
+    for result in [messaging, membership, history] {
+        if let Err((backend, detail)) = result {
+            return unavailable(backend, detail);
+        }
+    }
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"status\":\"ready\"}\n")
+        .into_response()
+}
+
+/// A backend's check, bounded in time; the error names the backend.
+async fn checked(
+    name: &'static str,
+    check: impl Future<Output = Result<(), BackendError>>,
+) -> Result<(), (&'static str, String)> {
+    match tokio::time::timeout(READY_CHECK_TIMEOUT, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err((e.backend, e.detail)),
+        Err(_) => Err((name, format!("no answer within {READY_CHECK_TIMEOUT:?}"))),
+    }
+}
+
+fn unavailable(backend: &str, detail: String) -> Response {
+    let body = serde_json::json!({ "status": "unavailable", "backend": backend, "detail": detail });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
+    let unsaved = shared.chat.history().unsaved_len();
+    shared.metrics.history_unsaved.set(i64::try_from(unsaved).unwrap_or(i64::MAX));
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        shared.metrics.render(),
+    )
+        .into_response()
+}
+
+/// What `main` logs about the configuration at start (no passwords).
+pub fn describe(config: &Config) -> String {
+    let history = match &config.database {
+        Database::Sqlite(_) => "sqlite",
+        Database::MySql(_) => "mysql",
+    };
+    let messaging = if config.redis.is_some() { "redis" } else { "in-process" };
+    format!(
+        "history={history} ({}), messaging and membership={messaging}",
+        config.database.redacted()
+    )
+}

@@ -1,0 +1,107 @@
+//! Chooses and connects the backends the configuration names: in process and
+//! SQLite by default, Redis for messaging and membership with `redis`, MySQL
+//! for history with a `mysql://` database.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use next_chat_core::{HistoryStore, LocalFanout, Membership, MessageId, Messaging};
+use next_chat_storage::{
+    EmbeddedMembership, InProcessMessaging, MySqlHistory, ReconcilerConfig, RedisConfig,
+    RedisMembership, RedisMessaging, SqliteStore, StreamHistoryReconciler, mysql,
+};
+
+use crate::app::Backends;
+use crate::config::{Config, Database, RedisSettings, redact_url};
+
+fn sqlite_url(path: &std::path::Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+fn redis_config(settings: &RedisSettings) -> RedisConfig {
+    RedisConfig {
+        url: settings.url.clone(),
+        key_prefix: settings.key_prefix.clone(),
+        stream_shards: settings.stream_shards,
+        stream_maxlen: settings.stream_maxlen,
+        ..RedisConfig::default()
+    }
+}
+
+pub async fn connect(config: &Config, fanout: &Arc<LocalFanout>) -> anyhow::Result<Backends> {
+    match (&config.database, &config.redis) {
+        (Database::Sqlite(path), None) => {
+            let store = SqliteStore::open(&sqlite_url(path))
+                .await
+                .with_context(|| format!("database: cannot open {}", path.display()))?;
+            // Ids keep increasing across restarts: never below the newest stored.
+            let floor = store.latest_id().await?.unwrap_or(MessageId::MIN);
+            Ok(Backends {
+                messaging: Arc::new(InProcessMessaging::new(Arc::clone(fanout), floor)),
+                membership: Arc::new(EmbeddedMembership::new(store.clone())),
+                history: Arc::new(store),
+                reconciler: None,
+            })
+        }
+        (Database::Sqlite(path), Some(redis)) => {
+            let store = SqliteStore::open(&sqlite_url(path))
+                .await
+                .with_context(|| format!("database: cannot open {}", path.display()))?;
+            let (messaging, membership) = connect_redis(redis, fanout).await?;
+            Ok(Backends { messaging, membership, history: Arc::new(store), reconciler: None })
+        }
+        (Database::MySql(url), Some(redis)) => {
+            let history = Arc::new(
+                MySqlHistory::connect(url, config.migrate)
+                    .await
+                    .with_context(|| format!("database: {}", redact_url(url)))?,
+            );
+            let (messaging, membership) = connect_redis(redis, fanout).await?;
+            let reconciler = StreamHistoryReconciler::start(
+                redis_config(redis),
+                ReconcilerConfig::default(),
+                Arc::clone(&history) as _,
+            )
+            .await
+            .context("redis: cannot start the history reconciler")?;
+            Ok(Backends {
+                messaging,
+                membership,
+                history: history as Arc<dyn HistoryStore>,
+                reconciler: Some(reconciler),
+            })
+        }
+        (Database::MySql(_), None) => anyhow::bail!(
+            "database: mysql:// history is for scaled-out instances and needs redis \
+             (groups and members live there); set redis, or use sqlite://"
+        ),
+    }
+}
+
+async fn connect_redis(
+    settings: &RedisSettings,
+    fanout: &Arc<LocalFanout>,
+) -> anyhow::Result<(Arc<dyn Messaging>, Arc<dyn Membership>)> {
+    let shown = redact_url(&settings.url);
+    // One config, so messaging and membership name this instance the same way.
+    let config = redis_config(settings);
+    let messaging = RedisMessaging::start(config.clone(), Arc::clone(fanout))
+        .await
+        .with_context(|| format!("redis: cannot start messaging on {shown}"))?;
+    let membership = RedisMembership::start(config)
+        .await
+        .with_context(|| format!("redis: cannot start membership on {shown}"))?;
+    Ok((Arc::new(messaging), Arc::new(membership)))
+}
+
+pub async fn migrate(database: &Database) -> anyhow::Result<()> {
+    match database {
+        Database::Sqlite(path) => {
+            SqliteStore::open(&sqlite_url(path)).await?;
+        }
+        Database::MySql(url) => {
+            mysql::migrate(url).await.with_context(|| format!("database: {}", redact_url(url)))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,422 @@
+//! Configuration: an optional YAML file, environment variables and flags, in
+//! rising order of precedence. Every setting has one name in three spellings:
+//! `foo_bar:` in the file, `NEXT_CHAT_FOO_BAR` in the environment and
+//! `--foo-bar` on the command line. A bad value stops the server at start with
+//! a message naming the setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use next_chat_core::{ChatConfig, HistoryWriterConfig, Limits};
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "next-chat-server",
+    version,
+    about = "Next Chat: a SignalR chat hub at /next-chat"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the history database's schema migrations and exit (the Helm hook runs this).
+    Migrate,
+}
+
+/// Every setting, optional: unset ones come from the file, then the defaults.
+/// The same struct reads the flags (with their environment variables) and the
+/// YAML file, so the three spellings cannot drift apart.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// YAML configuration file; its keys are the long flag names with `_` for `-`.
+    #[arg(long, env = "NEXT_CHAT_CONFIG", global = true, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on [default: 0.0.0.0:5000]
+    #[arg(long, env = "NEXT_CHAT_LISTEN", global = true, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+
+    /// History database: sqlite://PATH (embedded) or mysql://USER:PASS@HOST:PORT/NAME
+    /// [default: sqlite://next-chat.db]
+    #[arg(long, env = "NEXT_CHAT_DATABASE", global = true, value_name = "URL")]
+    pub database: Option<String>,
+
+    /// Redis for messaging and membership across instances (redis://HOST:PORT);
+    /// without it both stay in process
+    #[arg(long, env = "NEXT_CHAT_REDIS", global = true, value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// Prefix of every Redis key, so deployments sharing a Redis stay apart [default: next-chat:]
+    #[arg(long, env = "NEXT_CHAT_REDIS_KEY_PREFIX", global = true, value_name = "PREFIX")]
+    pub redis_key_prefix: Option<String>,
+
+    /// Number of Redis streams messages are sharded over [default: 4]
+    #[arg(long, env = "NEXT_CHAT_REDIS_STREAM_SHARDS", global = true, value_name = "N")]
+    pub redis_stream_shards: Option<usize>,
+
+    /// Approximate length each Redis stream is trimmed to [default: 100000]
+    #[arg(long, env = "NEXT_CHAT_REDIS_STREAM_MAXLEN", global = true, value_name = "N")]
+    pub redis_stream_maxlen: Option<usize>,
+
+    /// Apply the database's migrations at start [default: true for sqlite://, false for mysql://]
+    #[arg(long, env = "NEXT_CHAT_MIGRATE", global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub migrate: Option<bool>,
+
+    /// Most distinct users in one group [default: 20]
+    #[arg(long, env = "NEXT_CHAT_MAX_MEMBERS", global = true, value_name = "N")]
+    pub max_members: Option<usize>,
+
+    /// Messages sent as OnHistory on join [default: 100]
+    #[arg(long, env = "NEXT_CHAT_HISTORY_ON_JOIN", global = true, value_name = "N")]
+    pub history_on_join: Option<usize>,
+
+    /// How long a send waits for history to store its message [default: 500]
+    #[arg(long, env = "NEXT_CHAT_SAVE_TIMEOUT_MS", global = true, value_name = "MS")]
+    pub save_timeout_ms: Option<u64>,
+
+    /// JoinGroup creates a group that does not exist [default: true]
+    #[arg(long, env = "NEXT_CHAT_AUTO_CREATE_GROUPS", global = true, value_name = "BOOL")]
+    pub auto_create_groups: Option<bool>,
+
+    /// SendMessage requires the connection to have joined the group [default: true]
+    #[arg(long, env = "NEXT_CHAT_REQUIRE_JOIN_TO_SEND", global = true, value_name = "BOOL")]
+    pub require_join_to_send: Option<bool>,
+
+    /// Longest group id in characters [default: 64]
+    #[arg(long, env = "NEXT_CHAT_MAX_GROUP_ID_CHARS", global = true, value_name = "N")]
+    pub max_group_id_chars: Option<usize>,
+
+    /// Longest message text in characters [default: 16384]
+    #[arg(long, env = "NEXT_CHAT_MAX_TEXT_CHARS", global = true, value_name = "N")]
+    pub max_text_chars: Option<usize>,
+
+    /// Largest incoming hub message in bytes; a bigger one closes the connection [default: 131072]
+    #[arg(long, env = "NEXT_CHAT_MAX_MESSAGE_SIZE", global = true, value_name = "BYTES")]
+    pub max_message_size: Option<usize>,
+
+    /// Records queued for one connection before it counts as too slow and is closed [default: 4096]
+    #[arg(long, env = "NEXT_CHAT_OUTBOUND_QUEUE", global = true, value_name = "N")]
+    pub outbound_queue: Option<usize>,
+
+    /// Seconds of silence after which the server sends a Ping [default: 15]
+    #[arg(long, env = "NEXT_CHAT_KEEP_ALIVE_SECS", global = true, value_name = "SECS")]
+    pub keep_alive_secs: Option<u64>,
+
+    /// Seconds without a message from a client before it is disconnected [default: 30]
+    #[arg(long, env = "NEXT_CHAT_CLIENT_TIMEOUT_SECS", global = true, value_name = "SECS")]
+    pub client_timeout_secs: Option<u64>,
+
+    /// Seconds a graceful shutdown may take in all [default: 10]
+    #[arg(long, env = "NEXT_CHAT_SHUTDOWN_TIMEOUT_SECS", global = true, value_name = "SECS")]
+    pub shutdown_timeout_secs: Option<u64>,
+}
+
+/// Takes each setting from `$high` where set, else from `$low`.
+macro_rules! overlay {
+    ($high:expr, $low:expr, [$($field:ident),* $(,)?]) => {
+        Settings { config: $high.config.clone(), $($field: $high.$field.clone().or($low.$field.clone()),)* }
+    };
+}
+
+impl Settings {
+    /// These settings over `lower`'s.
+    fn over(&self, lower: &Settings) -> Settings {
+        overlay!(
+            self,
+            lower,
+            [
+                listen,
+                database,
+                redis,
+                redis_key_prefix,
+                redis_stream_shards,
+                redis_stream_maxlen,
+                migrate,
+                max_members,
+                history_on_join,
+                save_timeout_ms,
+                auto_create_groups,
+                require_join_to_send,
+                max_group_id_chars,
+                max_text_chars,
+                max_message_size,
+                outbound_queue,
+                keep_alive_secs,
+                client_timeout_secs,
+                shutdown_timeout_secs,
+            ]
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {key}: {message}")]
+pub struct ConfigError {
+    /// The setting as the file spells it; the flag is `--` plus it with `-`.
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn bad(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError { key, message: message.into() }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    MySql(String),
+}
+
+impl Database {
+    fn parse(url: &str) -> Result<Database, ConfigError> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(bad(
+                    "database",
+                    "sqlite:// needs a file path, e.g. sqlite://next-chat.db",
+                ));
+            }
+            return Ok(Database::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            let rest = &url["mysql://".len()..];
+            let has_name = rest.split_once('/').is_some_and(|(_, name)| !name.is_empty());
+            if !has_name {
+                return Err(bad(
+                    "database",
+                    "a mysql:// URL needs a database name: mysql://USER:PASS@HOST:3306/NAME",
+                ));
+            }
+            return Ok(Database::MySql(url));
+        }
+        Err(bad("database", format!("'{url}' must start with sqlite:// or mysql://")))
+    }
+
+    /// The URL with any password hidden, for logs.
+    pub fn redacted(&self) -> String {
+        match self {
+            Database::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Database::MySql(url) => redact_url(url),
+        }
+    }
+}
+
+/// Hides the password of `scheme://user:password@host`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub stream_shards: usize,
+    pub stream_maxlen: usize,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database: Database,
+    pub redis: Option<RedisSettings>,
+    pub migrate: bool,
+    pub chat: ChatConfig,
+    pub history: HistoryWriterConfig,
+    pub max_message_size: usize,
+    pub outbound_queue: usize,
+    pub keep_alive: Duration,
+    pub client_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+fn positive(key: &'static str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(bad(key, "must be at least 1")),
+        Some(n) => Ok(n),
+    }
+}
+
+fn seconds(key: &'static str, value: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(Duration::from_secs(default)),
+        Some(0) => Err(bad(key, "must be at least 1 second")),
+        Some(n) => Ok(Duration::from_secs(n)),
+    }
+}
+
+impl Config {
+    /// Reads the file the settings name (if any), lays the settings over it and
+    /// validates the result.
+    pub fn load(settings: &Settings) -> Result<Config, ConfigError> {
+        let merged = match &settings.config {
+            Some(path) => settings.over(&read_file(path)?),
+            None => settings.clone(),
+        };
+        Config::from_settings(&merged)
+    }
+
+    pub fn from_settings(s: &Settings) -> Result<Config, ConfigError> {
+        let listen_text = s.listen.as_deref().unwrap_or("0.0.0.0:5000");
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            bad("listen", format!("'{listen_text}' is not ADDR:PORT, e.g. 0.0.0.0:5000"))
+        })?;
+        let database = Database::parse(s.database.as_deref().unwrap_or("sqlite://next-chat.db"))?;
+        let redis = match &s.redis {
+            Some(url) => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(bad(
+                        "redis",
+                        format!("'{}' must start with redis:// or rediss://", redact_url(url)),
+                    ));
+                }
+                Some(RedisSettings {
+                    url: url.clone(),
+                    key_prefix: s.redis_key_prefix.clone().unwrap_or_else(|| "next-chat:".into()),
+                    stream_shards: positive("redis_stream_shards", s.redis_stream_shards, 4)?,
+                    stream_maxlen: positive("redis_stream_maxlen", s.redis_stream_maxlen, 100_000)?,
+                })
+            }
+            None => None,
+        };
+        if redis.is_none() && matches!(database, Database::MySql(_)) {
+            // MySQL history with in-process fan-out is a valid single-instance setup.
+            tracing::debug!("mysql history without redis: one instance");
+        }
+        let limits = Limits {
+            group_id_max_chars: positive("max_group_id_chars", s.max_group_id_chars, 64)?,
+            text_max_chars: positive("max_text_chars", s.max_text_chars, 16384)?,
+            ..Limits::default()
+        };
+        let chat = ChatConfig {
+            limits,
+            max_members: positive("max_members", s.max_members, 20)?,
+            history_on_join: positive("history_on_join", s.history_on_join, 100)?,
+            require_join_to_send: s.require_join_to_send.unwrap_or(true),
+            auto_create_groups: s.auto_create_groups.unwrap_or(true),
+            ..ChatConfig::default()
+        };
+        let history = HistoryWriterConfig {
+            save_timeout: Duration::from_millis(match s.save_timeout_ms {
+                Some(0) => return Err(bad("save_timeout_ms", "must be at least 1")),
+                Some(ms) => ms,
+                None => 500,
+            }),
+            ..HistoryWriterConfig::default()
+        };
+        let keep_alive = seconds("keep_alive_secs", s.keep_alive_secs, 15)?;
+        let client_timeout = seconds("client_timeout_secs", s.client_timeout_secs, 30)?;
+        if client_timeout <= keep_alive {
+            return Err(bad("client_timeout_secs", "must be longer than keep_alive_secs"));
+        }
+        Ok(Config {
+            listen,
+            migrate: s.migrate.unwrap_or(matches!(database, Database::Sqlite(_))),
+            database,
+            redis,
+            chat,
+            history,
+            max_message_size: positive("max_message_size", s.max_message_size, 128 * 1024)?,
+            outbound_queue: positive("outbound_queue", s.outbound_queue, 4096)?,
+            keep_alive,
+            client_timeout,
+            shutdown_timeout: seconds("shutdown_timeout_secs", s.shutdown_timeout_secs, 10)?,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
+    if text.trim().is_empty() {
+        return Ok(Settings::default());
+    }
+    yaml_serde::from_str(&text).map_err(|e| bad("config", format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["next-chat-server"];
+        all.extend_from_slice(args);
+        let cli = Cli::try_parse_from(all).expect("flags parse");
+        Config::load(&cli.settings)
+    }
+
+    #[test]
+    fn defaults_are_the_contracts() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:5000".parse().unwrap());
+        assert_eq!(config.database, Database::Sqlite("next-chat.db".into()));
+        assert!(config.redis.is_none());
+        assert_eq!(config.chat.max_members, 20);
+        assert_eq!(config.chat.history_on_join, 100);
+        assert_eq!(config.history.save_timeout, Duration::from_millis(500));
+        assert_eq!(config.max_message_size, 131072);
+        assert!(config.migrate);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = parse(&["--listen", "nowhere"]).unwrap_err();
+        assert_eq!(err.key, "listen");
+        assert!(err.to_string().contains("'nowhere' is not ADDR:PORT"));
+        assert_eq!(parse(&["--database", "postgres://x"]).unwrap_err().key, "database");
+        assert_eq!(parse(&["--database", "mysql://root@h:3306"]).unwrap_err().key, "database");
+        assert_eq!(parse(&["--max-members", "0"]).unwrap_err().key, "max_members");
+        assert_eq!(parse(&["--redis", "http://x"]).unwrap_err().key, "redis");
+    }
+
+    #[test]
+    fn file_is_overridden_by_flags_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "listen: 127.0.0.1:6000\nmax_members: 5\nredis: redis://r:6379\n")
+            .unwrap();
+        let f = file.to_str().unwrap();
+        let config = parse(&["--config", f, "--max-members", "7"]).unwrap();
+        assert_eq!(config.listen.port(), 6000);
+        assert_eq!(config.chat.max_members, 7);
+        assert_eq!(config.redis.unwrap().key_prefix, "next-chat:");
+
+        std::fs::write(&file, "max_memebers: 5\n").unwrap();
+        let err = parse(&["--config", f]).unwrap_err();
+        assert_eq!(err.key, "config");
+        assert!(err.to_string().contains("max_memebers"), "{err}");
+    }
+
+    #[test]
+    fn migrate_flag_and_subcommand() {
+        let cli =
+            Cli::try_parse_from(["s", "migrate", "--database", "mysql://u:p@h:3306/db"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Migrate)));
+        let config = Config::load(&cli.settings).unwrap();
+        assert_eq!(config.database.redacted(), "mysql://u:***@h:3306/db");
+        assert!(!config.migrate);
+        assert!(parse(&["--database", "mysql://u@h/db", "--migrate"]).unwrap().migrate);
+    }
+}

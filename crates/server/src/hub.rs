@@ -1,0 +1,308 @@
+//! The Next Chat hub: maps SignalR invocations onto `ChatService` and chat
+//! values onto the wire. This is the one place where a `ChatError` becomes a
+//! completion error and a `Message` becomes `OnMessage`'s argument.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use next_chat_core::{
+    ChatError, ChatService, ConnectionId, Delivery, GroupId, JoinOutcome, Message, Recipient,
+    Session,
+};
+use next_chat_signalr::server::{Connection, Hub};
+use next_chat_signalr::{HubMessage, Value};
+use tracing::{debug, warn};
+
+use crate::metrics::{ConnectionLabels, Metrics};
+
+pub struct ChatHub {
+    chat: Arc<ChatService>,
+    metrics: Arc<Metrics>,
+}
+
+impl ChatHub {
+    pub fn new(chat: Arc<ChatService>, metrics: Arc<Metrics>) -> ChatHub {
+        ChatHub { chat, metrics }
+    }
+}
+
+/// A connection's chat session and the labels it is counted under.
+pub struct ChatSession {
+    session: Session,
+    labels: ConnectionLabels,
+}
+
+/// A SignalR connection as the chat's fan-out sees it.
+struct ConnectionRecipient {
+    id: ConnectionId,
+    connection: Connection,
+    metrics: Arc<Metrics>,
+}
+
+fn encode_invocation(connection: &Connection, target: &str, argument: Value) -> Bytes {
+    connection.protocol().encode(&HubMessage::Invocation {
+        invocation_id: None,
+        target: target.to_string(),
+        arguments: vec![argument],
+        stream_ids: Vec::new(),
+    })
+}
+
+impl Recipient for ConnectionRecipient {
+    fn connection_id(&self) -> &ConnectionId {
+        &self.id
+    }
+
+    fn deliver(&self, delivery: &Delivery) {
+        let protocol = self.connection.protocol();
+        let record = delivery.encoded(protocol.slot(), |message| {
+            encode_invocation(&self.connection, "OnMessage", message_value(message))
+        });
+        match self.connection.send(record) {
+            Ok(()) => {
+                self.metrics.messages_delivered.inc();
+            }
+            Err(_) => {
+                self.metrics.slow_consumers_closed.inc();
+            }
+        }
+    }
+
+    fn deliver_history(&self, messages: &[Message]) {
+        let history = Value::Array(messages.iter().map(message_value).collect());
+        let record = encode_invocation(&self.connection, "OnHistory", history);
+        if self.connection.send(record).is_err() {
+            self.metrics.slow_consumers_closed.inc();
+        }
+    }
+}
+
+/// `Message` as the contract shapes it; `sendTime` is a timestamp, which JSON
+/// writes as RFC 3339 and MessagePack as its timestamp extension.
+pub fn message_value(message: &Message) -> Value {
+    Value::Map(vec![
+        ("id".into(), Value::Str(message.id.to_string())),
+        ("authorId".into(), Value::Str(message.author.as_str().into())),
+        ("groupId".into(), Value::Str(message.group.as_str().into())),
+        ("sendTime".into(), Value::Timestamp(message.send_time)),
+        ("text".into(), Value::Str(message.text.as_str().into())),
+    ])
+}
+
+fn groups_value(groups: Vec<GroupId>) -> Value {
+    Value::Array(
+        groups
+            .into_iter()
+            .map(|g| Value::Map(vec![("groupId".into(), Value::Str(g.as_str().into()))]))
+            .collect(),
+    )
+}
+
+/// A hub method's arguments, checked by name and position.
+struct Arguments<'a> {
+    method: &'static str,
+    names: &'static [&'static str],
+    values: &'a [Value],
+}
+
+impl<'a> Arguments<'a> {
+    fn new(
+        method: &'static str,
+        names: &'static [&'static str],
+        values: &'a [Value],
+    ) -> Result<Arguments<'a>, String> {
+        if values.len() != names.len() {
+            return Err(format!(
+                "{method} takes {} argument{} ({}), not {}",
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", "),
+                values.len()
+            ));
+        }
+        Ok(Arguments { method, names, values })
+    }
+
+    fn string(&self, index: usize) -> Result<&'a str, String> {
+        self.values[index]
+            .as_str()
+            .ok_or_else(|| format!("{}: {} must be a string", self.method, self.names[index]))
+    }
+
+    fn optional_string(&self, index: usize) -> Result<Option<&'a str>, String> {
+        if self.values[index].is_null() {
+            return Ok(None);
+        }
+        self.string(index).map(Some).map_err(|e| format!("{e} or null"))
+    }
+
+    fn integer(&self, index: usize) -> Result<i64, String> {
+        self.values[index]
+            .as_i64()
+            .ok_or_else(|| format!("{}: {} must be an integer", self.method, self.names[index]))
+    }
+}
+
+/// The hub's methods; names match case-insensitively.
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    CreateGroup,
+    ListGroups,
+    ListGroupsPage,
+    JoinGroup,
+    LeaveGroup,
+    SendMessage,
+    GetHistory,
+}
+
+impl Method {
+    const ALL: [Method; 7] = [
+        Method::CreateGroup,
+        Method::ListGroups,
+        Method::ListGroupsPage,
+        Method::JoinGroup,
+        Method::LeaveGroup,
+        Method::SendMessage,
+        Method::GetHistory,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Method::CreateGroup => "CreateGroup",
+            Method::ListGroups => "ListGroups",
+            Method::ListGroupsPage => "ListGroupsPage",
+            Method::JoinGroup => "JoinGroup",
+            Method::LeaveGroup => "LeaveGroup",
+            Method::SendMessage => "SendMessage",
+            Method::GetHistory => "GetHistory",
+        }
+    }
+
+    fn parse(target: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.name().eq_ignore_ascii_case(target))
+    }
+}
+
+fn chat_error(error: ChatError) -> String {
+    if let ChatError::Backend(backend) = &error {
+        warn!(backend = backend.backend, detail = %backend.detail, "backend error");
+    }
+    error.to_string()
+}
+
+impl ChatHub {
+    async fn dispatch(
+        &self,
+        session: &Session,
+        method: Method,
+        values: &[Value],
+    ) -> Result<Option<Value>, String> {
+        let chat = &self.chat;
+        let name = method.name();
+        match method {
+            Method::CreateGroup => {
+                let args = Arguments::new(name, &["groupId"], values)?;
+                chat.create_group(session, args.string(0)?).await.map_err(chat_error)?;
+                Ok(None)
+            }
+            Method::ListGroups => {
+                Arguments::new(name, &[], values)?;
+                Ok(Some(groups_value(chat.list_groups().await.map_err(chat_error)?)))
+            }
+            Method::ListGroupsPage => {
+                let args = Arguments::new(name, &["after", "limit"], values)?;
+                let groups = chat
+                    .list_groups_page(args.optional_string(0)?, args.integer(1)?)
+                    .await
+                    .map_err(chat_error)?;
+                Ok(Some(groups_value(groups)))
+            }
+            Method::JoinGroup => {
+                let args = Arguments::new(name, &["groupId"], values)?;
+                let outcome =
+                    chat.join_group(session, args.string(0)?).await.map_err(chat_error)?;
+                Ok(Some(Value::Int(match outcome {
+                    JoinOutcome::Joined => 0,
+                    JoinOutcome::NoRoom => 1,
+                })))
+            }
+            Method::LeaveGroup => {
+                let args = Arguments::new(name, &["groupId"], values)?;
+                chat.leave_group(session, args.string(0)?).await.map_err(chat_error)?;
+                Ok(None)
+            }
+            Method::SendMessage => {
+                let args = Arguments::new(name, &["groupId", "text"], values)?;
+                chat.send_message(session, args.string(0)?, args.string(1)?)
+                    .await
+                    .map_err(chat_error)?;
+                Ok(None)
+            }
+            Method::GetHistory => {
+                let args = Arguments::new(name, &["groupId", "before", "limit"], values)?;
+                let messages = chat
+                    .get_history(
+                        session,
+                        args.string(0)?,
+                        args.optional_string(1)?,
+                        args.integer(2)?,
+                    )
+                    .await
+                    .map_err(chat_error)?;
+                Ok(Some(Value::Array(messages.iter().map(message_value).collect())))
+            }
+        }
+    }
+}
+
+impl Hub for ChatHub {
+    type Session = ChatSession;
+
+    fn authenticate(&self, token: &str) -> Result<String, String> {
+        self.chat.parse_user(token).map(|u| u.as_str().to_string()).map_err(|e| e.to_string())
+    }
+
+    async fn connected(&self, connection: Connection) -> Result<ChatSession, String> {
+        let user = self.chat.parse_user(connection.user()).map_err(|e| e.to_string())?;
+        let labels = ConnectionLabels {
+            transport: connection.transport().name(),
+            protocol: connection.protocol().name(),
+        };
+        self.metrics.connections.get_or_create(&labels).inc();
+        let recipient = ConnectionRecipient {
+            id: ConnectionId::new(connection.id()),
+            connection,
+            metrics: Arc::clone(&self.metrics),
+        };
+        let session = self.chat.open_session(user, Arc::new(recipient));
+        Ok(ChatSession { session, labels })
+    }
+
+    async fn invoke(
+        &self,
+        session: &ChatSession,
+        target: &str,
+        arguments: Vec<Value>,
+    ) -> Result<Option<Value>, String> {
+        let Some(method) = Method::parse(target) else {
+            self.metrics.invocation("unknown", "error");
+            let known: Vec<_> = Method::ALL.iter().map(|m| m.name()).collect();
+            return Err(format!(
+                "unknown hub method '{target}'; the methods are {}",
+                known.join(", ")
+            ));
+        };
+        let result = self.dispatch(&session.session, method, &arguments).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.invocation(method.name(), outcome);
+        if let Err(error) = &result {
+            debug!(method = method.name(), user = %session.session.user(), %error, "invocation failed");
+        }
+        result
+    }
+
+    async fn disconnected(&self, session: ChatSession) {
+        self.chat.close_session(&session.session).await;
+        self.metrics.connections.get_or_create(&session.labels).dec();
+    }
+}

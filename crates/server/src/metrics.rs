@@ -1,0 +1,122 @@
+//! Prometheus metrics, served at `GET /metrics`. Counters are atomics, so
+//! recording on the hot path takes no lock beyond the label lookup.
+
+use std::time::Duration;
+
+use next_chat_core::{BackendError, HistoryObserver};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub transport: &'static str,
+    pub protocol: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InvocationLabels {
+    pub method: &'static str,
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Family<ConnectionLabels, Gauge>,
+    pub invocations: Family<InvocationLabels, Counter>,
+    pub messages_delivered: Counter,
+    pub slow_consumers_closed: Counter,
+    pub history_write_seconds: Histogram,
+    pub history_write_failures: Counter,
+    pub history_unsaved: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("nextchat");
+        let connections = Family::<ConnectionLabels, Gauge>::default();
+        registry.register("connections", "Open hub connections", connections.clone());
+        let invocations = Family::<InvocationLabels, Counter>::default();
+        registry.register(
+            "invocations",
+            "Hub method invocations by method and outcome",
+            invocations.clone(),
+        );
+        let messages_delivered = Counter::default();
+        registry.register(
+            "messages_delivered",
+            "OnMessage records queued to connections",
+            messages_delivered.clone(),
+        );
+        let slow_consumers_closed = Counter::default();
+        registry.register(
+            "slow_consumers_closed",
+            "Connections closed because their outbound queue was full",
+            slow_consumers_closed.clone(),
+        );
+        let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+        let history_write_seconds = Histogram::new(buckets.into_iter());
+        registry.register(
+            "history_write_seconds",
+            "Time to store one batch of history",
+            history_write_seconds.clone(),
+        );
+        let history_write_failures = Counter::default();
+        registry.register(
+            "history_write_failures",
+            "History batches the store refused (they are retried)",
+            history_write_failures.clone(),
+        );
+        let history_unsaved = Gauge::default();
+        registry.register(
+            "history_unsaved_messages",
+            "Accepted messages not yet stored in history",
+            history_unsaved.clone(),
+        );
+        Metrics {
+            registry,
+            connections,
+            invocations,
+            messages_delivered,
+            slow_consumers_closed,
+            history_write_seconds,
+            history_write_failures,
+            history_unsaved,
+        }
+    }
+
+    pub fn invocation(&self, method: &'static str, outcome: &'static str) {
+        self.invocations.get_or_create(&InvocationLabels { method, outcome }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Feeds history batch outcomes into the metrics.
+pub struct HistoryMetrics(pub std::sync::Arc<Metrics>);
+
+impl HistoryObserver for HistoryMetrics {
+    fn batch_written(&self, _rows: usize, elapsed: Duration) {
+        self.0.history_write_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    fn batch_failed(&self, _rows: usize, error: &BackendError) {
+        self.0.history_write_failures.inc();
+        tracing::debug!(%error, "history batch failed; retrying");
+    }
+}
