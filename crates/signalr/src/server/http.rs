@@ -103,9 +103,6 @@ fn identify<H: Hub>(
     headers: &HeaderMap,
     params: &[(String, String)],
 ) -> Result<String, Refusal> {
-    if server.registry.is_shutting_down() {
-        return Err(Refusal::ShuttingDown);
-    }
     let token = credential(headers, params).ok_or_else(|| {
         Refusal::Unauthorized(
             "no identity: send an Authorization header or an access_token query parameter"
@@ -135,6 +132,12 @@ fn find<H: Hub>(
     Ok(negotiated)
 }
 
+/// During shutdown no connection starts; existing ones may still poll and post so
+/// that they receive their Close message.
+fn ensure_not_shutting_down<H: Hub>(server: &ServerState<H>) -> Result<(), Refusal> {
+    if server.registry.is_shutting_down() { Err(Refusal::ShuttingDown) } else { Ok(()) }
+}
+
 fn ensure_enabled<H: Hub>(server: &ServerState<H>, transport: Transport) -> Result<(), Refusal> {
     if server.config.transports.contains(&transport) {
         Ok(())
@@ -149,7 +152,9 @@ pub(crate) async fn negotiate<H: Hub>(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Response {
-    let user = match identify(&server, &headers, &params) {
+    let user = match ensure_not_shutting_down(&server)
+        .and_then(|()| identify(&server, &headers, &params))
+    {
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };
@@ -228,6 +233,7 @@ async fn connect_websocket<H: Hub>(
     request: Request,
 ) -> Result<Response, Refusal> {
     ensure_enabled(&server, Transport::WebSockets)?;
+    ensure_not_shutting_down(&server)?;
     let (mut parts, _body) = request.into_parts();
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(upgrade) => upgrade,
@@ -274,6 +280,7 @@ fn connect_sse<H: Hub>(
     user: String,
 ) -> Result<Response, Refusal> {
     ensure_enabled(&server, Transport::ServerSentEvents)?;
+    ensure_not_shutting_down(&server)?;
     let negotiated = find(&server, params, &user)?;
     let config = &server.config;
     let (connection, outbound) = Connection::new(
@@ -313,6 +320,7 @@ async fn long_poll<H: Hub>(
     if let Some(polls) = existing {
         return Ok(long_polling::poll(polls, server.config.long_poll_timeout).await);
     }
+    ensure_not_shutting_down(&server)?;
     let config = &server.config;
     let (connection, outbound) = Connection::new(
         negotiated.connection_id.clone(),
@@ -334,15 +342,20 @@ async fn long_poll<H: Hub>(
     tokio::spawn(async move {
         session::run(server.clone(), connection.clone(), posted_bodies(rx), liveness, live.clone())
             .await;
-        // Let the client fetch what is left (the Close message) before forgetting it.
+        // Let the client fetch what is left (the Close message); the connection is
+        // no longer live once it has. Its id is kept until a poll has been told 204
+        // (as ASP.NET does), so one more poll ends cleanly rather than with 404.
         let undelivered = connection
             .close_request()
             .is_none_or(|request| request.send_close_message || request.drain);
         if undelivered {
+            polls.wait_delivered(disconnect_timeout).await;
+        }
+        drop(live);
+        if undelivered {
             polls.wait_finished(disconnect_timeout).await;
         }
         server.registry.remove_negotiated(&negotiated.token);
-        drop(live);
     });
     Ok(long_polling::started())
 }

@@ -27,7 +27,9 @@ pub(crate) struct PollState {
     times: Mutex<PollTimes>,
     /// Signalled when a poll starts or ends, so the session re-arms its idle timer.
     activity: Notify,
-    /// The outbound yielded its last record: later polls get 204.
+    /// A poll took the last record (the Close message, if any).
+    delivered: watch::Sender<bool>,
+    /// A poll was answered 204 because the outbound ended: the client knows.
     finished: watch::Sender<bool>,
     /// Set once: the transport must not be used any more.
     gone: AtomicBool,
@@ -47,6 +49,7 @@ impl PollState {
             current_poll: Mutex::new(None),
             times: Mutex::new(PollTimes { active: 0, last_end: Instant::now() }),
             activity: Notify::new(),
+            delivered: watch::channel(false).0,
             finished: watch::channel(false).0,
             gone: AtomicBool::new(false),
         }
@@ -63,14 +66,26 @@ impl PollState {
         self.activity.notified().await;
     }
 
-    /// Waits (at most `timeout`) for the client to fetch the last records.
+    /// Waits (at most `timeout`) for a poll to take the last records.
+    pub(crate) async fn wait_delivered(&self, timeout: Duration) {
+        let mut delivered = self.delivered.subscribe();
+        let _ = tokio::time::timeout(timeout, delivered.wait_for(|done| *done)).await;
+    }
+
+    /// Waits (at most `timeout`) for a poll to be told with 204 that the connection
+    /// ended; after that every poll gets 204 until the connection is forgotten.
     pub(crate) async fn wait_finished(&self, timeout: Duration) {
         let mut finished = self.finished.subscribe();
         let _ = tokio::time::timeout(timeout, finished.wait_for(|done| *done)).await;
         self.gone.store(true, Ordering::Release);
     }
 
+    fn mark_delivered(&self) {
+        self.delivered.send_replace(true);
+    }
+
     fn mark_finished(&self) {
+        self.mark_delivered();
         self.finished.send_replace(true);
     }
 
@@ -143,7 +158,7 @@ pub(crate) async fn poll(polls: Arc<PollState>, timeout: Duration) -> Response {
         body.extend_from_slice(&record);
     }
     if outbound.is_finished() {
-        polls.mark_finished();
+        polls.mark_delivered();
     }
     drop(guard);
     (

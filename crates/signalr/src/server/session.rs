@@ -397,8 +397,10 @@ fn timed_out(liveness: &Liveness, last_received: Instant) -> Option<CloseRequest
         Liveness::Polling(polls, timeout)
             if polls.idle_since().is_some_and(|idle| now >= idle + *timeout) =>
         {
+            // The client is gone: nothing to deliver.
             Some(CloseRequest {
                 send_close_message: false,
+                drain: false,
                 ..CloseRequest::with_error(format!(
                     "long polling: no poll from the client for {} s",
                     timeout.as_secs_f64()

@@ -185,6 +185,8 @@ fn parse_head(raw: &[u8]) -> Option<(u16, Headers, usize)> {
 struct Dechunker {
     raw: Vec<u8>,
     out: Vec<u8>,
+    /// The last (empty) chunk arrived: the body is complete.
+    ended: bool,
 }
 
 impl Dechunker {
@@ -200,6 +202,10 @@ impl Dechunker {
             else {
                 return;
             };
+            if size == 0 {
+                self.ended = true;
+                return;
+            }
             let needed = line_end + 2 + size + 2;
             if self.raw.len() < needed {
                 return;
@@ -280,6 +286,9 @@ impl SseStream {
     async fn fill(&mut self, predicate: impl Fn(&[u8]) -> bool) -> bool {
         let mut buf = [0u8; 4096];
         while !predicate(&self.text) {
+            if self.dechunker.ended {
+                return false;
+            }
             let n = match tokio::time::timeout(WAIT, self.stream.read(&mut buf)).await {
                 Ok(Ok(n)) => n,
                 Ok(Err(_)) => 0,
