@@ -80,7 +80,7 @@ async fn load(run: Run, spec: LoadSpec) -> Outcome {
         }
     }
     let mut collector = collector;
-    let arrived = match tokio::time::timeout(DRAIN, &mut collector).await {
+    let arrivals = match tokio::time::timeout(DRAIN, &mut collector).await {
         Ok(arrived) => arrived,
         Err(_) => {
             let _ = stop.send(());
@@ -91,7 +91,7 @@ async fn load(run: Run, spec: LoadSpec) -> Outcome {
 
     let latencies: Vec<Duration> = started_at
         .iter()
-        .zip(&arrived)
+        .zip(&arrivals.arrived)
         .filter_map(|(sent, arrived)| arrived.map(|a| a.saturating_duration_since(*sent)))
         .collect();
     let missing = total - latencies.len();
@@ -104,6 +104,7 @@ async fn load(run: Run, spec: LoadSpec) -> Outcome {
         first_error.unwrap_or_default()
     );
     ensure!(missing == 0, "{missing} of {total} messages never arrived");
+    ensure!(arrivals.duplicates == 0, "{} messages arrived more than once", arrivals.duplicates);
     let stats = Stats::of(latencies);
     ensure!(
         stats.mean < spec.max_mean_latency,
@@ -121,9 +122,10 @@ async fn collect(
     group: String,
     total: usize,
     mut stop: oneshot::Receiver<()>,
-) -> Vec<Option<Instant>> {
+) -> Arrivals {
     let mut arrived = vec![None; total];
     let mut count = 0;
+    let mut duplicates = 0;
     while count < total {
         let event = tokio::select! {
             event = events.recv() => event,
@@ -133,18 +135,29 @@ async fn collect(
             Some(Event::Message(message)) if message.group_id == group => {
                 let now = Instant::now();
                 let seq = message.text.get(..SEQ_DIGITS).and_then(|s| s.parse::<usize>().ok());
-                if let Some(slot) = seq.and_then(|seq| arrived.get_mut(seq))
-                    && slot.is_none()
-                {
-                    *slot = Some(now);
-                    count += 1;
+                match seq.and_then(|seq| arrived.get_mut(seq)) {
+                    Some(slot @ None) => {
+                        *slot = Some(now);
+                        count += 1;
+                    }
+                    // Delivered twice: the protocol promises exactly once.
+                    Some(Some(_)) => duplicates += 1,
+                    None => {}
                 }
             }
             Some(_) => {}
             None => break,
         }
     }
-    arrived
+    Arrivals { arrived, duplicates }
+}
+
+/// What the receiving member saw of the load.
+struct Arrivals {
+    /// When each message arrived, by sequence number; `None`: never.
+    arrived: Vec<Option<Instant>>,
+    /// Messages of the load delivered more than once (before the last arrived).
+    duplicates: usize,
 }
 
 struct Stats {
