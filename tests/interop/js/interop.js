@@ -266,7 +266,7 @@ async function joinExpectingHistory(client, groupId) {
 }
 
 async function scenario(combo, a, b) {
-  const g = `interop-js-${runId}-${combo.name}`;
+  const g = `interop-js-${runId}-${combos.concat(idleCombos).indexOf(combo)}`;
   await Promise.all([a.start(), b.start()]);
 
   // CreateGroup: no result; creating again is not an error.
@@ -346,7 +346,7 @@ async function scenario(combo, a, b) {
 
 /** A connection that sends nothing for IDLE_MS must still be open and usable afterwards. */
 async function idleScenario(combo, a) {
-  const g = `interop-js-${runId}-${combo.name}`;
+  const g = `interop-js-${runId}-${combos.concat(idleCombos).indexOf(combo)}`;
   await a.start();
   await joinExpectingHistory(a, g);
   let timer;

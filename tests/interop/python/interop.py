@@ -282,9 +282,17 @@ def scenario(protocol, a, b):
     send_and_await_delivery(a, [a, b], g, "after b is back")
     check(all(m["id"] != while_out["id"] for m in b.messages()), "b received OnMessage for a message sent after its LeaveGroup")
 
-    for c in (a, b):
-        start = len(c.events)
-        c.conn.stop()
+    # signalrcore's stop() closes the socket and then joins its receive thread,
+    # which stays blocked in recv() until the server sends something (its next
+    # Ping, up to 15 s later). Stop both at once so that wait is paid once.
+    starts = [len(c.events) for c in (a, b)]
+    stoppers = [threading.Thread(target=c.conn.stop) for c in (a, b)]
+    for t in stoppers:
+        t.start()
+    for t in stoppers:
+        t.join(timeout=TIMEOUT_S + 20)
+        check(not t.is_alive(), "stop() did not return")
+    for c, start in zip((a, b), starts):
         c.wait_for("on_close after stop()", lambda e: e[0] == "closed", start)
         check(not any(k == "error" for k, _ in c.events), f"{c.user}: errors reported: {[a for k, a in c.events if k == 'error']}")
 
