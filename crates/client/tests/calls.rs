@@ -183,10 +183,12 @@ async fn a_full_group_answers_no_room_and_sends_no_history() {
 
 #[tokio::test]
 async fn connecting_fails_with_typed_errors() {
-    // Nothing listens on this port once the server is gone.
-    let mut server = TestServer::embedded().await;
-    let url = server.url.clone();
-    server.kill().await;
+    // A socket bound but not listening: its port refuses connections, and no
+    // other test can take it while it is held.
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.bind("127.0.0.1:0".parse().expect("an address")).expect("binds");
+    let port = socket.local_addr().expect("bound").port();
+    let url = format!("http://127.0.0.1:{port}/next-chat");
     let refused = Client::connect(next_chat_client::ClientOptions::new(&url, "ann")).await;
     assert!(matches!(refused, Err(ClientError::Connection(_))), "{:?}", refused.err());
 
