@@ -1,0 +1,533 @@
+//! Several real `next-chat-server` processes sharing Redis and MariaDB, as a
+//! scaled-out deployment runs them: messages cross instances exactly once and
+//! in one order, the member limit holds across instances, a killed instance's
+//! places free up, and the instances ride out a MariaDB outage and a Redis
+//! restart. Each test has its own key prefix and database (`ScaleOut`); the
+//! outage tests cut MariaDB through a proxy of their own and restart a Redis of
+//! their own, so every test runs in parallel with the others and can rerun.
+//!
+//! The client library drops a message id it has already delivered, so
+//! "exactly once" is also checked on the servers' side: the sum of
+//! `nextchat_messages_delivered_total` over the instances must be exactly
+//! messages × members.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use next_chat_client::{Client, ClientError, ClientOptions, Event, Events, JoinResult, Message};
+use next_chat_testkit::{MYSQL_ADDR, RedisServer, ScaleOut, TcpProxy, TestServer};
+
+/// How long messages may take to reach a member.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a member waits to make sure nothing more arrives.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// The contract: a member whose server died is dropped within about 30 s.
+const PLACES_FREED_WITHIN: Duration = Duration::from_secs(35);
+
+/// "Fail fast": a send while Redis is down must fail within this.
+const FAIL_FAST: Duration = Duration::from_secs(5);
+
+const GROUP: &str = "scale-out";
+
+/// Starts `n` instances with the same flags, one after another (each applies
+/// the migrations first, which is idempotent).
+async fn start_instances(args: &[String], n: usize) -> Vec<TestServer> {
+    let mut servers = Vec::with_capacity(n);
+    for _ in 0..n {
+        servers.push(TestServer::start(args.to_vec()).await);
+    }
+    servers
+}
+
+/// One user's connection to one instance.
+struct Member {
+    user: String,
+    /// The port of the instance it is connected to.
+    port: u16,
+    client: Client,
+    events: Events,
+}
+
+async fn connect(server: &TestServer, user: &str) -> Member {
+    let (client, events) = Client::connect(ClientOptions::new(&server.url, user))
+        .await
+        .unwrap_or_else(|e| panic!("{user} connects to {}: {e}", server.url));
+    Member { user: user.to_string(), port: server.port, client, events }
+}
+
+/// Connects and joins `GROUP`, which must have room.
+async fn join(server: &TestServer, user: &str) -> Member {
+    let member = connect(server, user).await;
+    let joined = member.client.join_group(GROUP).await;
+    assert_eq!(joined, Ok(JoinResult::Joined), "{user} joins through {}", server.url);
+    member
+}
+
+/// The next `n` messages of a member (history events skipped), failing the
+/// test if they do not all come within `DELIVERY_TIMEOUT`.
+async fn receive(member: &mut Member, n: usize) -> Vec<Message> {
+    let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
+    let mut messages = Vec::with_capacity(n);
+    while messages.len() < n {
+        match tokio::time::timeout_at(deadline, member.events.recv()).await {
+            Ok(Some(Event::Message(message))) => messages.push(message),
+            Ok(Some(Event::History { .. })) => {}
+            Ok(Some(other)) => {
+                panic!("{}: {other:?} after {} of {n} messages", member.user, messages.len())
+            }
+            Ok(None) => {
+                panic!("{}: events ended after {} of {n} messages", member.user, messages.len())
+            }
+            Err(_) => panic!(
+                "{}: only {} of {n} messages within {DELIVERY_TIMEOUT:?}",
+                member.user,
+                messages.len()
+            ),
+        }
+    }
+    messages
+}
+
+/// Receives `n` messages on every member at once.
+async fn receive_all(members: &mut [Member], n: usize) -> Vec<Vec<Message>> {
+    join_all(members.iter_mut().map(|member| receive(member, n))).await
+}
+
+/// Fails if any member gets another message within `QUIET`.
+async fn expect_quiet(members: &mut [Member]) {
+    join_all(members.iter_mut().map(|member| async move {
+        if let Ok(Some(Event::Message(extra))) =
+            tokio::time::timeout(QUIET, member.events.recv()).await
+        {
+            panic!("{} got an extra message: {extra:?}", member.user);
+        }
+    }))
+    .await;
+}
+
+/// A message id as (milliseconds, sequence), to compare them.
+fn id_key(message: &Message) -> (u64, u64) {
+    let (millis, seq) = message.id.split_once('-').expect("an id is MILLIS-SEQ");
+    (millis.parse().expect("millis"), seq.parse().expect("seq"))
+}
+
+fn texts(messages: &[Message]) -> Vec<&str> {
+    messages.iter().map(|m| m.text.as_str()).collect()
+}
+
+fn assert_strictly_increasing(messages: &[Message]) {
+    for pair in messages.windows(2) {
+        assert!(
+            id_key(&pair[0]) < id_key(&pair[1]),
+            "ids out of order: {} then {}",
+            pair[0].id,
+            pair[1].id
+        );
+    }
+}
+
+/// `/readyz` as (status, body).
+async fn readyz(server: &TestServer) -> (u16, String) {
+    common::http(server.port, "GET", "/readyz", &[]).await
+}
+
+/// `nextchat_messages_delivered_total` of one instance.
+async fn delivered_total(server: &TestServer) -> u64 {
+    let (status, body) = common::http(server.port, "GET", "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|line| line.strip_prefix("nextchat_messages_delivered_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .unwrap_or_else(|| panic!("no nextchat_messages_delivered_total in\n{body}"))
+}
+
+async fn delivered_everywhere(servers: &[TestServer]) -> u64 {
+    join_all(servers.iter().map(delivered_total)).await.into_iter().sum()
+}
+
+/// Polls `condition` until it holds or `within` passes, and returns how long it
+/// took; for state that changes on a clock (expiry, reconnection), never to
+/// wait out a race.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !condition().await {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
+
+/// Runs one SQL statement in the test's database; the output rows, tab-separated.
+async fn mariadb(database: &str, sql: &str) -> String {
+    let output = tokio::process::Command::new("mariadb")
+        .args(["-uroot", "-h127.0.0.1", "-P3306", "-N", "-B", database, "-e", sql])
+        .output()
+        .await
+        .expect("the mariadb client runs");
+    assert!(output.status.success(), "mariadb: {sql}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_cross_instances_exactly_once_and_in_one_order() {
+    let scale = ScaleOut::create();
+    let servers = start_instances(&scale.args(), 3).await;
+    let mut members = Vec::new();
+    for i in 0..6 {
+        members.push(join(&servers[i % 3], &format!("user{i}")).await);
+    }
+
+    // Every member sends 10 messages, all members at once, so the instances'
+    // publishes interleave.
+    const PER_SENDER: usize = 10;
+    let sends = members.iter().map(|member| {
+        let client = member.client.clone();
+        async move {
+            for j in 0..PER_SENDER {
+                let text = format!("{} {j}", client.user());
+                client.send_message(GROUP, &text).await.unwrap_or_else(|e| panic!("{text}: {e}"));
+            }
+        }
+    });
+    join_all(sends).await;
+    let total = members.len() * PER_SENDER;
+
+    let received = receive_all(&mut members, total).await;
+    expect_quiet(&mut members).await;
+    let order = &received[0];
+    for (member, seen) in members.iter().zip(&received) {
+        assert_eq!(
+            seen, order,
+            "{} sees the same messages in the same order as user0",
+            member.user
+        );
+    }
+    assert_strictly_increasing(order);
+    for member in &members {
+        let own: Vec<&str> =
+            order.iter().filter(|m| m.author_id == member.user).map(|m| m.text.as_str()).collect();
+        let sent: Vec<String> = (0..PER_SENDER).map(|j| format!("{} {j}", member.user)).collect();
+        assert_eq!(own, sent, "{}'s messages arrive once each, in the order sent", member.user);
+    }
+    assert_eq!(
+        delivered_everywhere(&servers).await,
+        (total * members.len()) as u64,
+        "the instances queued each message once per member"
+    );
+
+    // History, read through any instance, is that same sequence.
+    for member in [&members[1], &members[5]] {
+        let history = member.client.get_history(GROUP, None, 500).await.expect("history");
+        assert_eq!(&history, order, "history through {}'s instance", member.user);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_users_racing_from_three_instances_get_exactly_twenty_places() {
+    let scale = ScaleOut::create();
+    let servers = start_instances(&scale.args(), 3).await;
+    let mut racers = Vec::new();
+    for i in 0..30 {
+        racers.push(connect(&servers[i % 3], &format!("racer{i}")).await);
+    }
+    let start = Arc::new(tokio::sync::Barrier::new(racers.len()));
+    let joins = racers.iter().map(|racer| {
+        let client = racer.client.clone();
+        let start = Arc::clone(&start);
+        async move {
+            start.wait().await;
+            client.join_group(GROUP).await
+        }
+    });
+    let results = join_all(joins).await;
+    let (mut joined, mut refused) = (Vec::new(), Vec::new());
+    for (racer, result) in racers.into_iter().zip(results) {
+        match result {
+            Ok(JoinResult::Joined) => joined.push(racer),
+            Ok(JoinResult::NoRoom) => refused.push(racer),
+            Err(e) => panic!("{}: {e}", racer.user),
+        }
+    }
+    assert_eq!((joined.len(), refused.len()), (20, 10), "exactly 20 Ok and 10 NoRoom");
+
+    // A member already in gets back in through another instance, full or not.
+    let again = &joined[0];
+    let on_other = servers.iter().find(|s| s.port != again.port).expect("another instance");
+    let second = connect(on_other, &again.user).await;
+    assert_eq!(second.client.join_group(GROUP).await, Ok(JoinResult::Joined));
+    drop(second);
+
+    // The 20 receive a message; the 10 refused neither receive nor may send.
+    joined[0].client.send_message(GROUP, "twenty of us").await.expect("send");
+    for seen in receive_all(&mut joined, 1).await {
+        assert_eq!(texts(&seen), ["twenty of us"]);
+    }
+    expect_quiet(&mut refused).await;
+    let refused_send = refused[0].client.send_message(GROUP, "let me in").await;
+    assert!(
+        matches!(&refused_send, Err(ClientError::Server(text)) if text.contains("join")),
+        "a refused user cannot send: {refused_send:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_instance_frees_its_places_and_the_others_keep_chatting() {
+    let scale = ScaleOut::create();
+    let mut servers = start_instances(&scale.args(), 3).await;
+    // 7 + 7 members on the instances that live, 6 on the one that dies.
+    let mut survivors = Vec::new();
+    let mut doomed = Vec::new();
+    for i in 0..20 {
+        let member = join(&servers[i % 3], &format!("member{i}")).await;
+        if i % 3 == 2 { doomed.push(member) } else { survivors.push(member) }
+    }
+    let mut newcomers = Vec::new();
+    for i in 0..7 {
+        newcomers.push(connect(&servers[i % 2], &format!("newcomer{i}")).await);
+    }
+    assert_eq!(
+        newcomers[0].client.join_group(GROUP).await,
+        Ok(JoinResult::NoRoom),
+        "the group is full"
+    );
+
+    servers[2].kill().await;
+    let killed = Instant::now();
+    drop(doomed);
+
+    // The others keep chatting at once, across the two instances left.
+    survivors[0].client.send_message(GROUP, "still here").await.expect("send after the kill");
+    survivors[1].client.send_message(GROUP, "me too").await.expect("send after the kill");
+    for seen in receive_all(&mut survivors, 2).await {
+        assert_eq!(texts(&seen), ["still here", "me too"]);
+    }
+
+    // The dead instance's six places free up (each 30 s after its last
+    // refresh, so not all at the same moment); each newcomer keeps trying.
+    let late = newcomers.pop().expect("seven newcomers");
+    let mut admitted = newcomers;
+    let mut first_freed = None;
+    for newcomer in &admitted {
+        let left = PLACES_FREED_WITHIN.saturating_sub(killed.elapsed());
+        eventually(left, "the killed instance's places free up", || async {
+            newcomer.client.join_group(GROUP).await.expect("join") == JoinResult::Joined
+        })
+        .await;
+        first_freed.get_or_insert_with(|| killed.elapsed());
+    }
+    let all_freed = killed.elapsed();
+    println!(
+        "after SIGKILL the killed instance's first place was free in {:?}, all six in {all_freed:?}",
+        first_freed.unwrap_or_default()
+    );
+    assert_eq!(
+        late.client.join_group(GROUP).await,
+        Ok(JoinResult::NoRoom),
+        "exactly the six places of the killed instance were freed"
+    );
+
+    // And the 20 now in the group chat across both instances.
+    admitted[5].client.send_message(GROUP, "hello from a newcomer").await.expect("send");
+    survivors[13].client.send_message(GROUP, "welcome").await.expect("send");
+    let mut everyone: Vec<Member> = survivors.into_iter().chain(admitted.drain(..)).collect();
+    let received = receive_all(&mut everyone, 2).await;
+    for (member, seen) in everyone.iter().zip(&received) {
+        assert_eq!(texts(seen), texts(&received[0]), "{} sees one order", member.user);
+        let mut sorted = texts(seen);
+        sorted.sort_unstable();
+        assert_eq!(sorted, ["hello from a newcomer", "welcome"], "{}", member.user);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ten_second_mariadb_outage_loses_no_delivery_and_no_history() {
+    const OUTAGE: Duration = Duration::from_secs(10);
+    const SENDERS: usize = 10;
+    const PER_SENDER: usize = 10;
+    let scale = ScaleOut::create();
+    let proxy = TcpProxy::start(MYSQL_ADDR).await;
+    let servers = start_instances(&scale.args_via(None, Some(proxy.port)), 2).await;
+    let mut members = Vec::new();
+    for i in 0..SENDERS {
+        members.push(join(&servers[i % 2], &format!("writer{i}")).await);
+    }
+
+    proxy.cut();
+    let cut = Instant::now();
+    for server in &servers {
+        eventually(Duration::from_secs(8), "readyz reports mysql down", || async {
+            let (status, body) = readyz(server).await;
+            status == 503 && body.contains("mysql")
+        })
+        .await;
+    }
+
+    // 100 messages, ten senders at once, all while the database is away.
+    let sends = members.iter().map(|member| {
+        let client = member.client.clone();
+        async move {
+            for j in 0..PER_SENDER {
+                let text = format!("{} {j}", client.user());
+                let started = Instant::now();
+                client.send_message(GROUP, &text).await.unwrap_or_else(|e| panic!("{text}: {e}"));
+                // The send waits at most the save timeout (500 ms) for history.
+                let took = started.elapsed();
+                assert!(took < Duration::from_secs(3), "{text} took {took:?}");
+            }
+        }
+    });
+    join_all(sends).await;
+    let total = SENDERS * PER_SENDER;
+    let received = receive_all(&mut members, total).await;
+    assert!(cut.elapsed() < OUTAGE, "all {total} were sent and delivered during the outage");
+    println!("{total} messages sent and delivered {:?} into the MariaDB outage", cut.elapsed());
+    for (member, seen) in members.iter().zip(&received) {
+        assert_eq!(texts(seen), texts(&received[0]), "{} sees one order", member.user);
+    }
+    let order = &received[0];
+    assert_strictly_increasing(order);
+    assert_eq!(order.iter().map(|m| &m.text).collect::<HashSet<_>>().len(), total);
+
+    tokio::time::sleep_until((cut + OUTAGE).into()).await;
+    proxy.restore();
+    let restored = Instant::now();
+    let database = scale.database.clone();
+    let count_sql = format!("SELECT COUNT(*) FROM messages WHERE group_id = '{GROUP}'");
+    let stored_after = eventually(Duration::from_secs(30), "history stores all 100", || {
+        let (database, sql) = (database.clone(), count_sql.clone());
+        async move { mariadb(&database, &sql).await == total.to_string() }
+    })
+    .await;
+    for server in &servers {
+        eventually(Duration::from_secs(10), "readyz is 200 again", || async {
+            readyz(server).await.0 == 200
+        })
+        .await;
+    }
+    println!(
+        "after MariaDB came back: all {total} stored in {stored_after:?}, instances ready in {:?}",
+        restored.elapsed()
+    );
+
+    // Stored once each, and history through either instance is what was delivered.
+    let distinct = mariadb(
+        &database,
+        &format!("SELECT COUNT(*), COUNT(DISTINCT text), COUNT(DISTINCT id_millis, id_seq) FROM messages WHERE group_id = '{GROUP}'"),
+    )
+    .await;
+    assert_eq!(distinct, format!("{total}\t{total}\t{total}"), "none stored twice");
+    for member in [&members[0], &members[1]] {
+        let history = member.client.get_history(GROUP, None, 500).await.expect("history");
+        assert_eq!(&history, order, "history through {}'s instance", member.user);
+    }
+    assert_eq!(delivered_everywhere(&servers).await, (total * members.len()) as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_ride_out_a_redis_restart_and_miss_nothing_accepted_after_it() {
+    let scale = ScaleOut::create();
+    let mut redis = RedisServer::start().await;
+    let servers = start_instances(&scale.args_via(Some(&redis.url()), None), 3).await;
+    let mut members = Vec::new();
+    for i in 0..6 {
+        members.push(join(&servers[i % 3], &format!("talker{i}")).await);
+    }
+    for (i, member) in members[..3].iter().enumerate() {
+        member.client.send_message(GROUP, &format!("before {i}")).await.expect("send");
+    }
+    for seen in receive_all(&mut members, 3).await {
+        let mut sorted = texts(&seen);
+        sorted.sort_unstable();
+        assert_eq!(sorted, ["before 0", "before 1", "before 2"]);
+    }
+
+    redis.kill().await;
+    for server in &servers {
+        eventually(Duration::from_secs(8), "readyz reports redis down", || async {
+            let (status, body) = readyz(server).await;
+            status == 503 && body.contains("redis")
+        })
+        .await;
+    }
+    // A send while Redis is away fails fast, with an error naming Redis.
+    for member in &members[..3] {
+        let started = Instant::now();
+        let failed = member.client.send_message(GROUP, "into the void").await;
+        let took = started.elapsed();
+        assert!(
+            matches!(&failed, Err(ClientError::Server(text)) if text.contains("redis")),
+            "a send while Redis is down fails with an error naming it: {failed:?}"
+        );
+        assert!(took < FAIL_FAST, "the failed send took {took:?}");
+        println!("a send while Redis was down failed in {took:?}: {}", failed.unwrap_err());
+    }
+
+    redis.start_again().await;
+    let restarted = Instant::now();
+    // Send from every instance as soon as each takes it, likely before their
+    // stream readers are back: those must still deliver them.
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    let mut first_accepted = None;
+    for i in 0..12 {
+        let text = format!("after {i}");
+        let sender = &members[i % members.len()].client;
+        loop {
+            match sender.send_message(GROUP, &text).await {
+                Ok(()) => break,
+                Err(ClientError::Server(_)) if restarted.elapsed() < Duration::from_secs(20) => {
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{text} after the restart: {e}"),
+            }
+        }
+        first_accepted.get_or_insert_with(|| restarted.elapsed());
+        accepted.push(text);
+    }
+    println!(
+        "after the Redis restart: first send accepted in {:?} ({refused} refused before)",
+        first_accepted.unwrap_or_default()
+    );
+
+    let received = receive_all(&mut members, accepted.len()).await;
+    expect_quiet(&mut members).await;
+    for (member, seen) in members.iter().zip(&received) {
+        assert_eq!(
+            texts(seen),
+            accepted,
+            "{} receives every accepted message once, in order",
+            member.user
+        );
+    }
+    assert_strictly_increasing(&received[0]);
+
+    for server in &servers {
+        eventually(Duration::from_secs(20), "readyz is 200 again", || async {
+            readyz(server).await.0 == 200
+        })
+        .await;
+    }
+    println!("all instances ready {:?} after the Redis restart", restarted.elapsed());
+
+    // History holds the messages from both sides of the restart, in order.
+    let history = members[4].client.get_history(GROUP, None, 500).await.expect("history");
+    let mut expected: Vec<String> = (0..3).map(|i| format!("before {i}")).collect();
+    let before: HashSet<&str> = texts(&history[..3]).into_iter().collect();
+    assert_eq!(before, expected.iter().map(String::as_str).collect::<HashSet<_>>());
+    expected.splice(0..3, texts(&history[..3]).into_iter().map(str::to_string));
+    expected.extend(accepted);
+    assert_eq!(texts(&history), expected);
+    assert_strictly_increasing(&history);
+}
