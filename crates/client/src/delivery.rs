@@ -35,9 +35,10 @@ impl RecentIds {
         if self.set.contains(id) {
             return false;
         }
-        if self.order.len() == REMEMBERED_IDS
-            && let Some(oldest) = self.order.pop_front()
-        {
+        // No let-chains: the workspace's rust-version is 1.85.
+        let evicted =
+            if self.order.len() == REMEMBERED_IDS { self.order.pop_front() } else { None };
+        if let Some(oldest) = evicted {
             self.set.remove(&oldest);
         }
         self.order.push_back(id.to_string());
