@@ -179,3 +179,19 @@ async fn says_when_the_connection_drops_reconnects_and_shows_what_was_missed() {
     let once = seen.iter().chain(&rest).filter(|l| l.text().ends_with("bob: while you were away"));
     assert_eq!(once.count(), 1, "shown once: {seen:#?}");
 }
+
+#[tokio::test]
+async fn messagepack_without_negotiation_works_too() {
+    let server = TestServer::embedded().await;
+    let args = ["--protocol", "messagepack", "--skip-negotiation", "--strict"];
+    let mut ann = Cli::spawn(&args);
+    ann.send(&format!("connect {} ann", server.ws_url())).await;
+    ann.expect_out("connected to").await;
+    ann.send("join g").await;
+    ann.expect_out("joined g").await;
+    ann.send("say g über msgpack").await;
+    ann.expect_message("g", "ann", "über msgpack").await;
+    ann.send("bye").await;
+    let (code, rest) = ann.finish().await;
+    assert_eq!(code, Some(0), "{rest:#?}");
+}
