@@ -125,6 +125,17 @@ def check_chart_metadata() -> None:
     for required in ["values.yaml", "README.md", "templates/NOTES.txt"]:
         if not (CHART / required).exists():
             problems.append(f"{required} is missing")
+    guide = (ROOT / "deploy" / "README-deploying.md").read_text(encoding="utf-8")
+    if not guide.startswith("## Deploying to Kubernetes"):
+        problems.append("deploy/README-deploying.md must open with '## Deploying to Kubernetes'")
+    for section in ("Prerequisites", "Install", "Upgrade", "Test", "Scale replicas",
+                    "Use an external Redis or MySQL", "Sticky sessions"):
+        if f"### {section}\n" not in guide:
+            problems.append(f"deploy/README-deploying.md has no '### {section}' section")
+    for word in ("kubectl", "helm install", "helm upgrade", "helm test", "replicaCount",
+                 "externalRedis.url", "externalDatabase.url", "affinity"):
+        if word not in guide:
+            problems.append(f"deploy/README-deploying.md does not mention {word}")
     fail_if(problems)
 
 
@@ -757,11 +768,36 @@ def check_docker_build_command() -> None:
     fail_if(problems)
 
 
-def workspace_binaries() -> set[str]:
-    meta = json.loads(subprocess.run(
+def cargo_metadata() -> dict:
+    return json.loads(subprocess.run(
         ["cargo", "metadata", "--no-deps", "--format-version", "1", "--offline"],
         cwd=ROOT, check=True, capture_output=True).stdout)
-    return {t["name"] for p in meta["packages"] for t in p["targets"] if "bin" in t["kind"]}
+
+
+def workspace_binaries() -> set[str]:
+    return {t["name"] for p in cargo_metadata()["packages"] for t in p["targets"] if "bin" in t["kind"]}
+
+
+# What debian:*-slim has of the libraries a Rust binary may link.
+RUNTIME_LIBRARIES = {"linux-vdso.so.1", "libc.so.6", "libm.so.6", "libgcc_s.so.1", "libpthread.so.0",
+                     "libdl.so.2", "librt.so.1", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"}
+
+
+def check_runtime_libraries() -> None:
+    """The image's binaries (as built by scripts/test) link only libraries the slim Debian runtime has"""
+    target = Path(cargo_metadata()["target_directory"]) / "debug"
+    problems = []
+    for name in IMAGE_BINARIES:
+        path = target / name
+        if not path.exists():
+            problems.append(f"{path} is not built (scripts/test builds it before the tests)")
+            continue
+        out = subprocess.run(["ldd", str(path)], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            library = Path(line.split("=>")[0].split("(")[0].strip()).name
+            if library and library not in RUNTIME_LIBRARIES:
+                problems.append(f"{name} links {library}, which the runtime image does not install")
+    fail_if(problems)
 
 
 def check_dockerfile() -> None:
@@ -814,7 +850,18 @@ def check_dockerignore() -> None:
     needed = [p for p in repository_files()
               if rel(p) in ("Cargo.toml", "Cargo.lock", "rustfmt.toml")
               or (rel(p).startswith("crates/") and "/tests/" not in rel(p))]
-    for path in needed:
+    # Files the build reads at compile time: include_str!/include_bytes! take
+    # paths relative to the source file, sqlx's migrate! relative to the crate.
+    include = re.compile(r'\b(include_str|include_bytes|migrate)!\(\s*"([^"]+)"')
+    for source in (p for p in repository_files() if p.suffix == ".rs" and "/tests/" not in rel(p)):
+        for macro, target in include.findall(source.read_text(encoding="utf-8")):
+            crate = next(d for d in source.parents if (d / "Cargo.toml").exists())
+            resolved = ((crate if macro == "migrate" else source.parent) / target).resolve()
+            if not resolved.exists():
+                problems.append(f"{rel(source)}: {macro}!(\"{target}\") names nothing that exists")
+            elif resolved.is_relative_to(ROOT):
+                needed.extend(sorted(resolved.rglob("*")) if resolved.is_dir() else [resolved])
+    for path in sorted(set(needed)):
         name = rel(path)
         for pattern in patterns:
             p = pattern.lstrip("/").replace("**/", "")
@@ -897,6 +944,7 @@ CHECKS: list[Callable[[], None]] = [
     check_chart_renders,
     check_docker_build_command,
     check_dockerfile,
+    check_runtime_libraries,
     check_dockerignore,
     check_workflows,
 ]
