@@ -81,8 +81,11 @@ async fn the_matching_max_members_passes() {
 
 #[tokio::test]
 async fn an_unreachable_server_fails_every_scenario() {
-    // A port that was free a moment ago: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A port this test holds bound but never listens on: connections are
+    // refused, and no other test can take the port meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
+    let port = socket.local_addr().expect("a bound address").port();
     let report = autotest(&format!("http://127.0.0.1:{port}/next-chat"), &[]).await;
     assert_eq!(report.summary(), format!("0 passed, {} failed", SCENARIOS + 1));
     assert_eq!(report.status.code(), Some(1));
