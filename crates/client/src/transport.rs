@@ -84,8 +84,9 @@ async fn open_within(options: &ClientOptions) -> Result<Transport, ClientError> 
         .into_client_request()
         .map_err(|e| ClientError::InvalidOptions(format!("{ws_url}: {e}")))?;
     request.headers_mut().insert(AUTHORIZATION, header_value(&authorization)?);
-    let (mut socket, _response) =
-        tokio_tungstenite::connect_async(request).await.map_err(upgrade_error)?;
+    let (mut socket, _response) = tokio_tungstenite::connect_async_with_config(request, None, true)
+        .await
+        .map_err(upgrade_error)?;
 
     let request =
         HandshakeRequest::new(wire::wire_protocol(options.protocol), wire::HUB_PROTOCOL_VERSION);

@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use next_chat_core::{
     BackendError, ChatService, HistoryStore, HistoryWriter, LocalFanout, Membership, Messaging,
 };
@@ -122,6 +123,13 @@ impl App {
     ) -> anyhow::Result<()> {
         let App { config, listener, router, hub, shared, reconciler } = self;
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        // Chat records are small and latency matters: no Nagle delay between
+        // a message and the completion that follows it.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                warn!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         let server =
             axum::serve(listener, router.into_make_service()).with_graceful_shutdown(async move {
                 let _ = http_stopped.await;
