@@ -113,6 +113,11 @@ async fn run_inner<H: Hub>(
     let mut last_received = Instant::now();
 
     let ending: CloseRequest = 'session: loop {
+        // A close requested before `close_rx` was subscribed (say, during
+        // `connected`) shows here, not as a change.
+        if let Some(request) = connection.close_request() {
+            break 'session request;
+        }
         // Decode what has arrived, as far as the invocation queue has room.
         while queued.len() < config.max_queued_invocations {
             match decoder.next_message() {
@@ -213,6 +218,9 @@ async fn handshake<H: Hub>(
     let mut close_rx = connection.subscribe_close();
     let mut buffer: Vec<u8> = Vec::new();
     let deadline = Instant::now() + config.handshake_timeout;
+    if let Some(request) = connection.close_request() {
+        return Err(request);
+    }
     let refuse = |error: HandshakeError| {
         let text = error.to_string();
         // The response must reach the client before the connection ends.
