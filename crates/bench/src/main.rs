@@ -1,1 +1,70 @@
-fn main() {}
+//! `next-chat-bench`: the load generator. See `args` for the flags, `run` for
+//! what a run does, `connection` for one connection's work, `report` for what
+//! comes out.
+
+mod args;
+mod connection;
+mod payload;
+mod plot;
+mod procfs;
+mod report;
+mod run;
+mod stats;
+mod wire;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = args::Args::parse();
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("next-chat-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = args.json;
+    let plot = args.plot.clone();
+    let finished = match runtime.block_on(run::run(args, threads)) {
+        Ok(finished) => finished,
+        Err(e) => {
+            eprintln!("next-chat-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = &finished.report;
+    if json {
+        match serde_json::to_string_pretty(report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("next-chat-bench: cannot write the report: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", report.human());
+    }
+    if let Some(path) = plot {
+        if let Err(e) = plot::draw(&path, report, &finished.latency) {
+            eprintln!("next-chat-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+        if !json {
+            println!("  plot           {}", path.display());
+        }
+    }
+    // Lost deliveries or connections are a failed run for scripts.
+    let failed = report.load.as_ref().is_some_and(|l| l.lost > 0 || l.connections_lost > 0);
+    runtime.shutdown_background();
+    if failed { ExitCode::from(2) } else { ExitCode::SUCCESS }
+}

@@ -1,0 +1,170 @@
+//! The command line: what load to generate, against which servers, and what to
+//! report.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Load generator for Next Chat: opens C connections in groups of G, has one
+/// member of each group send at an aggregate rate R, and reports deliveries,
+/// loss, latency, and the server's CPU and memory.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "next-chat-bench", version)]
+pub struct Args {
+    /// Hub URL(s); connections go round-robin over them. Repeat the flag or
+    /// separate with commas.
+    #[arg(long = "url", value_delimiter = ',', default_value = "http://127.0.0.1:5000/next-chat")]
+    pub urls: Vec<String>,
+
+    /// Number of connections (users bench-0 … bench-(C-1)).
+    #[arg(short = 'c', long, default_value_t = 100)]
+    pub connections: usize,
+
+    /// Connections per group: connection i joins group i / G.
+    #[arg(short = 'g', long, default_value_t = 20)]
+    pub group_size: usize,
+
+    /// Sending connections per group (the group's first ones).
+    #[arg(long, default_value_t = 1)]
+    pub senders_per_group: usize,
+
+    /// Aggregate send rate, messages per second over all senders.
+    #[arg(short = 'r', long, default_value_t = 100.0)]
+    pub rate: f64,
+
+    /// Message length in characters (at least the header's ~20).
+    #[arg(short = 'l', long, default_value_t = 200)]
+    pub length: usize,
+
+    /// Measured sending time, seconds.
+    #[arg(short = 'd', long, default_value_t = 20.0)]
+    pub duration: f64,
+
+    /// Sending before the measured window, not counted, seconds.
+    #[arg(short = 'w', long, default_value_t = 3.0)]
+    pub warmup: f64,
+
+    /// After sending stops, how long to wait at most for the last deliveries, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
+
+    /// CreateGroup each group before joining it.
+    #[arg(long)]
+    pub create: bool,
+
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Json)]
+    pub protocol: ProtocolArg,
+
+    /// Group names are PREFIX + number; the default is fresh for every run.
+    #[arg(long)]
+    pub group_prefix: Option<String>,
+
+    /// User ids are PREFIX + connection index.
+    #[arg(long, default_value = "bench-")]
+    pub user_prefix: String,
+
+    /// Connections being opened (and joined) at once.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+
+    /// Server process id(s), to report their CPU seconds over the measured
+    /// window, CPU per delivery and peak RSS (from /proc).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+
+    /// Only hold C joined, idle connections and report server RSS per connection.
+    #[arg(long)]
+    pub idle: bool,
+
+    /// In --idle mode, how long to hold the connections before measuring, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub settle: f64,
+
+    /// Print the report as JSON on stdout (the progress bar still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Draw the latency distribution and deliveries/s over time into this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+
+    /// Tokio worker threads for the bench (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+
+    /// How long a connect (TCP, upgrade, handshake) or a hub call may take, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Json,
+    #[value(alias = "msgpack")]
+    Messagepack,
+}
+
+impl ProtocolArg {
+    pub fn wire(self) -> next_chat_signalr::Protocol {
+        match self {
+            ProtocolArg::Json => next_chat_signalr::Protocol::Json,
+            ProtocolArg::Messagepack => next_chat_signalr::Protocol::MessagePack,
+        }
+    }
+}
+
+impl Args {
+    /// Refuses combinations that cannot run, with a message naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.connections == 0 {
+            return Err("--connections must be at least 1".into());
+        }
+        if self.group_size == 0 {
+            return Err("--group-size must be at least 1".into());
+        }
+        if self.urls.is_empty() {
+            return Err("--url must name at least one server".into());
+        }
+        if !self.idle {
+            if self.senders_per_group == 0 || self.senders_per_group > self.group_size {
+                return Err("--senders-per-group must be between 1 and --group-size".into());
+            }
+            if !(self.rate > 0.0 && self.rate.is_finite()) {
+                return Err("--rate must be a positive number of messages per second".into());
+            }
+            if !(self.duration > 0.0 && self.duration.is_finite()) {
+                return Err("--duration must be positive".into());
+            }
+        }
+        for (name, value) in [
+            ("--warmup", self.warmup),
+            ("--drain", self.drain),
+            ("--settle", self.settle),
+            ("--timeout", self.timeout),
+        ] {
+            if !(value >= 0.0 && value.is_finite()) {
+                return Err(format!("{name} must be a number of seconds, 0 or more"));
+            }
+        }
+        if self.length == 0 || self.length > 16384 {
+            return Err("--length must be between 1 and 16384 characters".into());
+        }
+        if self.connect_concurrency == 0 {
+            return Err("--connect-concurrency must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn groups(&self) -> usize {
+        self.connections.div_ceil(self.group_size)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout)
+    }
+}
