@@ -129,6 +129,14 @@ impl Client {
         matches!(self.inner.shared.state().link, Link::Closed)
     }
 
+    /// How many incoming messages were dropped because they had already been
+    /// delivered. Only a reconnect's catch-up can overlap live delivery, so on
+    /// a connection that never reconnected this is 0 unless the server sent a
+    /// message twice.
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.inner.shared.delivery().duplicates_dropped()
+    }
+
     /// The groups joined and not left, in order.
     pub fn joined_groups(&self) -> Vec<String> {
         self.inner.shared.state().joined.iter().cloned().collect()

@@ -21,6 +21,9 @@ pub(crate) struct Delivery {
     /// Groups being caught up after a reconnect, with the live messages that
     /// arrived meanwhile.
     held: HashMap<String, Vec<Message>>,
+    /// Messages dropped as already delivered. Outside a reconnect the server
+    /// never sends one twice, so tests assert this stays 0.
+    duplicates_dropped: u64,
 }
 
 #[derive(Default)]
@@ -49,7 +52,12 @@ impl RecentIds {
 
 impl Delivery {
     pub(crate) fn new(events: mpsc::UnboundedSender<Event>) -> Delivery {
-        Delivery { events: Some(events), seen: HashMap::new(), held: HashMap::new() }
+        Delivery {
+            events: Some(events),
+            seen: HashMap::new(),
+            held: HashMap::new(),
+            duplicates_dropped: 0,
+        }
     }
 
     pub(crate) fn event(&mut self, event: Event) {
@@ -116,7 +124,13 @@ impl Delivery {
     fn deliver_once(&mut self, message: Message) {
         if self.seen.entry(message.group_id.clone()).or_default().insert(&message.id) {
             self.event(Event::Message(message));
+        } else {
+            self.duplicates_dropped += 1;
         }
+    }
+
+    pub(crate) fn duplicates_dropped(&self) -> u64 {
+        self.duplicates_dropped
     }
 }
 
@@ -169,6 +183,7 @@ mod tests {
         delivery.message(msg("g", "2"));
         delivery.message(msg("g", "3"));
         assert_eq!(drain(&mut rx), ["history g 2", "g:3"]);
+        assert_eq!(delivery.duplicates_dropped(), 1);
         assert_eq!(delivery.last_id("g").as_deref(), Some("3"));
 
         delivery.hold("g");

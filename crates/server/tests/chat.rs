@@ -84,6 +84,7 @@ async fn every_method_round_trips() {
     ann.send_message("marker", "marker").await.unwrap();
     let next = next_message(&mut bob_events).await;
     assert_eq!(next.text, "marker", "after LeaveGroup bob gets nothing from off-topic");
+    assert_eq!(ann.duplicates_dropped() + bob.duplicates_dropped(), 0, "nothing arrived twice");
 }
 
 #[tokio::test]
@@ -196,6 +197,7 @@ async fn history_on_join_has_the_latest_100_oldest_first_including_the_last_send
     // JoinGroup again sends the history again.
     assert_eq!(bob.join_group("busy").await.unwrap(), JoinResult::Joined);
     assert_eq!(next_history(&mut bob_events).await, history);
+    assert_eq!(bob.duplicates_dropped(), 0, "no live message repeated the history");
 }
 
 #[tokio::test]
