@@ -13,7 +13,9 @@
 //! which for UTF-8 is code-point order) and each group's members in a sorted set
 //! of `user \x1f instance` scored by expiry time (Redis's clock). Each instance
 //! refreshes its own entries on a heartbeat, so the members of an instance that
-//! died are dropped within `member_ttl`. The room check is a Lua script, so two
+//! died are dropped within `member_ttl`; the heartbeat also lists their groups
+//! again, so a Redis that restarted empty (no persistence) gets back every group
+//! someone is in, not only its members. The room check is a Lua script, so two
 //! instances racing for the last place cannot both win.
 //!
 //! Keys, all under `key_prefix`:
@@ -610,26 +612,32 @@ impl MembershipInner {
     }
 
     async fn heartbeat(&self) -> Result<(), BackendError> {
-        let snapshot: Vec<(String, Vec<String>)> = self
+        let snapshot: Vec<(GroupId, Vec<String>)> = self
             .local()
             .iter()
             .map(|(group, users)| {
-                (
-                    self.config.members_key(group),
-                    users.keys().map(|u| u.as_str().to_string()).collect(),
-                )
+                (group.clone(), users.keys().map(|u| u.as_str().to_string()).collect())
             })
             .collect();
         let ttl_ms = self.config.member_ttl.as_millis() as u64;
         for chunk in snapshot.chunks(HEARTBEAT_GROUPS_PER_CALL) {
             let mut invocation = self.heartbeat_script.prepare_invoke();
             invocation.arg(ttl_ms).arg(&self.config.instance_id);
-            for (key, users) in chunk {
-                invocation.key(key).arg(users.len()).arg(users);
+            // Groups are cached as known once seen, so joins never list them
+            // again; if Redis lost its data, this puts back the groups in use.
+            let mut relist = ::redis::cmd("ZADD");
+            relist.arg(self.config.groups_key()).arg("NX");
+            for (group, users) in chunk {
+                invocation.key(self.config.members_key(group)).arg(users.len()).arg(users);
+                relist.arg(0).arg(group.as_str());
             }
             let mut connection = self.connection.clone();
             run(&self.config, &self.health, "heartbeat", async {
                 invocation.invoke_async::<i64>(&mut connection).await
+            })
+            .await?;
+            run(&self.config, &self.health, "heartbeat", async {
+                relist.query_async::<i64>(&mut connection).await
             })
             .await?;
         }
