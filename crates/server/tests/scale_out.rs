@@ -521,6 +521,20 @@ async fn instances_ride_out_a_redis_restart_and_miss_nothing_accepted_after_it()
     }
     println!("all instances ready {:?} after the Redis restart", restarted.elapsed());
 
+    // The restarted Redis came back empty: the instances put back the group
+    // their members are in (at their next heartbeat, within 10 s).
+    for member in &members[..3] {
+        eventually(Duration::from_secs(15), "the group is listed again", || async {
+            member
+                .client
+                .list_groups()
+                .await
+                .is_ok_and(|groups| groups.contains(&GROUP.to_string()))
+        })
+        .await;
+    }
+    println!("the group was listed again {:?} after the Redis restart", restarted.elapsed());
+
     // History holds the messages from both sides of the restart, in order.
     let history = members[4].client.get_history(GROUP, None, 500).await.expect("history");
     let mut expected: Vec<String> = (0..3).map(|i| format!("before {i}")).collect();
