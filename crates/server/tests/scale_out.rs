@@ -7,7 +7,8 @@
 //! their own, so every test runs in parallel with the others and can rerun.
 //!
 //! The client library drops a message id it has already delivered, so
-//! "exactly once" is also checked on the servers' side: the sum of
+//! "exactly once" is checked where that cannot hide anything: each client's
+//! `duplicates_dropped()` must stay 0, and the sum of
 //! `nextchat_messages_delivered_total` over the instances must be exactly
 //! messages × members.
 
@@ -99,7 +100,8 @@ async fn receive_all(members: &mut [Member], n: usize) -> Vec<Vec<Message>> {
     join_all(members.iter_mut().map(|member| receive(member, n))).await
 }
 
-/// Fails if any member gets another message within `QUIET`.
+/// Fails if any member gets another message within `QUIET`, or if its client
+/// dropped a message id it had already delivered (a duplicate from the server).
 async fn expect_quiet(members: &mut [Member]) {
     join_all(members.iter_mut().map(|member| async move {
         if let Ok(Some(Event::Message(extra))) =
@@ -107,6 +109,7 @@ async fn expect_quiet(members: &mut [Member]) {
         {
             panic!("{} got an extra message: {extra:?}", member.user);
         }
+        assert_eq!(member.client.duplicates_dropped(), 0, "{} was sent a duplicate", member.user);
     }))
     .await;
 }
@@ -348,6 +351,7 @@ async fn a_killed_instance_frees_its_places_and_the_others_keep_chatting() {
         sorted.sort_unstable();
         assert_eq!(sorted, ["hello from a newcomer", "welcome"], "{}", member.user);
     }
+    expect_quiet(&mut everyone).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -392,6 +396,7 @@ async fn a_ten_second_mariadb_outage_loses_no_delivery_and_no_history() {
     let received = receive_all(&mut members, total).await;
     assert!(cut.elapsed() < OUTAGE, "all {total} were sent and delivered during the outage");
     println!("{total} messages sent and delivered {:?} into the MariaDB outage", cut.elapsed());
+    expect_quiet(&mut members).await;
     for (member, seen) in members.iter().zip(&received) {
         assert_eq!(texts(seen), texts(&received[0]), "{} sees one order", member.user);
     }
