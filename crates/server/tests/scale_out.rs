@@ -377,7 +377,8 @@ async fn a_ten_second_mariadb_outage_loses_no_delivery_and_no_history() {
         .await;
     }
 
-    // 100 messages, ten senders at once, all while the database is away.
+    // 100 messages, ten senders at once, all sent and delivered while the
+    // database is away.
     let sends = members.iter().map(|member| {
         let client = member.client.clone();
         async move {
@@ -394,7 +395,6 @@ async fn a_ten_second_mariadb_outage_loses_no_delivery_and_no_history() {
     join_all(sends).await;
     let total = SENDERS * PER_SENDER;
     let received = receive_all(&mut members, total).await;
-    assert!(cut.elapsed() < OUTAGE, "all {total} were sent and delivered during the outage");
     println!("{total} messages sent and delivered {:?} into the MariaDB outage", cut.elapsed());
     expect_quiet(&mut members).await;
     for (member, seen) in members.iter().zip(&received) {
@@ -404,6 +404,8 @@ async fn a_ten_second_mariadb_outage_loses_no_delivery_and_no_history() {
     assert_strictly_increasing(order);
     assert_eq!(order.iter().map(|m| &m.text).collect::<HashSet<_>>().len(), total);
 
+    // The database stays away for the whole outage, and at least until every
+    // message was delivered (on a slow machine that can take longer).
     tokio::time::sleep_until((cut + OUTAGE).into()).await;
     proxy.restore();
     let restored = Instant::now();
