@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use next_chat_client::{Client, ClientError, ClientOptions, Event, Events, JoinResult, Message};
+use next_chat_client::{
+    Client, ClientError, ClientOptions, Event, Events, JoinResult, Message, Protocol,
+};
 use next_chat_testkit::{MYSQL_ADDR, RedisServer, ScaleOut, TcpProxy, TestServer};
 
 /// How long messages may take to reach a member.
@@ -56,7 +58,13 @@ struct Member {
 }
 
 async fn connect(server: &TestServer, user: &str) -> Member {
-    let (client, events) = Client::connect(ClientOptions::new(&server.url, user))
+    connect_with(server, user, Protocol::Json).await
+}
+
+async fn connect_with(server: &TestServer, user: &str, protocol: Protocol) -> Member {
+    let mut options = ClientOptions::new(&server.url, user);
+    options.protocol = protocol;
+    let (client, events) = Client::connect(options)
         .await
         .unwrap_or_else(|e| panic!("{user} connects to {}: {e}", server.url));
     Member { user: user.to_string(), port: server.port, client, events }
@@ -186,9 +194,13 @@ async fn mariadb(database: &str, sql: &str) -> String {
 async fn messages_cross_instances_exactly_once_and_in_one_order() {
     let scale = ScaleOut::create();
     let servers = start_instances(&scale.args(), 3).await;
+    // Both hub protocols on every instance.
     let mut members = Vec::new();
     for i in 0..6 {
-        members.push(join(&servers[i % 3], &format!("user{i}")).await);
+        let protocol = if i < 3 { Protocol::Json } else { Protocol::MessagePack };
+        let member = connect_with(&servers[i % 3], &format!("user{i}"), protocol).await;
+        assert_eq!(member.client.join_group(GROUP).await, Ok(JoinResult::Joined));
+        members.push(member);
     }
 
     // Every member sends 10 messages, all members at once, so the instances'
