@@ -89,6 +89,8 @@ impl App {
             keep_alive_interval: config.keep_alive,
             client_timeout: config.client_timeout,
             max_message_size: config.max_message_size,
+            // Stock clients batch records; each record is held to the limit.
+            max_batch_size: config.max_message_size.saturating_mul(8),
             outbound_queue_capacity: config.outbound_queue,
             ..HubConfig::default()
         };

@@ -256,19 +256,32 @@ async fn long_polling_client_that_stops_polling_is_disconnected() {
 }
 
 #[tokio::test]
-async fn an_oversized_post_closes_the_connection_naming_the_limit() {
+async fn an_oversized_record_in_a_post_closes_the_connection_naming_the_limit() {
     let test = spawn(HubConfig::default()).await;
     let token = negotiate_token(test.addr, "alice").await;
     poll(&test, &token, "alice").await;
     post(&test, &token, Some("alice"), HANDSHAKE_JSON).await;
     assert_eq!(poll_data(&test, &token, "alice").await, b"{}\x1e");
     let big = vec![b' '; 200 * 1024];
-    let refused = post(&test, &token, Some("alice"), &big).await;
-    assert_eq!(refused.status, 413);
+    post(&test, &token, Some("alice"), &big).await;
     let close = String::from_utf8(poll_data(&test, &token, "alice").await).expect("text");
     assert!(close.starts_with("{\"type\":7,\"error\":\""), "{close}");
     assert!(close.contains("131072"), "{close}");
     assert_eq!(poll(&test, &token, "alice").await.status, 204);
+}
+
+#[tokio::test]
+async fn a_post_over_the_batch_limit_is_refused_with_413() {
+    let test = spawn(HubConfig::default()).await;
+    let token = negotiate_token(test.addr, "alice").await;
+    poll(&test, &token, "alice").await;
+    post(&test, &token, Some("alice"), HANDSHAKE_JSON).await;
+    assert_eq!(poll_data(&test, &token, "alice").await, b"{}\x1e");
+    let big = vec![b' '; 1024 * 1024 + 1];
+    let refused = post(&test, &token, Some("alice"), &big).await;
+    assert_eq!(refused.status, 413);
+    let close = String::from_utf8(poll_data(&test, &token, "alice").await).expect("text");
+    assert!(close.contains("1048576"), "{close}");
 }
 
 #[tokio::test]

@@ -201,6 +201,27 @@ async fn a_missing_handshake_times_out() {
 }
 
 #[tokio::test]
+async fn records_under_the_limit_batched_over_it_are_accepted() {
+    // Stock clients put every record queued during a send into one message.
+    let test = spawn(HubConfig::default()).await;
+    let mut ws = ws_json(test.addr, "alice").await;
+    let text = "🎉".repeat(16384);
+    let record = |id: u32| {
+        format!(
+            "{{\"type\":1,\"invocationId\":\"{id}\",\"target\":\"Echo\",\"arguments\":[\"{text}\"]}}\u{1e}"
+        )
+    };
+    let batch = format!("{}{}", record(1), record(2));
+    assert!(batch.len() > 128 * 1024 && record(1).len() < 128 * 1024);
+    ws_send_text(&mut ws, &batch).await;
+    for id in ["1", "2"] {
+        let reply = String::from_utf8(ws_next(&mut ws).await.expect("a completion")).expect("text");
+        assert!(reply.contains(&format!("\"invocationId\":\"{id}\"")), "{}", &reply[..80]);
+        assert!(!reply.contains("\"type\":7"), "not closed");
+    }
+}
+
+#[tokio::test]
 async fn an_oversized_message_closes_only_its_connection() {
     let mut test = spawn(HubConfig::default()).await;
     let mut victim = ws_json(test.addr, "alice").await;

@@ -378,7 +378,7 @@ pub(crate) async fn send<H: Hub>(
                 (inbound.clone(), connection.clone())
             }
         };
-        let limit = server.config.max_message_size;
+        let limit = server.config.max_batch_size;
         let Some(body) = read_body(body, limit).await else {
             let error = session::too_large(None, limit);
             warn!(connection_id = %connection.id(), %error, "incoming message too large");

@@ -70,8 +70,14 @@ pub struct HubConfig {
     pub client_timeout: Duration,
     /// The handshake request must arrive within this long of the transport opening.
     pub handshake_timeout: Duration,
-    /// The largest incoming WebSocket message, POST body, or hub record, in bytes.
+    /// The largest incoming hub message (one record), in bytes. A bigger one
+    /// closes the connection with an error naming this limit.
     pub max_message_size: usize,
+    /// The largest incoming WebSocket message or POST body, in bytes. Stock
+    /// clients batch every record queued while a send is in flight into one
+    /// WebSocket message or POST, so this is several records' worth; like
+    /// ASP.NET Core, the per-message limit applies to each record.
+    pub max_batch_size: usize,
     /// Records queued for one client before it counts as too slow and is closed.
     pub outbound_queue_capacity: usize,
     /// tungstenite's read buffer, allocated per connection: small to keep idle
@@ -103,6 +109,7 @@ impl Default for HubConfig {
             client_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(15),
             max_message_size: 128 * 1024,
+            max_batch_size: 1024 * 1024,
             outbound_queue_capacity: 1024,
             ws_read_buffer_size: 2 * 1024,
             ws_write_buffer_size: 0,

@@ -166,8 +166,8 @@ async fn run_inner<H: Hub>(
             frame = inbound.next(), if queued.len() < config.max_queued_invocations => {
                 match frame {
                     Some(Inbound::Data(data)) => {
-                        if data.len() > config.max_message_size {
-                            let error = too_large(Some(data.len()), config.max_message_size);
+                        if data.len() > config.max_batch_size {
+                            let error = too_large(Some(data.len()), config.max_batch_size);
                             warn!(%error, "incoming message too large");
                             break 'session CloseRequest::with_error(error);
                         }

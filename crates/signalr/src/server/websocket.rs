@@ -35,7 +35,7 @@ pub(crate) fn upgrade<H: Hub>(
     // Frames up to twice the limit are read so that the session can close an
     // oversized message with an error naming the limit; beyond that tungstenite
     // refuses them itself.
-    let read_limit = config.max_message_size.saturating_mul(2).max(1024);
+    let read_limit = config.max_batch_size.saturating_mul(2).max(1024);
     let failed_token = negotiated.as_ref().map(|n| n.token.clone());
     let failed_registry = server.registry.clone();
     upgrade
@@ -71,7 +71,7 @@ async fn run<H: Hub>(
     let live = server.registry.register_live(&connection);
     let (sink, stream) = socket.split();
     tokio::spawn(write(sink, outbound, live.clone()));
-    let read_limit = config.max_message_size;
+    let read_limit = config.max_batch_size;
     let inbound = stream.filter_map(move |frame| {
         std::future::ready(match frame {
             Ok(Message::Text(text)) => Some(Inbound::Data(Message::Text(text).into_data())),
