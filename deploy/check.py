@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Static checks of the delivery files: the Dockerfile, the Helm chart and the
 CI workflows. No Docker engine, Kubernetes or helm binary is needed; what can
-only be verified against a cluster is listed in deploy/README-deploying.md.
+only be verified against a cluster is listed in README.md (Deploying to Kubernetes).
 
 Run from anywhere (the repository's test command installs the dependencies,
 tests/requirements.txt, into .venv):
@@ -125,17 +125,20 @@ def check_chart_metadata() -> None:
     for required in ["values.yaml", "README.md", "templates/NOTES.txt"]:
         if not (CHART / required).exists():
             problems.append(f"{required} is missing")
-    guide = (ROOT / "deploy" / "README-deploying.md").read_text(encoding="utf-8")
-    if not guide.startswith("## Deploying to Kubernetes"):
-        problems.append("deploy/README-deploying.md must open with '## Deploying to Kubernetes'")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.find("\n## Deploying to Kubernetes\n")
+    if start < 0:
+        problems.append("README.md has no '## Deploying to Kubernetes' section")
+    end = readme.find("\n## ", start + 1)
+    guide = readme[start:end if end > 0 else len(readme)]
     for section in ("Prerequisites", "Install", "Upgrade", "Test", "Scale replicas",
                     "Use an external Redis or MySQL", "Sticky sessions"):
         if f"### {section}\n" not in guide:
-            problems.append(f"deploy/README-deploying.md has no '### {section}' section")
+            problems.append(f"README.md's deploying section has no '### {section}' section")
     for word in ("kubectl", "helm install", "helm upgrade", "helm test", "replicaCount",
                  "externalRedis.url", "externalDatabase.url", "affinity"):
         if word not in guide:
-            problems.append(f"deploy/README-deploying.md does not mention {word}")
+            problems.append(f"README.md's deploying section does not mention {word}")
     fail_if(problems)
 
 
