@@ -64,7 +64,7 @@ impl Metrics {
             slow_consumers_closed.clone(),
         );
         let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
-        let history_write_seconds = Histogram::new(buckets.into_iter());
+        let history_write_seconds = Histogram::new(buckets);
         registry.register(
             "history_write_seconds",
             "Time to store one batch of history",
