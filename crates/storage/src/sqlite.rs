@@ -31,10 +31,15 @@ const ROWS_PER_INSERT: usize = 500;
 /// fails; the history writer retries after that.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Groups and history in SQLite. Cheap to clone: clones share one pool.
+/// Groups and history in SQLite. Cheap to clone: clones share the pools.
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One connection for the history writer's appends. Always the same
+    /// connection, so its page cache stays valid: SQLite drops a connection's
+    /// cache whenever another connection has written, and a pool hands out its
+    /// connections in turn, which made every append re-read the index pages.
+    writer: SqlitePool,
 }
 
 fn error(context: &str, error: impl std::fmt::Display) -> BackendError {
@@ -48,6 +53,26 @@ fn to_i64(value: u64, what: &str) -> Result<i64, BackendError> {
 
 fn to_u64(value: i64, what: &str) -> Result<u64, BackendError> {
     u64::try_from(value).map_err(|_| error(what, format!("stored value {value} is negative")))
+}
+
+/// One history row as bound: group, id millis, id sequence, author, send time, text.
+type HistoryRow<'a> = (&'a str, i64, i64, &'a str, i64, &'a str);
+
+/// One multi-row INSERT of `rows` (at most `ROWS_PER_INSERT`).
+fn insert_rows<'a>(rows: &'a [HistoryRow<'a>]) -> QueryBuilder<'a, Sqlite> {
+    let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "INSERT OR IGNORE INTO messages \
+         (group_id, id_millis, id_seq, author_id, send_time_ms, text) ",
+    );
+    insert.push_values(rows, |mut b, row| {
+        b.push_bind(row.0)
+            .push_bind(row.1)
+            .push_bind(row.2)
+            .push_bind(row.3)
+            .push_bind(row.4)
+            .push_bind(row.5);
+    });
+    insert
 }
 
 fn message_from_row(group: &GroupId, row: &SqliteRow) -> Result<Message, BackendError> {
@@ -88,14 +113,25 @@ impl SqliteStore {
             SqlitePoolOptions::new().max_connections(4)
         };
         let pool = pool_options
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| error(&format!("cannot open '{url}'"), e))?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .map_err(|e| error("cannot apply migrations", e))?;
-        Ok(SqliteStore { pool })
+        let writer = if in_memory {
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .connect_with(options)
+                .await
+                .map_err(|e| error(&format!("cannot open '{url}'"), e))?
+        };
+        Ok(SqliteStore { pool, writer })
     }
 
     /// The highest message id of any group, the floor for new ids after a restart.
@@ -162,6 +198,7 @@ impl SqliteStore {
 
     /// Closes the pool (at shutdown, after the last write).
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }
@@ -183,22 +220,20 @@ impl HistoryStore for SqliteStore {
                 m.text.as_str(),
             ));
         }
+        if rows.len() <= ROWS_PER_INSERT {
+            // One statement is its own transaction, all or nothing: no BEGIN and
+            // COMMIT round trips to the connection's thread.
+            insert_rows(&rows)
+                .build()
+                .execute(&self.writer)
+                .await
+                .map_err(|e| error("append", e))?;
+            return Ok(());
+        }
         // One transaction for the batch: one fsync, and all or nothing.
-        let mut tx = self.pool.begin().await.map_err(|e| error("append", e))?;
+        let mut tx = self.writer.begin().await.map_err(|e| error("append", e))?;
         for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT OR IGNORE INTO messages \
-                 (group_id, id_millis, id_seq, author_id, send_time_ms, text) ",
-            );
-            insert.push_values(chunk, |mut b, row| {
-                b.push_bind(row.0)
-                    .push_bind(row.1)
-                    .push_bind(row.2)
-                    .push_bind(row.3)
-                    .push_bind(row.4)
-                    .push_bind(row.5);
-            });
-            insert.build().execute(&mut *tx).await.map_err(|e| error("append", e))?;
+            insert_rows(chunk).build().execute(&mut *tx).await.map_err(|e| error("append", e))?;
         }
         tx.commit().await.map_err(|e| error("append", e))?;
         Ok(())
