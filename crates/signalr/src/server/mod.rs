@@ -84,6 +84,8 @@ pub struct HubConfig {
     /// connections cheap.
     pub ws_read_buffer_size: usize,
     /// Bytes buffered before a WebSocket write goes out; 0 writes each message at once.
+    /// The writer flushes after each batch of queued records, so a buffer only lets
+    /// a batch go out in one write instead of one per record; it adds no delay.
     pub ws_write_buffer_size: usize,
     /// The most a WebSocket write buffer may hold (outgoing messages have no size
     /// limit, so this must exceed the largest one).
@@ -112,7 +114,7 @@ impl Default for HubConfig {
             max_batch_size: 1024 * 1024,
             outbound_queue_capacity: 1024,
             ws_read_buffer_size: 2 * 1024,
-            ws_write_buffer_size: 0,
+            ws_write_buffer_size: 32 * 1024,
             ws_max_write_buffer_size: usize::MAX,
             negotiate_timeout: Duration::from_secs(15),
             long_poll_timeout: Duration::from_secs(90),

@@ -19,6 +19,9 @@ use super::{Hub, ServerState};
 use crate::negotiate::Transport;
 use crate::protocol::Protocol;
 
+/// At most this many bytes of queued records are written with one flush.
+const MAX_WRITE_BATCH_BYTES: usize = 16 * 1024;
+
 /// How long a write may take once the connection is being torn down.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -106,24 +109,34 @@ fn read_error(error: &axum::Error, limit: usize) -> String {
 }
 
 async fn write(mut sink: SplitSink<WebSocket, Message>, mut outbound: Outbound, _live: LiveGuard) {
+    // Records already queued go out together: one flush (one write system call)
+    // per batch instead of one per record. Each record stays its own message.
+    let mut batch = Vec::new();
     while let Some(record) = outbound.next().await {
-        let message = match outbound.connection().negotiated_protocol() {
-            Some(Protocol::MessagePack) => Message::Binary(record),
-            _ => match Utf8Bytes::try_from(record) {
-                Ok(text) => Message::Text(text),
-                Err(error) => {
-                    warn!(%error, "dropped a record that is not UTF-8 on a JSON connection");
-                    continue;
-                }
-            },
+        let mut bytes = record.len();
+        batch.extend(ws_message(&outbound, record));
+        while bytes < MAX_WRITE_BATCH_BYTES
+            && let Some(record) = outbound.try_next()
+        {
+            bytes += record.len();
+            batch.extend(ws_message(&outbound, record));
+        }
+        let send_batch = async {
+            for message in batch.drain(..) {
+                sink.feed(message).await?;
+            }
+            sink.flush().await
         };
         let forced = outbound.connection().close_request().is_some_and(|request| !request.drain);
         let sent = if forced {
-            tokio::time::timeout(FINAL_WRITE_TIMEOUT, sink.send(message)).await.unwrap_or(Ok(()))
+            tokio::time::timeout(FINAL_WRITE_TIMEOUT, send_batch).await.unwrap_or(Ok(()))
         } else {
             tokio::select! {
-                sent = sink.send(message) => sent,
-                _ = outbound.forced() => continue,
+                sent = send_batch => sent,
+                _ = outbound.forced() => {
+                    batch.clear();
+                    continue;
+                }
             }
         };
         if let Err(error) = sent {
@@ -139,4 +152,18 @@ async fn write(mut sink: SplitSink<WebSocket, Message>, mut outbound: Outbound, 
         reason: Utf8Bytes::from_static(""),
     }));
     let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, sink.send(close)).await;
+}
+
+/// A record as a WebSocket message: binary for MessagePack, text for JSON.
+fn ws_message(outbound: &Outbound, record: bytes::Bytes) -> Option<Message> {
+    match outbound.connection().negotiated_protocol() {
+        Some(Protocol::MessagePack) => Some(Message::Binary(record)),
+        _ => match Utf8Bytes::try_from(record) {
+            Ok(text) => Some(Message::Text(text)),
+            Err(error) => {
+                warn!(%error, "dropped a record that is not UTF-8 on a JSON connection");
+                None
+            }
+        },
+    }
 }
