@@ -201,7 +201,7 @@ async fn connect(plan: &Plan, settings: &Settings) -> Result<(Socket, Vec<u8>), 
     // Latency is what is measured: no Nagle delay on the bench's small sends.
     tcp.set_nodelay(true).map_err(|e| format!("{host}:{port}: {e}"))?;
     // Small buffers: 10,000 idle connections must not cost the bench gigabytes.
-    let config = WebSocketConfig::default().read_buffer_size(16 * 1024).write_buffer_size(0);
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
     let (mut socket, _response) =
         tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
             .await
@@ -329,21 +329,29 @@ impl Connection {
         };
         let jitter =
             Duration::from_millis(rand::rng().random_range(0..KEEP_ALIVE.as_millis() as u64));
-        let mut next_ping = Instant::now() + jitter;
+        // The timers and the control future live across iterations: building
+        // them anew for every frame would register and cancel a timer and a
+        // watch waiter (under a lock shared by every connection) per delivery.
+        let ping = sleep_until(Instant::now() + jitter);
+        let send_timer = sleep_until(Instant::now());
+        tokio::pin!(ping, send_timer);
         let mut lost = None;
         // A control value set before this task started is picked up first.
         let mut current = *control.borrow_and_update();
+        let mut next_control = Box::pin(next_control_of(control));
         loop {
             match current {
                 Control::Finish => break,
                 Control::Run(schedule) if state.sending.is_none() => {
                     if let Some(rank) = self.plan.sender_rank {
-                        state.sending = Some(Sending::new(&schedule, rank));
+                        let sending = Sending::new(&schedule, rank);
+                        send_timer.as_mut().reset(sending.next_at);
+                        state.sending = Some(sending);
                     }
                 }
                 _ => {}
             }
-            let next_send = state.sending.as_ref().filter(|s| !s.done).map(|s| s.next_at);
+            let sending = state.sending.as_ref().is_some_and(|s| !s.done);
             tokio::select! {
                 frame = self.socket.next() => {
                     let data = match frame {
@@ -382,22 +390,25 @@ impl Connection {
                         break;
                     }
                 }
-                () = sleep_until(next_send.unwrap_or(next_ping)), if next_send.is_some() => {
+                () = &mut send_timer, if sending => {
                     if let Err(e) = self.send_next(&mut state, &stats).await {
                         lost = Some(format!("sending failed: {e}"));
                         break;
                     }
-                    next_ping = Instant::now() + KEEP_ALIVE;
+                    if let Some(sending) = &state.sending {
+                        send_timer.as_mut().reset(sending.next_at);
+                    }
                 }
-                () = sleep_until(next_ping) => {
+                () = &mut ping => {
                     if let Err(e) = self.send_record(wire::ping(self.settings.protocol)).await {
                         lost = Some(format!("sending a ping failed: {e}"));
                         break;
                     }
-                    next_ping = Instant::now() + KEEP_ALIVE;
+                    ping.as_mut().reset(Instant::now() + KEEP_ALIVE);
                 }
-                changed = control.changed() => {
-                    current = if changed.is_ok() { *control.borrow_and_update() } else { Control::Finish };
+                (control, receiver) = &mut next_control => {
+                    current = control;
+                    next_control = Box::pin(next_control_of(receiver));
                 }
             }
         }
@@ -549,6 +560,17 @@ impl RunState {
             stats.record_completion(now.saturating_duration_since(sent_at));
         }
     }
+}
+
+/// The next control value, with the receiver handed back for the one after.
+async fn next_control_of(
+    mut receiver: watch::Receiver<Control>,
+) -> (Control, watch::Receiver<Control>) {
+    let control = match receiver.changed().await {
+        Ok(()) => *receiver.borrow_and_update(),
+        Err(_) => Control::Finish,
+    };
+    (control, receiver)
 }
 
 async fn read_data(socket: &mut Socket) -> Result<Bytes, String> {
