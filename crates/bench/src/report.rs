@@ -38,6 +38,8 @@ pub struct Config {
     pub duration_s: f64,
     pub warmup_s: f64,
     pub protocol: &'static str,
+    /// Group ids are this prefix and a number (for checking the history afterwards).
+    pub group_prefix: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +58,8 @@ pub struct Load {
     pub failed: u64,
     /// No completion by the end of the drain.
     pub unanswered: u64,
+    /// Accepted sends including the warm-up's: what history must hold.
+    pub accepted_total: u64,
     /// Accepted measured messages × the members of their group.
     pub expected: u64,
     /// Of `expected`, the deliveries that arrived (each counted once).
@@ -170,6 +174,7 @@ pub fn account(outcomes: &[Outcome]) -> Load {
     for group in &members {
         for sender in group.iter().filter(|o| o.sent.is_some()) {
             let log = sender.sent.as_ref().map(|l| l.states.as_slice()).unwrap_or_default();
+            load.accepted_total += log.iter().filter(|s| **s & ACCEPTED != 0).count() as u64;
             for &state in log.iter().filter(|s| **s & MEASURED != 0) {
                 load.sent += 1;
                 if state & ACCEPTED != 0 {
@@ -223,11 +228,12 @@ impl Report {
         let c = &self.config;
         let _ = writeln!(
             out,
-            "next-chat-bench ({}): {} connections in {} groups of {} over {} server URL(s), {}",
+            "next-chat-bench ({}): {} connections in {} groups of {} ({}N) over {} server URL(s), {}",
             self.mode,
             c.connections,
             c.groups,
             c.group_size,
+            c.group_prefix,
             c.urls.len(),
             c.protocol
         );
@@ -245,8 +251,13 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "  sent           {} ({:.1} msg/s): {} accepted, {} failed, {} unanswered",
-                load.sent, load.send_rate, load.accepted, load.failed, load.unanswered
+                "  sent           {} ({:.1} msg/s): {} accepted, {} failed, {} unanswered; {} accepted with the warm-up's",
+                load.sent,
+                load.send_rate,
+                load.accepted,
+                load.failed,
+                load.unanswered,
+                load.accepted_total
             );
             let _ = writeln!(
                 out,
@@ -347,6 +358,7 @@ mod tests {
         ];
         let load = account(&outcomes);
         assert_eq!((load.sent, load.accepted, load.failed), (3, 2, 1));
+        assert_eq!(load.accepted_total, 3);
         assert_eq!((load.expected, load.delivered, load.lost), (4, 0, 4));
         assert_eq!((load.foreign, load.connections_lost), (1, 1));
     }

@@ -46,7 +46,11 @@ pub async fn run(args: Args, threads: usize) -> Result<Finished, String> {
         ));
     }
     let bench_cpu_start = procfs::cpu_seconds(std::process::id()).unwrap_or(0.0);
-    let plans = plans(&args)?;
+    let group_prefix = args.group_prefix.clone().unwrap_or_else(|| {
+        let run: u32 = rand::rng().random();
+        format!("bench-{run:08x}-")
+    });
+    let plans = plans(&args, &group_prefix)?;
     let senders = plans.iter().filter(|p| p.sender_rank.is_some()).count();
     let seconds = (args.warmup + args.duration + args.drain).ceil() as usize + 10;
     let stats = Arc::new(Stats::new(seconds));
@@ -73,10 +77,15 @@ pub async fn run(args: Args, threads: usize) -> Result<Finished, String> {
     let mut idle = None;
     if args.idle {
         progress.set_message(format!("holding {} idle connections", args.connections));
-        let until = Instant::now() + Duration::from_secs_f64(args.settle);
+        let settle = Duration::from_secs_f64(args.settle);
+        let cpu_start = procfs::total_cpu(&args.server_pid);
+        let until = Instant::now() + settle;
         while Instant::now() < until {
             tokio::time::sleep(SAMPLE_EVERY).await;
             progress.tick();
+        }
+        if !args.server_pid.is_empty() {
+            server = Some((procfs::total_cpu(&args.server_pid) - cpu_start, settle));
         }
         let rss_after = procfs::total_rss(&args.server_pid).0;
         if !args.server_pid.is_empty() {
@@ -210,6 +219,7 @@ pub async fn run(args: Args, threads: usize) -> Result<Finished, String> {
             duration_s: args.duration,
             warmup_s: args.warmup,
             protocol: args.protocol.wire().name(),
+            group_prefix: group_prefix.clone(),
         },
         connect: Connect {
             total_s: connect_total.as_secs_f64(),
@@ -235,12 +245,8 @@ pub async fn run(args: Args, threads: usize) -> Result<Finished, String> {
 
 /// Who each connection is: user, URL (round-robin), group, and whether it
 /// creates the group or sends.
-fn plans(args: &Args) -> Result<Vec<Plan>, String> {
+fn plans(args: &Args, prefix: &str) -> Result<Vec<Plan>, String> {
     let ws_urls: Vec<String> = args.urls.iter().map(|u| ws_url(u)).collect::<Result<_, _>>()?;
-    let prefix = args.group_prefix.clone().unwrap_or_else(|| {
-        let run: u32 = rand::rng().random();
-        format!("bench-{run:08x}-")
-    });
     let mut rank = 0;
     Ok((0..args.connections)
         .map(|index| {
