@@ -201,7 +201,7 @@ async fn connect(plan: &Plan, settings: &Settings) -> Result<(Socket, Vec<u8>), 
     // Latency is what is measured: no Nagle delay on the bench's small sends.
     tcp.set_nodelay(true).map_err(|e| format!("{host}:{port}: {e}"))?;
     // Small buffers: 10,000 idle connections must not cost the bench gigabytes.
-    let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
+    let config = WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(0);
     let (mut socket, _response) =
         tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
             .await

@@ -11,6 +11,7 @@
 //! decoder of `next-chat-signalr`.
 
 use bytes::Bytes;
+use memchr::memmem;
 use next_chat_signalr::json::{self, RECORD_SEPARATOR};
 use next_chat_signalr::msgpack;
 use next_chat_signalr::{HubMessage, Outcome, Protocol, Value};
@@ -97,7 +98,7 @@ fn split(protocol: Protocol, data: &[u8], each: &mut impl FnMut(Record)) -> Resu
     let mut used = 0;
     match protocol {
         Protocol::Json => {
-            while let Some(end) = data[used..].iter().position(|b| *b == RECORD_SEPARATOR) {
+            while let Some(end) = memchr::memchr(RECORD_SEPARATOR, &data[used..]) {
                 each(read_json(&data[used..used + end])?);
                 used += end + 1;
             }
@@ -121,8 +122,8 @@ fn split(protocol: Protocol, data: &[u8], each: &mut impl FnMut(Record)) -> Resu
 
 fn read_json(record: &[u8]) -> Result<Record, String> {
     if record.starts_with(b"{\"type\":1,")
-        && find(record, b"\"target\":\"OnMessage\"").is_some()
-        && let Some(at) = find(record, b"\"text\":\"")
+        && memmem::find(record, b"\"target\":\"OnMessage\"").is_some()
+        && let Some(at) = memmem::find(record, b"\"text\":\"")
     {
         return Ok(bench_or_foreign(&record[at + 8..]));
     }
@@ -158,19 +159,6 @@ fn from_message(message: HubMessage) -> Record {
         HubMessage::Close { error, .. } => Record::Close(error),
         _ => Record::Other,
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    let first = *needle.first()?;
-    let mut from = 0;
-    while let Some(i) = haystack[from..].iter().position(|b| *b == first) {
-        let at = from + i;
-        if haystack[at..].starts_with(needle) {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
 }
 
 /// `[1, headers, invocationId, "OnMessage", [{..., "text": T, ...}], ...]`:
