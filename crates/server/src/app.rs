@@ -46,6 +46,28 @@ impl Backends {
     }
 }
 
+/// Connects the backends, retrying while they are unreachable for up to
+/// `startup_timeout`: at a first install the database usually starts after the
+/// server, and waiting is kinder than crash-looping.
+async fn connect_with_retry(
+    config: &Config,
+    fanout: &Arc<LocalFanout>,
+) -> anyhow::Result<Backends> {
+    let deadline = Instant::now() + config.startup_timeout;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match Backends::connect(config, fanout).await {
+            Ok(backends) => return Ok(backends),
+            Err(error) if Instant::now() + delay < deadline => {
+                warn!(error = format!("{error:#}"), retry_in = ?delay, "backends not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// Applies the history database's migrations (the `migrate` subcommand).
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     crate::backends::migrate(&config.database).await
@@ -71,7 +93,7 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::new());
         let fanout = Arc::new(LocalFanout::new());
-        let backends = Backends::connect(&config, &fanout).await?;
+        let backends = connect_with_retry(&config, &fanout).await?;
         let history = HistoryWriter::start(
             Arc::clone(&backends.history),
             config.history.clone(),

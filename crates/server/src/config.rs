@@ -117,6 +117,10 @@ pub struct Settings {
     #[arg(long, env = "NEXT_CHAT_CLIENT_TIMEOUT_SECS", global = true, value_name = "SECS")]
     pub client_timeout_secs: Option<u64>,
 
+    /// Seconds to keep retrying unreachable backends at start before giving up [default: 30]
+    #[arg(long, env = "NEXT_CHAT_STARTUP_TIMEOUT_SECS", global = true, value_name = "SECS")]
+    pub startup_timeout_secs: Option<u64>,
+
     /// Seconds a graceful shutdown may take in all [default: 10]
     #[arg(long, env = "NEXT_CHAT_SHUTDOWN_TIMEOUT_SECS", global = true, value_name = "SECS")]
     pub shutdown_timeout_secs: Option<u64>,
@@ -154,6 +158,7 @@ impl Settings {
                 outbound_queue,
                 keep_alive_secs,
                 client_timeout_secs,
+                startup_timeout_secs,
                 shutdown_timeout_secs,
             ]
         )
@@ -248,6 +253,7 @@ pub struct Config {
     pub outbound_queue: usize,
     pub keep_alive: Duration,
     pub client_timeout: Duration,
+    pub startup_timeout: Duration,
     pub shutdown_timeout: Duration,
 }
 
@@ -342,6 +348,10 @@ impl Config {
             outbound_queue: positive("outbound_queue", s.outbound_queue, 4096)?,
             keep_alive,
             client_timeout,
+            startup_timeout: match s.startup_timeout_secs {
+                Some(secs) => Duration::from_secs(secs),
+                None => Duration::from_secs(30),
+            },
             shutdown_timeout: seconds("shutdown_timeout_secs", s.shutdown_timeout_secs, 10)?,
         })
     }

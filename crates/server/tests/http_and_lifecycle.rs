@@ -144,3 +144,21 @@ fn a_bad_setting_stops_the_server_naming_the_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("history_on_join"), "{stderr}");
 }
+
+#[test]
+fn an_unreachable_backend_is_retried_then_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("x.db").display());
+    let started = Instant::now();
+    let output = std::process::Command::new(binary("next-chat-server"))
+        .args(["--listen", "127.0.0.1:0", "--database", &db, "--redis", "redis://127.0.0.1:1"])
+        .args(["--startup-timeout-secs", "2"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run next-chat-server");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("backends not reachable yet"), "it retried: {stderr}");
+    assert!(stderr.contains("next-chat-server: redis: cannot start messaging"), "{stderr}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "it waited before giving up");
+}
