@@ -113,7 +113,7 @@ impl Default for HubConfig {
             max_message_size: 128 * 1024,
             max_batch_size: 1024 * 1024,
             outbound_queue_capacity: 1024,
-            ws_read_buffer_size: 2 * 1024,
+            ws_read_buffer_size: 1024,
             ws_write_buffer_size: 32 * 1024,
             ws_max_write_buffer_size: usize::MAX,
             negotiate_timeout: Duration::from_secs(15),
