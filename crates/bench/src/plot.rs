@@ -41,11 +41,11 @@ pub fn draw(path: &Path, report: &Report, latency: &Histogram<u64>) -> Result<()
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..MAX_NINES, 0f64..y_max)
+        .build_cartesian_2d(0f64..MAX_NINES + 0.2, 0f64..y_max)
         .map_err(|e| error(&e))?;
     chart
         .configure_mesh()
-        .x_labels(6)
+        .x_labels(7)
         .x_label_formatter(&|x| percentile_label(*x))
         .x_desc("percentile")
         .y_desc("latency (ms)")
@@ -58,7 +58,7 @@ pub fn draw(path: &Path, report: &Report, latency: &Histogram<u64>) -> Result<()
     let top_rate =
         load.timeline.iter().map(|p| p.delivered.max(p.sent)).max().unwrap_or(1).max(1) as f64;
     let mut chart = ChartBuilder::on(&bottom)
-        .caption("Per second (warm-up from 0 s, then the measured window)", ("sans-serif", 18))
+        .caption("Per second (the grey line ends the warm-up)", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(60)
@@ -68,7 +68,16 @@ pub fn draw(path: &Path, report: &Report, latency: &Histogram<u64>) -> Result<()
         .configure_mesh()
         .x_desc("seconds since sending started")
         .y_desc("per second")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
+        .map_err(|e| error(&e))?;
+    // Where the warm-up ends and the measured window starts.
+    let warmup = report.config.warmup_s;
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(warmup, 0.0), (warmup, top_rate * 1.1)],
+            BLACK.mix(0.4),
+        )))
         .map_err(|e| error(&e))?;
     let delivered = load.timeline.iter().map(|p| (p.second as f64 + 0.5, p.delivered as f64));
     chart
