@@ -27,12 +27,6 @@ const BACKEND: &str = "sqlite";
 /// of 32766 bound parameters.
 const ROWS_PER_INSERT: usize = 500;
 
-/// How often the WAL is copied back into the database file (a PASSIVE
-/// checkpoint, on a pool connection). The history writer's own connection never
-/// checkpoints: SQLite would otherwise run one, with its fsyncs, inside every
-/// append that crosses 1000 WAL pages, holding up the sends waiting for it.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
-
 /// How long a statement waits for another connection's write lock before it
 /// fails; the history writer retries after that.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -129,15 +123,13 @@ impl SqliteStore {
         let writer = if in_memory {
             pool.clone()
         } else {
-            let writer = SqlitePoolOptions::new()
+            SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
-                .connect_with(options.pragma("wal_autocheckpoint", "0"))
+                .connect_with(options)
                 .await
-                .map_err(|e| error(&format!("cannot open '{url}'"), e))?;
-            tokio::spawn(checkpoint_loop(pool.clone()));
-            writer
+                .map_err(|e| error(&format!("cannot open '{url}'"), e))?
         };
         Ok(SqliteStore { pool, writer })
     }
@@ -208,21 +200,6 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.writer.close().await;
         self.pool.close().await;
-    }
-}
-
-/// Checkpoints the WAL every `CHECKPOINT_EVERY` until the pool is closed.
-async fn checkpoint_loop(pool: SqlitePool) {
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if pool.is_closed() {
-            return;
-        }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
-            tracing::debug!("WAL checkpoint failed (retried): {e}");
-        }
     }
 }
 
