@@ -5,13 +5,14 @@
 //! other end of that queue, owned by whichever transport writes to the client; it
 //! also decides when to send a keep-alive Ping and how to finish after a close.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::negotiate::Transport;
 use crate::protocol::{HubMessage, Protocol};
@@ -116,6 +117,7 @@ impl Connection {
             connection: connection.clone(),
             keep_alive,
             last_write: Instant::now(),
+            ping_timer: None,
             finished: false,
         };
         (connection, outbound)
@@ -264,6 +266,10 @@ pub(crate) struct Outbound {
     /// keep the connection alive by themselves.
     keep_alive: Option<Duration>,
     last_write: Instant,
+    /// Armed once and re-armed only when it fires, not on every write: most
+    /// records go out long before it is due, and a timer per record costs a
+    /// timer-wheel insertion and removal on the hot path.
+    ping_timer: Option<Pin<Box<Sleep>>>,
     finished: bool,
 }
 
@@ -284,7 +290,12 @@ impl Outbound {
             if let Some(step) = self.after_close() {
                 return step;
             }
-            let ping_at = self.ping_deadline();
+            if self.ping_timer.is_none()
+                && let Some(due) = self.ping_deadline()
+            {
+                self.ping_timer = Some(Box::pin(tokio::time::sleep_until(due)));
+            }
+            let timer = &mut self.ping_timer;
             tokio::select! {
                 biased;
                 changed = self.close.changed() => {
@@ -302,9 +313,21 @@ impl Outbound {
                         }
                     };
                 }
-                _ = sleep_until_opt(ping_at) => {
-                    if let Some(protocol) = self.connection.negotiated_protocol() {
-                        return Some(self.wrote(ping_record(protocol)));
+                () = fired(timer) => {
+                    // The timer may have been armed before later writes: ping only
+                    // if nothing went out for a whole interval, else wait the rest.
+                    match self.ping_deadline() {
+                        Some(due) if due <= Instant::now() => {
+                            if let Some(protocol) = self.connection.negotiated_protocol() {
+                                return Some(self.wrote(ping_record(protocol)));
+                            }
+                        }
+                        Some(due) => {
+                            if let Some(timer) = self.ping_timer.as_mut() {
+                                timer.as_mut().reset(due);
+                            }
+                        }
+                        None => self.ping_timer = None,
                     }
                 }
             }
@@ -364,9 +387,9 @@ impl Outbound {
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+async fn fired(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -437,5 +460,22 @@ mod tests {
         let ping = outbound.next().await.expect("a ping");
         assert_eq!(&ping[..], b"{\"type\":6}\x1e");
         assert_eq!(started.elapsed(), Duration::from_secs(15));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_postpones_the_ping_by_a_whole_interval() {
+        let (connection, mut outbound) = open(8);
+        let started = Instant::now();
+        // Arm the timer, then write 10 s later: the ping is due at 25 s, not 15 s.
+        let first = tokio::time::timeout(Duration::from_secs(10), outbound.next()).await;
+        assert!(first.is_err(), "nothing to send in the first 10 s");
+        connection.send(Bytes::from_static(b"r")).expect("queued");
+        assert_eq!(outbound.next().await, Some(Bytes::from_static(b"r")));
+        let ping = outbound.next().await.expect("a ping");
+        assert_eq!(&ping[..], b"{\"type\":6}\x1e");
+        assert_eq!(started.elapsed(), Duration::from_secs(25));
+        let ping = outbound.next().await.expect("the next ping");
+        assert_eq!(&ping[..], b"{\"type\":6}\x1e");
+        assert_eq!(started.elapsed(), Duration::from_secs(40));
     }
 }
