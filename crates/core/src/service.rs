@@ -148,7 +148,7 @@ impl ChatService {
         GroupId::parse(value, &self.config.limits)
     }
 
-    #[instrument(skip_all, fields(user = %session.user, group = group))]
+    #[instrument(level = "debug", skip_all, fields(user = %session.user, group = group))]
     pub async fn create_group(&self, session: &Session, group: &str) -> Result<(), ChatError> {
         let group = self.group(group)?;
         self.membership.create_group(&group).await?;
@@ -184,7 +184,7 @@ impl ChatService {
     /// Joins the connection to the group. On `Joined` the connection has been
     /// sent `OnHistory` (before this returns) and receives the group's messages
     /// from now on.
-    #[instrument(skip_all, fields(user = %session.user, group = group))]
+    #[instrument(level = "debug", skip_all, fields(user = %session.user, group = group))]
     pub async fn join_group(
         &self,
         session: &Session,
@@ -227,7 +227,7 @@ impl ChatService {
         Ok(JoinOutcome::Joined)
     }
 
-    #[instrument(skip_all, fields(user = %session.user, group = group))]
+    #[instrument(level = "debug", skip_all, fields(user = %session.user, group = group))]
     pub async fn leave_group(&self, session: &Session, group: &str) -> Result<(), ChatError> {
         let group = self.group(group)?;
         if session.set_joined(&group, false) {
@@ -239,7 +239,7 @@ impl ChatService {
 
     /// Completes once the message is accepted for delivery to every member; it
     /// waits up to the history save timeout for the message to be stored.
-    #[instrument(skip_all, fields(user = %session.user, group = group))]
+    #[instrument(level = "debug", skip_all, fields(user = %session.user, group = group))]
     pub async fn send_message(
         &self,
         session: &Session,
@@ -271,7 +271,7 @@ impl ChatService {
     }
 
     /// Up to `limit` messages older than `before` (the latest if `None`), oldest first.
-    #[instrument(skip_all, fields(user = %session.user, group = group))]
+    #[instrument(level = "debug", skip_all, fields(user = %session.user, group = group))]
     pub async fn get_history(
         &self,
         session: &Session,
