@@ -439,32 +439,49 @@ async fn read_loop(
 
 // ------------------------------------------------------------------ membership
 
-/// KEYS[1] members set; ARGV: user, instance, max members, ttl ms, and "1" when
-/// this instance already counts the user as a member (then no room check: a
-/// member always gets back in, even if its entry expired during an outage).
-const JOIN_SCRIPT: &str = r"
+/// The start of both membership scripts: drops the expired entries of the
+/// members set KEYS[1] and defines `live_users(user)`, which counts the distinct
+/// users left and says whether `user` is one of them. Entries are
+/// `user<US>instance`.
+macro_rules! members_prelude {
+    () => {
+        r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if ARGV[5] ~= '1' then
+local function live_users(user)
   local seen = {}
   local count = 0
+  local member = false
   for _, entry in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     local cut = string.find(entry, '\31', 1, true)
     if cut then
-      local user = string.sub(entry, 1, cut - 1)
-      if user == ARGV[1] then
-        count = -1
-        break
+      local name = string.sub(entry, 1, cut - 1)
+      if name == user then
+        member = true
       end
-      if not seen[user] then
-        seen[user] = true
+      if not seen[name] then
+        seen[name] = true
         count = count + 1
       end
     end
   end
-  if count >= tonumber(ARGV[3]) then
+  return count, member
+end
+"
+    };
+}
+
+/// KEYS[1] members set; ARGV: user, instance, max members, ttl ms, and "1" when
+/// this instance already counts the user as a member (then no room check: a
+/// member always gets back in, even if its entry expired during an outage).
+const JOIN_SCRIPT: &str = concat!(
+    members_prelude!(),
+    r"
+local ttl = tonumber(ARGV[4])
+if ARGV[5] ~= '1' then
+  local count, member = live_users(ARGV[1])
+  if not member and count >= tonumber(ARGV[3]) then
     return 0
   end
 end
@@ -472,27 +489,17 @@ redis.call('ZADD', KEYS[1], now + ttl, ARGV[1] .. '\31' .. ARGV[2])
 local latest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(latest[2])) + 1)
 return 1
-";
+"
+);
 
 /// KEYS[1] members set; returns the distinct users whose entries live.
-const COUNT_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local seen = {}
-local count = 0
-for _, entry in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local cut = string.find(entry, '\31', 1, true)
-  if cut then
-    local user = string.sub(entry, 1, cut - 1)
-    if not seen[user] then
-      seen[user] = true
-      count = count + 1
-    end
-  end
-end
+const COUNT_SCRIPT: &str = concat!(
+    members_prelude!(),
+    r"
+local count = live_users(nil)
 return count
-";
+"
+);
 
 /// KEYS: members sets; ARGV: ttl ms, instance, then per key a count of users
 /// followed by those users. Pushes the expiry of this instance's entries.
