@@ -130,20 +130,32 @@ impl HistoryWriter {
         self.shared.work.notify_one();
     }
 
-    /// Waits until the message is stored, for at most `save_timeout`. Returns
-    /// whether it was stored in that time; if not, it stays queued.
-    pub async fn wait_saved(&self, group: &GroupId, id: MessageId) -> bool {
+    /// Waits until the message is stored, for at most `save_timeout`. Resolves to
+    /// whether it was stored in that time; if not, it stays queued. The wait is
+    /// registered now, so the future borrows nothing and may outlive the call.
+    pub fn wait_saved(
+        &self,
+        group: &GroupId,
+        id: MessageId,
+    ) -> impl Future<Output = bool> + Send + 'static {
         let receiver = {
             let mut unsaved = self.lock();
             let pending = unsaved.by_group.get(group).is_some_and(|m| m.contains_key(&id));
-            if !pending {
-                return true;
-            }
-            let (sender, receiver) = oneshot::channel();
-            unsaved.waiters.entry((group.clone(), id)).or_default().push(sender);
-            receiver
+            pending.then(|| {
+                let (sender, receiver) = oneshot::channel();
+                unsaved.waiters.entry((group.clone(), id)).or_default().push(sender);
+                receiver
+            })
         };
-        matches!(tokio::time::timeout(self.shared.config.save_timeout, receiver).await, Ok(Ok(())))
+        let timeout = self.shared.config.save_timeout;
+        async move {
+            match receiver {
+                None => true,
+                Some(receiver) => {
+                    matches!(tokio::time::timeout(timeout, receiver).await, Ok(Ok(())))
+                }
+            }
+        }
     }
 
     /// The group's latest `limit` messages below `before`, oldest first, from

@@ -19,4 +19,4 @@ pub use domain::{
 pub use error::{BackendError, ChatError};
 pub use fanout::{Delivery, LocalFanout, Recipient};
 pub use history::{HistoryObserver, HistoryWriter, HistoryWriterConfig, NoObserver};
-pub use service::{ChatConfig, ChatService, Session};
+pub use service::{Accepted, ChatConfig, ChatService, Session};

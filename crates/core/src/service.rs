@@ -3,6 +3,7 @@
 //! backends through their traits. Nothing here knows about sockets or codecs.
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,6 +74,14 @@ impl Session {
         let mut groups = self.joined.lock().unwrap_or_else(|p| p.into_inner());
         if joined { groups.insert(group.clone()) } else { groups.remove(group) }
     }
+}
+
+/// A message accepted for delivery and delivered to this instance's members.
+pub struct Accepted {
+    pub message: Message,
+    /// Resolves once history has stored the message, or after the writer's
+    /// `save_timeout` (the message then stays queued and is stored later).
+    pub saved: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 pub struct ChatService {
@@ -237,15 +246,18 @@ impl ChatService {
         Ok(())
     }
 
-    /// Completes once the message is accepted for delivery to every member; it
-    /// waits up to the history save timeout for the message to be stored.
+    /// `SendMessage` up to delivery: validates, publishes and delivers to every
+    /// member. The send completes when `saved` resolves (history stored the
+    /// message, or the save timeout passed); a caller may go on to the
+    /// connection's next invocation meanwhile, as the message's place in the
+    /// group's order is already fixed.
     #[instrument(level = "debug", skip_all, fields(user = %session.user, group = group))]
-    pub async fn send_message(
+    pub async fn accept_message(
         &self,
         session: &Session,
         group: &str,
         text: &str,
-    ) -> Result<Message, ChatError> {
+    ) -> Result<Accepted, ChatError> {
         let group = self.group(group)?;
         let text = MessageText::parse(text, &self.config.limits)?;
         if !session.has_joined(&group) {
@@ -259,15 +271,19 @@ impl ChatService {
         self.history.has_room()?;
         let draft = NewMessage { author: session.user.clone(), group, text };
         let message = self.messaging.publish(draft, &|m: &Message| self.history.accept(m)).await?;
+        let stored = self.history.wait_saved(&message.group, message.id);
+        let id = message.id;
         let started = Instant::now();
-        if !self.history.wait_saved(&message.group, message.id).await {
-            warn!(
-                id = %message.id,
-                waited = ?started.elapsed(),
-                "history did not store the message in time; it stays queued"
-            );
-        }
-        Ok(message)
+        let saved = Box::pin(async move {
+            if !stored.await {
+                warn!(
+                    %id,
+                    waited = ?started.elapsed(),
+                    "history did not store the message in time; it stays queued"
+                );
+            }
+        });
+        Ok(Accepted { message, saved })
     }
 
     /// Up to `limit` messages older than `before` (the latest if `None`), oldest first.

@@ -2,6 +2,8 @@
 //! values onto the wire. This is the one place where a `ChatError` becomes a
 //! completion error and a `Message` becomes `OnMessage`'s argument.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -9,7 +11,7 @@ use next_chat_core::{
     ChatError, ChatService, ConnectionId, Delivery, GroupId, JoinOutcome, Message, Recipient,
     Session,
 };
-use next_chat_signalr::server::{Connection, Hub};
+use next_chat_signalr::server::{Connection, Hub, Invoked};
 use next_chat_signalr::{HubMessage, Value};
 use tracing::{debug, warn};
 
@@ -183,6 +185,12 @@ impl Method {
     }
 }
 
+/// What a hub method gives back: its value now, or no value once `Later` resolves.
+enum Reply {
+    Now(Option<Value>),
+    Later(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
 fn chat_error(error: ChatError) -> String {
     if let ChatError::Backend(backend) = &error {
         warn!(backend = backend.backend, detail = %backend.detail, "backend error");
@@ -196,18 +204,18 @@ impl ChatHub {
         session: &Session,
         method: Method,
         values: &[Value],
-    ) -> Result<Option<Value>, String> {
+    ) -> Result<Reply, String> {
         let chat = &self.chat;
         let name = method.name();
         match method {
             Method::CreateGroup => {
                 let args = Arguments::new(name, &["groupId"], values)?;
                 chat.create_group(session, args.string(0)?).await.map_err(chat_error)?;
-                Ok(None)
+                Ok(Reply::Now(None))
             }
             Method::ListGroups => {
                 Arguments::new(name, &[], values)?;
-                Ok(Some(groups_value(chat.list_groups().await.map_err(chat_error)?)))
+                Ok(Reply::Now(Some(groups_value(chat.list_groups().await.map_err(chat_error)?))))
             }
             Method::ListGroupsPage => {
                 let args = Arguments::new(name, &["after", "limit"], values)?;
@@ -215,28 +223,31 @@ impl ChatHub {
                     .list_groups_page(args.optional_string(0)?, args.integer(1)?)
                     .await
                     .map_err(chat_error)?;
-                Ok(Some(groups_value(groups)))
+                Ok(Reply::Now(Some(groups_value(groups))))
             }
             Method::JoinGroup => {
                 let args = Arguments::new(name, &["groupId"], values)?;
                 let outcome =
                     chat.join_group(session, args.string(0)?).await.map_err(chat_error)?;
-                Ok(Some(Value::Int(match outcome {
+                Ok(Reply::Now(Some(Value::Int(match outcome {
                     JoinOutcome::Joined => 0,
                     JoinOutcome::NoRoom => 1,
-                })))
+                }))))
             }
             Method::LeaveGroup => {
                 let args = Arguments::new(name, &["groupId"], values)?;
                 chat.leave_group(session, args.string(0)?).await.map_err(chat_error)?;
-                Ok(None)
+                Ok(Reply::Now(None))
             }
             Method::SendMessage => {
                 let args = Arguments::new(name, &["groupId", "text"], values)?;
-                chat.send_message(session, args.string(0)?, args.string(1)?)
+                let accepted = chat
+                    .accept_message(session, args.string(0)?, args.string(1)?)
                     .await
                     .map_err(chat_error)?;
-                Ok(None)
+                // Delivered: the connection's next call may start while this
+                // one waits for history to store the message.
+                Ok(Reply::Later(accepted.saved))
             }
             Method::GetHistory => {
                 let args = Arguments::new(name, &["groupId", "before", "limit"], values)?;
@@ -249,7 +260,7 @@ impl ChatHub {
                     )
                     .await
                     .map_err(chat_error)?;
-                Ok(Some(Value::Array(messages.iter().map(message_value).collect())))
+                Ok(Reply::Now(Some(Value::Array(messages.iter().map(message_value).collect()))))
             }
         }
     }
@@ -278,19 +289,14 @@ impl Hub for ChatHub {
         Ok(ChatSession { session, labels })
     }
 
-    async fn invoke(
-        &self,
-        session: &ChatSession,
-        target: &str,
-        arguments: Vec<Value>,
-    ) -> Result<Option<Value>, String> {
+    async fn invoke(&self, session: &ChatSession, target: &str, arguments: Vec<Value>) -> Invoked {
         let Some(method) = Method::parse(target) else {
             self.metrics.invocation("unknown", "error");
             let known: Vec<_> = Method::ALL.iter().map(|m| m.name()).collect();
-            return Err(format!(
+            return Invoked::Done(Err(format!(
                 "unknown hub method '{target}'; the methods are {}",
                 known.join(", ")
-            ));
+            )));
         };
         let result = self.dispatch(&session.session, method, &arguments).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -298,7 +304,14 @@ impl Hub for ChatHub {
         if let Err(error) = &result {
             debug!(method = method.name(), user = %session.session.user(), %error, "invocation failed");
         }
-        result
+        match result {
+            Ok(Reply::Now(value)) => Invoked::Done(Ok(value)),
+            Ok(Reply::Later(done)) => Invoked::Finishing(Box::pin(async move {
+                done.await;
+                Ok(None)
+            })),
+            Err(error) => Invoked::Done(Err(error)),
+        }
     }
 
     async fn disconnected(&self, session: ChatSession) {

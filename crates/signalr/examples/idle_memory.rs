@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use next_chat_signalr::Value;
-use next_chat_signalr::server::{Connection, Hub, HubConfig, HubServer};
+use next_chat_signalr::server::{Connection, Hub, HubConfig, HubServer, Invoked};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -29,13 +29,8 @@ impl Hub for IdleHub {
         Ok(connection)
     }
 
-    async fn invoke(
-        &self,
-        _: &Connection,
-        _: &str,
-        _: Vec<Value>,
-    ) -> Result<Option<Value>, String> {
-        Ok(None)
+    async fn invoke(&self, _: &Connection, _: &str, _: Vec<Value>) -> Invoked {
+        Invoked::Done(Ok(None))
     }
 
     async fn disconnected(&self, _: Connection) {}

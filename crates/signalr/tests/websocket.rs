@@ -133,6 +133,41 @@ async fn non_blocking_invocation_gets_no_completion() {
 }
 
 #[tokio::test]
+async fn a_finishing_invocation_lets_the_next_start_and_completions_keep_their_order() {
+    let test = spawn(HubConfig::default()).await;
+    let mut ws = ws_json(test.addr, "alice").await;
+    let call = |id: u32, target: &str, args: &str| {
+        format!(
+            "{{\"type\":1,\"invocationId\":\"{id}\",\"target\":\"{target}\",\"arguments\":[{args}]}}\u{1e}"
+        )
+    };
+    // `Hold` finishes only when `Release` runs, so if invocations waited for the
+    // previous one to finish, `Release` would never start.
+    ws_send_text(&mut ws, &call(1, "Hold", "")).await;
+    ws_send_text(&mut ws, &call(2, "Echo", "\"second\"")).await;
+    ws_send_text(&mut ws, "{\"type\":1,\"target\":\"Notify\",\"arguments\":[\"third\"]}\u{1e}")
+        .await;
+    // The callback goes out while `Hold` is still finishing.
+    assert_eq!(
+        ws_next(&mut ws).await.as_deref(),
+        Some(&b"{\"type\":1,\"target\":\"Notified\",\"arguments\":[\"third\"]}\x1e"[..])
+    );
+    ws_send_text(&mut ws, &call(4, "Release", "")).await;
+    // Completions in invocation order, though `Echo` was done long before `Hold`.
+    let mut completions = Vec::new();
+    while completions.len() < 3 {
+        let frame = ws_next(&mut ws).await.expect("a completion");
+        for message in decode_all(Protocol::Json, &frame) {
+            match message {
+                HubMessage::Completion { invocation_id, .. } => completions.push(invocation_id),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(completions, ["1", "2", "4"]);
+}
+
+#[tokio::test]
 async fn messagepack_over_a_negotiated_connection() {
     let test = spawn(HubConfig::default()).await;
     let token = negotiate_token(test.addr, "alice").await;

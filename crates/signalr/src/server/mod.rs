@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
+use futures_util::future::BoxFuture;
 
 pub use connection::{Connection, SendError};
 
@@ -46,18 +47,37 @@ pub trait Hub: Send + Sync + 'static {
         connection: Connection,
     ) -> impl Future<Output = Result<Self::Session, String>> + Send;
 
-    /// One invocation, `target` exactly as received. `Ok(None)` completes without a
-    /// result, `Err(text)` completes with that error. Invocations of one connection
-    /// run one at a time, in order.
+    /// One invocation, `target` exactly as received. Invocations of one connection
+    /// start one at a time, in order: the next starts when this future resolves.
+    /// See [`Invoked`] for how it completes.
     fn invoke(
         &self,
         session: &Self::Session,
         target: &str,
         arguments: Vec<Value>,
-    ) -> impl Future<Output = Result<Option<Value>, String>> + Send;
+    ) -> impl Future<Output = Invoked> + Send;
 
     /// The connection is gone; called exactly once for every successful `connected`.
     fn disconnected(&self, session: Self::Session) -> impl Future<Output = ()> + Send;
+}
+
+/// What an invocation returns. A result is `Ok(None)` to complete without a
+/// value, `Ok(Some(value))`, or `Err(text)` to complete with that error.
+pub enum Invoked {
+    /// Completes now with this result.
+    Done(Result<Option<Value>, String>),
+    /// The part that must happen in order is done (say, a message is accepted and
+    /// delivered); what is left (say, waiting for it to be stored) runs while the
+    /// connection's next invocations start. The completion is sent when the future
+    /// resolves. Completions still go out in invocation order, so a client sees
+    /// them as if the calls had run one after another.
+    Finishing(BoxFuture<'static, Result<Option<Value>, String>>),
+}
+
+impl From<Result<Option<Value>, String>> for Invoked {
+    fn from(result: Result<Option<Value>, String>) -> Self {
+        Invoked::Done(result)
+    }
 }
 
 /// Tuning of the SignalR server. `Default` gives the values of the wire contract.
@@ -98,7 +118,9 @@ pub struct HubConfig {
     /// A long-polling connection with no poll outstanding for this long is closed.
     /// ASP.NET's DisconnectTimeout: 15 s.
     pub long_poll_disconnect_timeout: Duration,
-    /// Invocations received while one runs, before the connection stops reading.
+    /// Invocations received while one runs, before the connection stops reading;
+    /// also the most [`Invoked::Finishing`] invocations of one connection at once
+    /// (beyond it the next invocation waits for the oldest to finish).
     pub max_queued_invocations: usize,
     /// The transports offered by negotiate and accepted, in order of preference.
     pub transports: Vec<Transport>,

@@ -1,6 +1,8 @@
 //! One connection's life, whatever the transport: handshake, then decoding hub
-//! messages, running invocations one at a time in order, enforcing the client
-//! timeout, and finally telling the hub the connection is gone.
+//! messages, starting invocations one at a time in order (an invocation that
+//! returns [`Invoked::Finishing`] finishes while the next ones start; completions
+//! go out in invocation order), enforcing the client timeout, and finally telling
+//! the hub the connection is gone.
 //!
 //! The transport hands in a stream of [`Inbound`] frames (WebSocket messages or POST
 //! bodies) and writes whatever the connection's outbound queue yields.
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -20,7 +23,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::connection::{CloseRequest, Connection};
 use super::long_polling::PollState;
 use super::registry::LiveGuard;
-use super::{Hub, ServerState};
+use super::{Hub, Invoked, ServerState};
 use crate::handshake::{HandshakeError, HandshakeRequest, HandshakeResponse, find_record_end};
 use crate::protocol::{HubMessage, Outcome, Protocol, ProtocolError};
 use crate::value::Value;
@@ -109,7 +112,9 @@ async fn run_inner<H: Hub>(
     decoder.push(&leftover);
     let mut close_rx = connection.subscribe_close();
     let mut queued: VecDeque<Call> = VecDeque::new();
-    let mut in_flight: Option<BoxFuture<'_, Completed>> = None;
+    let mut in_flight: Option<BoxFuture<'_, Started>> = None;
+    // Started invocations whose completions are not sent yet, in invocation order.
+    let mut finishing: FuturesOrdered<BoxFuture<'static, Completed>> = FuturesOrdered::new();
     let mut last_received = Instant::now();
 
     let ending: CloseRequest = 'session: loop {
@@ -136,13 +141,14 @@ async fn run_inner<H: Hub>(
             }
         }
         if in_flight.is_none()
+            && finishing.len() < config.max_queued_invocations
             && let Some(call) = queued.pop_front()
         {
             in_flight = Some(start_call(hub, &session, call));
         }
         let deadline = match &liveness {
-            // While we are busy the client's pings wait unread: not its fault.
-            Liveness::ClientTimeout(_) if in_flight.is_some() => None,
+            // While we are busy the client's pings may wait unread: not its fault.
+            Liveness::ClientTimeout(_) if in_flight.is_some() || !finishing.is_empty() => None,
             Liveness::ClientTimeout(timeout) => Some(last_received + *timeout),
             Liveness::Polling(polls, timeout) => polls.idle_since().map(|idle| idle + *timeout),
         };
@@ -159,8 +165,19 @@ async fn run_inner<H: Hub>(
                     .close_request()
                     .unwrap_or_else(|| CloseRequest::peer_gone("closed"));
             }
-            completed = poll_call(&mut in_flight) => {
+            started = poll_call(&mut in_flight) => {
                 in_flight = None;
+                match started {
+                    Started::Done(completed) if finishing.is_empty() => {
+                        complete(&connection, protocol, completed);
+                    }
+                    Started::Done(completed) => {
+                        finishing.push_back(Box::pin(std::future::ready(completed)));
+                    }
+                    Started::Finishing(rest) => finishing.push_back(rest),
+                }
+            }
+            Some(completed) = finishing.next(), if !finishing.is_empty() => {
                 complete(&connection, protocol, completed);
             }
             frame = inbound.next(), if queued.len() < config.max_queued_invocations => {
@@ -194,9 +211,17 @@ async fn run_inner<H: Hub>(
     };
     connection.request_close(ending);
     if let Some(call) = in_flight.take() {
-        complete(&connection, protocol, call.await);
+        match call.await {
+            Started::Done(completed) => {
+                finishing.push_back(Box::pin(std::future::ready(completed)))
+            }
+            Started::Finishing(rest) => finishing.push_back(rest),
+        }
     }
     drop(in_flight);
+    while let Some(completed) = finishing.next().await {
+        complete(&connection, protocol, completed);
+    }
     if !queued.is_empty() {
         debug!(skipped = queued.len(), "invocations not run: the connection closed");
     }
@@ -347,27 +372,44 @@ fn dispatch(
     Dispatch::Continue
 }
 
+/// A started invocation: completed, or finishing in the background.
+enum Started {
+    Done(Completed),
+    Finishing(BoxFuture<'static, Completed>),
+}
+
 fn start_call<'a, H: Hub>(
     hub: &'a H,
     session: &'a H::Session,
     call: Call,
-) -> BoxFuture<'a, Completed> {
+) -> BoxFuture<'a, Started> {
     Box::pin(async move {
         let invoked = AssertUnwindSafe(hub.invoke(session, &call.target, call.arguments))
             .catch_unwind()
             .await;
-        let result = match invoked {
-            Ok(result) => result,
+        let Call { invocation_id, target, .. } = call;
+        match invoked {
+            Ok(Invoked::Done(result)) => Started::Done(Completed { invocation_id, target, result }),
+            Ok(Invoked::Finishing(rest)) => Started::Finishing(Box::pin(async move {
+                let result = match AssertUnwindSafe(rest).catch_unwind().await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        error!(target = %target, "hub panicked while finishing an invocation");
+                        Err("internal server error".to_owned())
+                    }
+                };
+                Completed { invocation_id, target, result }
+            })),
             Err(_) => {
-                error!(target = %call.target, "hub panicked in invoke");
-                Err("internal server error".to_owned())
+                error!(target = %target, "hub panicked in invoke");
+                let result = Err("internal server error".to_owned());
+                Started::Done(Completed { invocation_id, target, result })
             }
-        };
-        Completed { invocation_id: call.invocation_id, target: call.target, result }
+        }
     })
 }
 
-async fn poll_call(in_flight: &mut Option<BoxFuture<'_, Completed>>) -> Completed {
+async fn poll_call(in_flight: &mut Option<BoxFuture<'_, Started>>) -> Started {
     match in_flight {
         Some(call) => call.await,
         None => std::future::pending().await,

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use next_chat_signalr::server::{Connection, Hub, HubConfig, HubServer};
+use next_chat_signalr::server::{Connection, Hub, HubConfig, HubServer, Invoked};
 use next_chat_signalr::{HubMessage, Protocol, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -26,6 +26,8 @@ pub struct EchoHub {
 
 pub struct EchoSession {
     connection: Connection,
+    /// `Hold` finishes once `Release` is invoked.
+    gate: Arc<Notify>,
 }
 
 impl Hub for EchoHub {
@@ -40,33 +42,46 @@ impl Hub for EchoHub {
     }
 
     async fn connected(&self, connection: Connection) -> Result<EchoSession, String> {
-        Ok(EchoSession { connection })
+        Ok(EchoSession { connection, gate: Arc::new(Notify::new()) })
     }
 
-    async fn invoke(
-        &self,
-        session: &EchoSession,
-        target: &str,
-        arguments: Vec<Value>,
-    ) -> Result<Option<Value>, String> {
+    async fn invoke(&self, session: &EchoSession, target: &str, arguments: Vec<Value>) -> Invoked {
         match target.to_ascii_lowercase().as_str() {
-            "echo" => Ok(arguments.into_iter().next()),
-            "void" => Ok(None),
-            "fail" => Err("failed on purpose".to_owned()),
-            "whoami" => Ok(Some(Value::Str(session.connection.user().to_owned()))),
-            "notify" => {
-                session
-                    .connection
-                    .send_invocation("Notified", arguments)
-                    .map_err(|e| e.to_string())?;
-                Ok(None)
+            "hold" => {
+                let gate = Arc::clone(&session.gate);
+                Invoked::Finishing(Box::pin(async move {
+                    gate.notified().await;
+                    Ok(Some(Value::Str("released".into())))
+                }))
             }
-            _ => Err(format!("unknown method '{target}'")),
+            "release" => {
+                session.gate.notify_one();
+                Invoked::Done(Ok(None))
+            }
+            _ => echo(session, target, arguments).into(),
         }
     }
 
     async fn disconnected(&self, session: EchoSession) {
         let _ = self.disconnected.send(session.connection.id().to_owned());
+    }
+}
+
+fn echo(
+    session: &EchoSession,
+    target: &str,
+    arguments: Vec<Value>,
+) -> Result<Option<Value>, String> {
+    match target.to_ascii_lowercase().as_str() {
+        "echo" => Ok(arguments.into_iter().next()),
+        "void" => Ok(None),
+        "fail" => Err("failed on purpose".to_owned()),
+        "whoami" => Ok(Some(Value::Str(session.connection.user().to_owned()))),
+        "notify" => {
+            session.connection.send_invocation("Notified", arguments).map_err(|e| e.to_string())?;
+            Ok(None)
+        }
+        _ => Err(format!("unknown method '{target}'")),
     }
 }
 
