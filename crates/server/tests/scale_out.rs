@@ -564,3 +564,55 @@ async fn instances_ride_out_a_redis_restart_and_miss_nothing_accepted_after_it()
     assert_eq!(texts(&history), expected);
     assert_strictly_increasing(&history);
 }
+
+/// `SendMessage` completes only once history stored the message (or the save
+/// timeout passed), but the connection's next call does not wait for that:
+/// with MariaDB away and a long save timeout, a sender's two messages are both
+/// delivered while neither send has completed, and both complete once MariaDB
+/// is back. Were calls run strictly one after another, the second message would
+/// wait for the first send's two-minute save timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_send_waiting_for_history_does_not_hold_up_the_next_call() {
+    let scale = ScaleOut::create();
+    let proxy = TcpProxy::start(MYSQL_ADDR).await;
+    let mut args = scale.args_via(None, Some(proxy.port));
+    args.extend(["--save-timeout-ms".to_string(), "120000".to_string()]);
+    let server = TestServer::start(args).await;
+    // The sends below outlast the client's default call timeout of 10 s.
+    let mut options = ClientOptions::new(&server.url, "writer");
+    options.call_timeout = Duration::from_secs(90);
+    let (writer, _writer_events) = Client::connect(options).await.expect("writer connects");
+    assert_eq!(writer.join_group(GROUP).await, Ok(JoinResult::Joined));
+    let mut reader = join(&server, "reader").await;
+
+    proxy.cut();
+    eventually(Duration::from_secs(8), "readyz reports mysql down", || async {
+        let (status, body) = readyz(&server).await;
+        status == 503 && body.contains("mysql")
+    })
+    .await;
+
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for text in ["first", "second"] {
+        let (client, done) = (writer.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            let _ = done.send((text, client.send_message(GROUP, text).await));
+        });
+    }
+    let delivered = receive(&mut reader, 2).await;
+    let mut delivered_texts = texts(&delivered);
+    delivered_texts.sort();
+    assert_eq!(delivered_texts, ["first", "second"]);
+    assert!(done_rx.try_recv().is_err(), "no send completes before its message is stored");
+
+    proxy.restore();
+    for _ in 0..2 {
+        let (text, result) = tokio::time::timeout(Duration::from_secs(60), done_rx.recv())
+            .await
+            .expect("both sends complete once MariaDB is back")
+            .expect("the send tasks report");
+        result.unwrap_or_else(|e| panic!("{text}: {e}"));
+    }
+    let count_sql = format!("SELECT COUNT(*) FROM messages WHERE group_id = '{GROUP}'");
+    assert_eq!(mariadb(&scale.database, &count_sql).await, "2", "both stored when they completed");
+}
