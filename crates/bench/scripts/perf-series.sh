@@ -15,8 +15,8 @@ ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 BIN=${BIN:-$ROOT/target/release}
 OUT=${OUT:-/tmp/next-chat-perf}
 RUNS=${RUNS:-3}
-S3_RATES=${S3_RATES:-"4000 5000 6000"}
-S5_RATES=${S5_RATES:-"3000 4000"}
+S3_RATES=${S3_RATES:-"6000 7000 8000 9000 10000 11000 12000"}
+S5_RATES=${S5_RATES:-"4000 5000 6000"}
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
 

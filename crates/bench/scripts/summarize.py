@@ -63,7 +63,10 @@ def main():
             f["in MySQL"] = int(mysql.read_text().strip() or 0)
             f["accepted"] = (report.get("load") or {}).get("accepted_total")
         groups[m.group(1)].append((int(m.group(2)), f))
-    for name, runs in sorted(groups.items()):
+    def natural(item):
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", item[0])]
+
+    for name, runs in sorted(groups.items(), key=natural):
         runs.sort()
         keys = [k for k in runs[0][1] if any(r[1].get(k) is not None for r in runs)]
         print(f"\n### {name}\n")
