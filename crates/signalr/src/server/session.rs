@@ -166,15 +166,7 @@ async fn run_inner<H: Hub>(
             }
             started = poll_call(&mut in_flight) => {
                 in_flight = None;
-                match started {
-                    Started::Done(completed) if finishing.is_empty() => {
-                        complete(&connection, protocol, completed);
-                    }
-                    Started::Done(completed) => {
-                        finishing.push(Box::pin(std::future::ready(completed)));
-                    }
-                    Started::Finishing(rest) => finishing.push(rest),
-                }
+                finishing.started(started, &connection, protocol);
             }
             Some(completed) = finishing.next(), if !finishing.is_empty() => {
                 complete(&connection, protocol, completed);
@@ -210,10 +202,7 @@ async fn run_inner<H: Hub>(
     };
     connection.request_close(ending);
     if let Some(call) = in_flight.take() {
-        match call.await {
-            Started::Done(completed) => finishing.push(Box::pin(std::future::ready(completed))),
-            Started::Finishing(rest) => finishing.push(rest),
-        }
+        finishing.started(call.await, &connection, protocol);
     }
     drop(in_flight);
     while let Some(completed) = finishing.next().await {
@@ -385,8 +374,16 @@ impl Finishing {
         self.len() == 0
     }
 
-    fn push(&mut self, call: BoxFuture<'static, Completed>) {
-        self.0.get_or_insert_with(Box::default).push_back(call);
+    /// Completes a started call now if nothing is ahead of it, else queues it.
+    fn started(&mut self, started: Started, connection: &Connection, protocol: Protocol) {
+        let rest = match started {
+            Started::Done(completed) if self.is_empty() => {
+                return complete(connection, protocol, completed);
+            }
+            Started::Done(completed) => Box::pin(std::future::ready(completed)),
+            Started::Finishing(rest) => rest,
+        };
+        self.0.get_or_insert_with(Box::default).push_back(rest);
     }
 
     async fn next(&mut self) -> Option<Completed> {
