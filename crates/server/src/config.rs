@@ -124,6 +124,13 @@ pub struct Settings {
     /// Seconds a graceful shutdown may take in all [default: 10]
     #[arg(long, env = "NEXT_CHAT_SHUTDOWN_TIMEOUT_SECS", global = true, value_name = "SECS")]
     pub shutdown_timeout_secs: Option<u64>,
+    // ── connection limits (signalr session) settings go here (keep this marker line) ──
+
+    // ── HTTP edge limits settings go here (keep this marker line) ──
+
+    // ── history and Redis limits settings go here (keep this marker line) ──
+
+    // ── chat rules limits settings go here (keep this marker line) ──
 }
 
 /// Takes each setting from `$high` where set, else from `$low`.
@@ -160,6 +167,13 @@ impl Settings {
                 client_timeout_secs,
                 startup_timeout_secs,
                 shutdown_timeout_secs,
+                // ── connection limits (signalr session) settings go here (keep this marker line) ──
+
+                // ── HTTP edge limits settings go here (keep this marker line) ──
+
+                // ── history and Redis limits settings go here (keep this marker line) ──
+
+                // ── chat rules limits settings go here (keep this marker line) ──
             ]
         )
     }
@@ -255,6 +269,13 @@ pub struct Config {
     pub client_timeout: Duration,
     pub startup_timeout: Duration,
     pub shutdown_timeout: Duration,
+    // ── connection limits (signalr session) settings go here (keep this marker line) ──
+
+    // ── HTTP edge limits settings go here (keep this marker line) ──
+
+    // ── history and Redis limits settings go here (keep this marker line) ──
+
+    // ── chat rules limits settings go here (keep this marker line) ──
 }
 
 fn positive(key: &'static str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
@@ -353,6 +374,13 @@ impl Config {
                 None => Duration::from_secs(30),
             },
             shutdown_timeout: seconds("shutdown_timeout_secs", s.shutdown_timeout_secs, 10)?,
+            // ── connection limits (signalr session) settings go here (keep this marker line) ──
+
+            // ── HTTP edge limits settings go here (keep this marker line) ──
+
+            // ── history and Redis limits settings go here (keep this marker line) ──
+
+            // ── chat rules limits settings go here (keep this marker line) ──
         })
     }
 }
