@@ -48,6 +48,9 @@ pub trait Membership: Send + Sync + 'static {
 
     async fn group_exists(&self, group: &GroupId) -> Result<bool, BackendError>;
 
+    /// How many groups exist (for the `max_groups` bound).
+    async fn group_count(&self) -> Result<usize, BackendError>;
+
     /// Groups after `after` (all if `None`) in `str` order, at most `limit`.
     async fn list_groups(
         &self,

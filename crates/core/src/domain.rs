@@ -7,6 +7,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+
 use crate::error::ChatError;
 
 /// Limits on what clients may send. Every one is configurable; the defaults are
@@ -55,16 +57,43 @@ fn check_chars(
     Ok(())
 }
 
-/// A group's name: 1 to 64 characters, not blank, no control characters.
+/// The rules every identifier (user id, group id) follows beyond its length:
+/// no control characters, no format characters and not blank. Format
+/// characters (General Category Cf: zero-width space and joiners, bidi controls
+/// such as U+202E, the BOM, the soft hyphen) are invisible or reorder what is
+/// shown, so two ids that look the same could differ, or one could look like
+/// another.
+fn check_identifier(field: &'static str, value: &str, max: usize) -> Result<(), ChatError> {
+    check_chars(field, value, max, false)?;
+    if let Some((position, c)) =
+        value.chars().enumerate().find(|(_, c)| c.general_category() == GeneralCategory::Format)
+    {
+        return Err(ChatError::invalid(
+            field,
+            format!(
+                "{field} must not contain format characters (Unicode category Cf: zero-width, \
+                 bidi controls and the like); U+{:04X} is character {}",
+                u32::from(c),
+                position + 1
+            ),
+        ));
+    }
+    if value.trim().is_empty() {
+        return Err(ChatError::invalid(
+            field,
+            format!("{field} must not be blank (only whitespace)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A group's name: 1 to 64 characters, not blank, no control or format characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupId(Arc<str>);
 
 impl GroupId {
     pub fn parse(value: &str, limits: &Limits) -> Result<GroupId, ChatError> {
-        check_chars("groupId", value, limits.group_id_max_chars, false)?;
-        if value.trim().is_empty() {
-            return Err(ChatError::invalid("groupId", "groupId must not be blank"));
-        }
+        check_identifier("groupId", value, limits.group_id_max_chars)?;
         Ok(GroupId(value.into()))
     }
 
@@ -85,13 +114,14 @@ impl fmt::Display for GroupId {
     }
 }
 
-/// Who a connection belongs to: 1 to 64 characters, no control characters.
+/// Who a connection belongs to: 1 to 64 characters, not blank, no control or
+/// format characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserId(Arc<str>);
 
 impl UserId {
     pub fn parse(value: &str, limits: &Limits) -> Result<UserId, ChatError> {
-        check_chars("user id", value, limits.user_id_max_chars, false)?;
+        check_identifier("user id", value, limits.user_id_max_chars)?;
         Ok(UserId(value.into()))
     }
 
@@ -250,6 +280,34 @@ mod tests {
         assert!(GroupId::parse("", &limits).unwrap_err().to_string().contains("1 to 64"));
         assert!(GroupId::parse("   ", &limits).unwrap_err().to_string().contains("blank"));
         assert!(GroupId::parse("a\nb", &limits).unwrap_err().to_string().contains("control"));
+    }
+
+    #[test]
+    fn identifiers_reject_format_characters_and_blank_values() {
+        let limits = Limits::default();
+        let format = [
+            "a\u{200B}b", "a\u{200C}", "\u{200D}", "\u{202E}abc", "a\u{2066}b\u{2069}",
+            "\u{FEFF}a", "soft\u{AD}hyphen", "a\u{2060}", "\u{E0001}tag",
+        ];
+        for value in format {
+            let err = GroupId::parse(value, &limits).unwrap_err().to_string();
+            assert!(err.starts_with("groupId must not contain format characters"), "{value:?}: {err}");
+            let err = UserId::parse(value, &limits).unwrap_err().to_string();
+            assert!(err.starts_with("user id must not contain format characters"), "{value:?}: {err}");
+        }
+        let err = UserId::parse("\u{202E}x", &limits).unwrap_err().to_string();
+        assert!(err.ends_with("U+202E is character 1"), "{err}");
+        for blank in [" ", "   ", "\u{3000}", "\u{2003}\u{00A0}"] {
+            let err = UserId::parse(blank, &limits).unwrap_err().to_string();
+            assert_eq!(err, "user id must not be blank (only whitespace)");
+            assert!(GroupId::parse(blank, &limits).unwrap_err().to_string().contains("blank"));
+        }
+        // Visible non-ASCII stays allowed: names in any script, emoji with a
+        // variation selector (category Mn, not Cf).
+        for ok in ["Zoë", "日本語", "👩💻", "❤\u{FE0F}"] {
+            assert!(UserId::parse(ok, &limits).is_ok(), "{ok:?}");
+            assert!(GroupId::parse(ok, &limits).is_ok(), "{ok:?}");
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 use thiserror::Error;
 
-use crate::domain::{GroupId, MessageId};
+use std::time::Duration;
+
+use crate::domain::{GroupId, MessageId, UserId};
 
 #[derive(Debug, Error)]
 pub enum ChatError {
@@ -21,9 +23,33 @@ pub enum ChatError {
     #[error("before: message '{id}' is not a message of group '{group}'")]
     UnknownMessage { group: GroupId, id: MessageId },
 
+    #[error(
+        "this connection has joined {limit} groups, the limit (max_groups_per_connection); \
+         leave one before joining another"
+    )]
+    TooManyGroupsJoined { limit: usize },
+
+    #[error(
+        "user '{user}' already has {limit} connections joined to group '{group}' on this \
+         server, the limit (max_connections_per_user_in_group)"
+    )]
+    TooManyConnectionsInGroup { user: UserId, group: GroupId, limit: usize },
+
+    #[error("the server holds {limit} groups, the limit (max_groups); join an existing group")]
+    TooManyGroups { limit: usize },
+
+    /// The user called faster than a rate limit allows; nothing was done.
+    #[error("rate limited: more than {limit} {what} for user {user}; retry in {} ms", retry_ms(*.retry_after))]
+    RateLimited { what: &'static str, limit: u32, user: UserId, retry_after: Duration },
+
     /// A backend did not answer; the request may succeed later.
     #[error(transparent)]
     Backend(#[from] BackendError),
+}
+
+/// Whole milliseconds, rounded up so that retrying after them succeeds.
+fn retry_ms(wait: Duration) -> u128 {
+    wait.as_nanos().div_ceil(1_000_000).max(1)
 }
 
 impl ChatError {

@@ -48,6 +48,10 @@ pub trait Recipient: Send + Sync + 'static {
 
     /// Queues `OnHistory` without waiting.
     fn deliver_history(&self, messages: &[Message]);
+
+    /// At most how many bytes `message` takes in a history page on this
+    /// connection's wire format; the chat rules cap pages with it.
+    fn encoded_size(&self, message: &Message) -> usize;
 }
 
 /// While a connection is joining, its messages wait here until its history has

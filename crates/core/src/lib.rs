@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod fanout;
 pub mod history;
+pub mod rate;
 pub mod service;
 
 pub use backend::{HistoryStore, Membership, Messaging, OnAccepted};
@@ -19,4 +20,5 @@ pub use domain::{
 pub use error::{BackendError, ChatError};
 pub use fanout::{Delivery, LocalFanout, Recipient};
 pub use history::{HistoryObserver, HistoryWriter, HistoryWriterConfig, NoObserver};
-pub use service::{Accepted, ChatConfig, ChatService, Session};
+pub use rate::Rate;
+pub use service::{Accepted, ChatConfig, ChatService, PAGE_ENVELOPE_BYTES, Session};

@@ -16,6 +16,7 @@ use crate::domain::{
 use crate::error::ChatError;
 use crate::fanout::{LocalFanout, Recipient};
 use crate::history::HistoryWriter;
+use crate::rate::{Limited, Rate, UserLimits, Users};
 
 #[derive(Debug, Clone)]
 pub struct ChatConfig {
@@ -32,7 +33,25 @@ pub struct ChatConfig {
     pub list_groups_max: usize,
     /// Upper bound of `GetHistory`'s `limit`.
     pub history_page_max: usize,
+    /// Most bytes of messages in one `OnHistory` or `GetHistory` page, as the
+    /// recipient measures them (`Recipient::encoded_size`).
+    pub history_page_max_bytes: usize,
+    /// Most groups one connection may have joined at once.
+    pub max_groups_per_connection: usize,
+    /// Most of one user's connections joined to one group, on this instance
+    /// (membership across instances counts users, not connections).
+    pub max_connections_per_user_in_group: usize,
+    /// `SendMessage`s per second per user on this instance, and the burst.
+    pub user_messages: Rate,
+    /// Groups a user may create per minute on this instance, and the burst.
+    pub groups_created: Rate,
+    /// Most groups the server holds; creating one more is refused.
+    pub max_groups: usize,
 }
+
+/// Room a page's record takes around its messages (the invocation or
+/// completion envelope), counted against `history_page_max_bytes`.
+pub const PAGE_ENVELOPE_BYTES: usize = 1024;
 
 impl Default for ChatConfig {
     fn default() -> Self {
@@ -44,6 +63,14 @@ impl Default for ChatConfig {
             auto_create_groups: true,
             list_groups_max: 1000,
             history_page_max: 500,
+            history_page_max_bytes: 1024 * 1024,
+            max_groups_per_connection: 100,
+            max_connections_per_user_in_group: 10,
+            // Twice the seed's load test (one connection, 1000 messages/s),
+            // with two seconds of that rate as burst for a sender that stalled.
+            user_messages: Rate::per_second(2000, 4000),
+            groups_created: Rate::per_minute(60, 60),
+            max_groups: 100_000,
         }
     }
 }
@@ -51,6 +78,8 @@ impl Default for ChatConfig {
 /// One connection's state in the chat: who it is and which groups it joined.
 pub struct Session {
     user: UserId,
+    /// Shared with the user's other connections on this instance.
+    limits: Arc<UserLimits>,
     recipient: Arc<dyn Recipient>,
     /// Invocations of one connection run one at a time; the lock is never held
     /// across an await.
@@ -74,6 +103,10 @@ impl Session {
         let mut groups = self.joined.lock().unwrap_or_else(|p| p.into_inner());
         if joined { groups.insert(group.clone()) } else { groups.remove(group) }
     }
+
+    fn joined_count(&self) -> usize {
+        self.joined.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 /// A message accepted for delivery and delivered to this instance's members.
@@ -90,6 +123,7 @@ pub struct ChatService {
     membership: Arc<dyn Membership>,
     history: HistoryWriter,
     fanout: Arc<LocalFanout>,
+    users: Users,
 }
 
 fn limit_arg(field: &'static str, value: i64, max: usize) -> Result<usize, ChatError> {
@@ -102,6 +136,26 @@ fn limit_arg(field: &'static str, value: i64, max: usize) -> Result<usize, ChatE
     }
 }
 
+/// The newest of `messages` (oldest first) whose sizes add up to at most
+/// `budget`, and at least one.
+fn newest_within(
+    mut messages: Vec<Message>,
+    budget: usize,
+    size: impl Fn(&Message) -> usize,
+) -> Vec<Message> {
+    let mut used = 0usize;
+    let mut keep = 0;
+    for message in messages.iter().rev() {
+        used = used.saturating_add(size(message));
+        if used > budget && keep > 0 {
+            break;
+        }
+        keep += 1;
+    }
+    messages.drain(..messages.len() - keep);
+    messages
+}
+
 impl ChatService {
     /// `fanout` must be the one `messaging` delivers to.
     pub fn new(
@@ -111,7 +165,8 @@ impl ChatService {
         history: HistoryWriter,
         fanout: Arc<LocalFanout>,
     ) -> ChatService {
-        ChatService { config, messaging, membership, history, fanout }
+        let users = Users::new(config.user_messages, config.groups_created);
+        ChatService { config, messaging, membership, history, fanout, users }
     }
 
     pub fn config(&self) -> &ChatConfig {
@@ -135,8 +190,11 @@ impl ChatService {
         UserId::parse(user, &self.config.limits)
     }
 
+    /// Pair with `close_session`: the user's rate limits here live until its
+    /// last session closes.
     pub fn open_session(&self, user: UserId, recipient: Arc<dyn Recipient>) -> Session {
-        Session { user, recipient, joined: Mutex::new(HashSet::new()) }
+        let limits = self.users.connected(&user);
+        Session { user, limits, recipient, joined: Mutex::new(HashSet::new()) }
     }
 
     /// Leaves every group the connection joined. Called once, on disconnect.
@@ -145,23 +203,73 @@ impl ChatService {
             session.joined.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for group in groups {
             self.fanout.unsubscribe(&group, session.connection_id());
+            session.limits.release_group(&group);
             if let Err(error) =
                 self.membership.leave(&group, &session.user, session.connection_id()).await
             {
-                warn!(%group, user = %session.user, %error, "could not free a place on disconnect");
+                warn!(?group, user = ?session.user, ?error, "could not free a place on disconnect");
             }
         }
+        self.users.disconnected(&session.user);
+    }
+
+    /// Takes one of the user's tokens for `what`, or says when to retry.
+    fn take_token(&self, session: &Session, what: Limited) -> Result<(), ChatError> {
+        let (rate, description) = match what {
+            Limited::Messages => (self.users.messages(), "messages per second"),
+            Limited::GroupCreations => (self.users.creations(), "groups created per minute"),
+        };
+        session.limits.take(what, rate, Instant::now()).map_err(|retry_after| {
+            ChatError::RateLimited {
+                what: description,
+                limit: rate.per_period,
+                user: session.user.clone(),
+                retry_after,
+            }
+        })
+    }
+
+    /// Makes sure the group exists: creates it if `create` (charged to the
+    /// user's group-creation rate and refused beyond `max_groups`), else
+    /// `GroupNotFound`. A group that exists costs nothing.
+    async fn ensure_group(
+        &self,
+        session: &Session,
+        group: &GroupId,
+        create: bool,
+    ) -> Result<(), ChatError> {
+        if self.membership.group_exists(group).await? {
+            return Ok(());
+        }
+        if !create {
+            return Err(ChatError::GroupNotFound(group.clone()));
+        }
+        self.take_token(session, Limited::GroupCreations)?;
+        // Counted before creating, so concurrent creations on several
+        // instances may overshoot by a few: a bound, not an exact quota.
+        if self.membership.group_count().await? >= self.config.max_groups {
+            return Err(ChatError::TooManyGroups { limit: self.config.max_groups });
+        }
+        self.membership.create_group(group).await?;
+        Ok(())
+    }
+
+    /// The newest of `messages` (oldest first) whose encoded size fits in one
+    /// page, and always at least one, so paging back with the oldest id
+    /// always makes progress.
+    fn fit_page(&self, session: &Session, messages: Vec<Message>) -> Vec<Message> {
+        let budget = self.config.history_page_max_bytes.saturating_sub(PAGE_ENVELOPE_BYTES);
+        newest_within(messages, budget, |m| session.recipient.encoded_size(m))
     }
 
     fn group(&self, value: &str) -> Result<GroupId, ChatError> {
         GroupId::parse(value, &self.config.limits)
     }
 
-    #[instrument(level = "debug", skip_all, fields(user = %session.user, group = group))]
+    #[instrument(level = "debug", skip_all, fields(user = ?session.user, group = ?group))]
     pub async fn create_group(&self, session: &Session, group: &str) -> Result<(), ChatError> {
         let group = self.group(group)?;
-        self.membership.create_group(&group).await?;
-        Ok(())
+        self.ensure_group(session, &group, true).await
     }
 
     pub async fn list_groups(&self) -> Result<Vec<GroupId>, ChatError> {
@@ -193,18 +301,43 @@ impl ChatService {
     /// Joins the connection to the group. On `Joined` the connection has been
     /// sent `OnHistory` (before this returns) and receives the group's messages
     /// from now on.
-    #[instrument(level = "debug", skip_all, fields(user = %session.user, group = group))]
+    #[instrument(level = "debug", skip_all, fields(user = ?session.user, group = ?group))]
     pub async fn join_group(
         &self,
         session: &Session,
         group: &str,
     ) -> Result<JoinOutcome, ChatError> {
         let group = self.group(group)?;
-        if self.config.auto_create_groups {
-            self.membership.create_group(&group).await?;
-        } else if !self.membership.group_exists(&group).await? {
-            return Err(ChatError::GroupNotFound(group));
+        if session.has_joined(&group) {
+            // Joining again only sends the history again: no new place is taken.
+            return self.join_reserved(session, group).await;
         }
+        let max_groups = self.config.max_groups_per_connection;
+        if session.joined_count() >= max_groups {
+            return Err(ChatError::TooManyGroupsJoined { limit: max_groups });
+        }
+        let max_connections = self.config.max_connections_per_user_in_group;
+        if !session.limits.reserve_group(&group, max_connections) {
+            return Err(ChatError::TooManyConnectionsInGroup {
+                user: session.user.clone(),
+                group,
+                limit: max_connections,
+            });
+        }
+        let outcome = self.join_reserved(session, group.clone()).await;
+        if !matches!(outcome, Ok(JoinOutcome::Joined)) {
+            session.limits.release_group(&group);
+        }
+        outcome
+    }
+
+    /// `join_group` once the connection's place in the user's count is taken.
+    async fn join_reserved(
+        &self,
+        session: &Session,
+        group: GroupId,
+    ) -> Result<JoinOutcome, ChatError> {
+        self.ensure_group(session, &group, self.config.auto_create_groups).await?;
         let outcome = self
             .membership
             .join(&group, &session.user, session.connection_id(), self.config.max_members)
@@ -217,7 +350,7 @@ impl ChatService {
         let pending = self.fanout.subscribe(&group, Arc::clone(&session.recipient));
         session.set_joined(&group, true);
         let history = match self.history.read(&group, None, self.config.history_on_join).await {
-            Ok(history) => history,
+            Ok(history) => self.fit_page(session, history),
             Err(error) => {
                 if pending.is_some() {
                     self.fanout.unsubscribe(&group, session.connection_id());
@@ -236,11 +369,12 @@ impl ChatService {
         Ok(JoinOutcome::Joined)
     }
 
-    #[instrument(level = "debug", skip_all, fields(user = %session.user, group = group))]
+    #[instrument(level = "debug", skip_all, fields(user = ?session.user, group = ?group))]
     pub async fn leave_group(&self, session: &Session, group: &str) -> Result<(), ChatError> {
         let group = self.group(group)?;
         if session.set_joined(&group, false) {
             self.fanout.unsubscribe(&group, session.connection_id());
+            session.limits.release_group(&group);
             self.membership.leave(&group, &session.user, session.connection_id()).await?;
         }
         Ok(())
@@ -251,7 +385,7 @@ impl ChatService {
     /// message, or the save timeout passed); a caller may go on to the
     /// connection's next invocation meanwhile, as the message's place in the
     /// group's order is already fixed.
-    #[instrument(level = "debug", skip_all, fields(user = %session.user, group = group))]
+    #[instrument(level = "debug", skip_all, fields(user = ?session.user, group = ?group))]
     pub async fn accept_message(
         &self,
         session: &Session,
@@ -269,6 +403,7 @@ impl ChatService {
             }
         }
         self.history.has_room()?;
+        self.take_token(session, Limited::Messages)?;
         let draft = NewMessage { author: session.user.clone(), group, text };
         let message = self.messaging.publish(draft, &|m: &Message| self.history.accept(m)).await?;
         let stored = self.history.wait_saved(&message.group, message.id);
@@ -287,7 +422,7 @@ impl ChatService {
     }
 
     /// Up to `limit` messages older than `before` (the latest if `None`), oldest first.
-    #[instrument(level = "debug", skip_all, fields(user = %session.user, group = group))]
+    #[instrument(level = "debug", skip_all, fields(user = ?session.user, group = ?group))]
     pub async fn get_history(
         &self,
         session: &Session,
@@ -310,12 +445,49 @@ impl ChatService {
             }
             None => None,
         };
-        Ok(self.history.read(&group, before, limit).await?)
+        let page = self.history.read(&group, before, limit).await?;
+        Ok(self.fit_page(session, page))
     }
 
     /// Stores what history has not yet stored, for at most `timeout`; returns
     /// how many messages were left unsaved.
     pub async fn flush_history(&self, timeout: Duration) -> usize {
         self.history.flush(Instant::now() + timeout).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn messages(sizes: &[usize]) -> Vec<Message> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Message {
+                id: MessageId::new(1, i as u64),
+                author: UserId::from_trusted("ann"),
+                group: GroupId::from_trusted("g"),
+                send_time: SystemTime::UNIX_EPOCH,
+                text: MessageText::from_trusted(&"x".repeat(n)),
+            })
+            .collect()
+    }
+
+    fn ids(page: &[Message]) -> Vec<u64> {
+        page.iter().map(|m| m.id.seq).collect()
+    }
+
+    #[test]
+    fn a_page_keeps_the_newest_messages_that_fit() {
+        let size = |m: &Message| m.text.as_str().len();
+        assert_eq!(ids(&newest_within(messages(&[10, 10, 10, 10]), 25, size)), [2, 3]);
+        assert_eq!(ids(&newest_within(messages(&[10, 10, 10, 10]), 40, size)), [0, 1, 2, 3]);
+        assert_eq!(ids(&newest_within(messages(&[5, 30, 10]), 25, size)), [2]);
+        // One message larger than the page still goes out, so paging goes on.
+        assert_eq!(ids(&newest_within(messages(&[10, 100]), 25, size)), [1]);
+        assert!(newest_within(Vec::new(), 25, size).is_empty());
     }
 }

@@ -53,6 +53,9 @@ impl Recipient for Recorder {
     fn deliver_history(&self, messages: &[Message]) {
         self.seen.lock().unwrap().push(Seen::History(messages.iter().map(|m| m.id).collect()));
     }
+    fn encoded_size(&self, message: &Message) -> usize {
+        message.text.as_str().len()
+    }
 }
 
 #[test]

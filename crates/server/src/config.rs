@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use next_chat_core::{ChatConfig, HistoryWriterConfig, Limits};
+use next_chat_core::{ChatConfig, HistoryWriterConfig, Limits, Rate};
 use serde::Deserialize;
 
 #[derive(Debug, Parser)]
@@ -131,6 +131,33 @@ pub struct Settings {
     // ── history and Redis limits settings go here (keep this marker line) ──
 
     // ── chat rules limits settings go here (keep this marker line) ──
+    /// Most bytes of messages in one OnHistory or GetHistory page; a page holds fewer messages rather than exceed it [default: 1048576]
+    #[arg(long, env = "NEXT_CHAT_HISTORY_PAGE_MAX_BYTES", global = true, value_name = "BYTES")]
+    pub history_page_max_bytes: Option<usize>,
+
+    /// Most groups one connection may have joined at once [default: 100]
+    #[arg(long, env = "NEXT_CHAT_MAX_GROUPS_PER_CONNECTION", global = true, value_name = "N")]
+    pub max_groups_per_connection: Option<usize>,
+
+    /// Most of one user's connections joined to one group, per instance [default: 10]
+    #[arg(long, env = "NEXT_CHAT_MAX_CONNECTIONS_PER_USER_IN_GROUP", global = true, value_name = "N")]
+    pub max_connections_per_user_in_group: Option<usize>,
+
+    /// SendMessage calls per second per user, per instance [default: 2000]
+    #[arg(long, env = "NEXT_CHAT_USER_MESSAGES_PER_SECOND", global = true, value_name = "N")]
+    pub user_messages_per_second: Option<u32>,
+
+    /// SendMessage calls a user may make at once beyond the rate [default: twice the rate]
+    #[arg(long, env = "NEXT_CHAT_USER_MESSAGES_BURST", global = true, value_name = "N")]
+    pub user_messages_burst: Option<u32>,
+
+    /// Groups one user may create per minute (also the burst), per instance [default: 60]
+    #[arg(long, env = "NEXT_CHAT_GROUPS_CREATED_PER_MINUTE", global = true, value_name = "N")]
+    pub groups_created_per_minute: Option<u32>,
+
+    /// Most groups the server holds; creating another is refused [default: 100000]
+    #[arg(long, env = "NEXT_CHAT_MAX_GROUPS", global = true, value_name = "N")]
+    pub max_groups: Option<usize>,
 }
 
 /// Takes each setting from `$high` where set, else from `$low`.
@@ -174,6 +201,13 @@ impl Settings {
                 // ── history and Redis limits settings go here (keep this marker line) ──
 
                 // ── chat rules limits settings go here (keep this marker line) ──
+                history_page_max_bytes,
+                max_groups_per_connection,
+                max_connections_per_user_in_group,
+                user_messages_per_second,
+                user_messages_burst,
+                groups_created_per_minute,
+                max_groups,
             ]
         )
     }
@@ -286,6 +320,14 @@ fn positive(key: &'static str, value: Option<usize>, default: usize) -> Result<u
     }
 }
 
+fn positive_u32(key: &'static str, value: Option<u32>, default: u32) -> Result<u32, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(bad(key, "must be at least 1")),
+        Some(n) => Ok(n),
+    }
+}
+
 fn seconds(key: &'static str, value: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(Duration::from_secs(default)),
@@ -343,6 +385,37 @@ impl Config {
             history_on_join: positive("history_on_join", s.history_on_join, 100)?,
             require_join_to_send: s.require_join_to_send.unwrap_or(true),
             auto_create_groups: s.auto_create_groups.unwrap_or(true),
+            history_page_max_bytes: match s.history_page_max_bytes {
+                Some(n) if n < 4096 => {
+                    return Err(bad("history_page_max_bytes", "must be at least 4096"));
+                }
+                n => n.unwrap_or(1024 * 1024),
+            },
+            max_groups_per_connection: positive(
+                "max_groups_per_connection",
+                s.max_groups_per_connection,
+                100,
+            )?,
+            max_connections_per_user_in_group: positive(
+                "max_connections_per_user_in_group",
+                s.max_connections_per_user_in_group,
+                10,
+            )?,
+            user_messages: {
+                let rate = positive_u32("user_messages_per_second", s.user_messages_per_second, 2000)?;
+                let burst = positive_u32(
+                    "user_messages_burst",
+                    s.user_messages_burst,
+                    rate.saturating_mul(2),
+                )?;
+                Rate::per_second(rate, burst)
+            },
+            groups_created: {
+                let rate =
+                    positive_u32("groups_created_per_minute", s.groups_created_per_minute, 60)?;
+                Rate::per_minute(rate, rate)
+            },
+            max_groups: positive("max_groups", s.max_groups, 100_000)?,
             ..ChatConfig::default()
         };
         let history = HistoryWriterConfig {
@@ -416,6 +489,24 @@ mod tests {
         assert_eq!(config.history.save_timeout, Duration::from_millis(500));
         assert_eq!(config.max_message_size, 131072);
         assert!(config.migrate);
+        assert_eq!(config.chat.history_page_max_bytes, 1024 * 1024);
+        assert_eq!(config.chat.max_groups_per_connection, 100);
+        assert_eq!(config.chat.max_connections_per_user_in_group, 10);
+        assert_eq!(config.chat.user_messages, Rate::per_second(2000, 4000));
+        assert_eq!(config.chat.groups_created, Rate::per_minute(60, 60));
+        assert_eq!(config.chat.max_groups, 100_000);
+    }
+
+    #[test]
+    fn chat_rule_limits_are_settings() {
+        let config = parse(&["--user-messages-per-second", "10", "--groups-created-per-minute", "3"])
+            .unwrap();
+        assert_eq!(config.chat.user_messages, Rate::per_second(10, 20), "burst defaults to 2 s");
+        assert_eq!(config.chat.groups_created, Rate::per_minute(3, 3));
+        let err = parse(&["--history-page-max-bytes", "100"]).unwrap_err();
+        assert_eq!(err.key, "history_page_max_bytes");
+        assert_eq!(parse(&["--user-messages-burst", "0"]).unwrap_err().key, "user_messages_burst");
+        assert_eq!(parse(&["--max-groups", "0"]).unwrap_err().key, "max_groups");
     }
 
     #[test]

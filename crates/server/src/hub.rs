@@ -77,6 +77,51 @@ impl Recipient for ConnectionRecipient {
             self.metrics.slow_consumers_closed.inc();
         }
     }
+
+    fn encoded_size(&self, message: &Message) -> usize {
+        message_size_bound(message)
+    }
+}
+
+/// Room a `Message` takes besides its four strings: the keys, the quoted
+/// RFC 3339 `sendTime` (26 bytes), braces and commas come to 77 bytes in JSON;
+/// MessagePack's map, key and string headers and its timestamp fit too.
+const MESSAGE_FIXED_BYTES: usize = 128;
+
+/// An upper bound on the bytes `message` takes in a history page, in JSON or
+/// MessagePack: its strings as `serde_json` escapes them (a control character
+/// is six bytes, `\u00XX`, as our JSON writer also writes it) plus the fixed
+/// part. MessagePack writes each string raw after a header of at most five
+/// bytes, never more than JSON's quotes and escapes.
+pub fn message_size_bound(message: &Message) -> usize {
+    let id = message.id.to_string();
+    [id.as_str(), message.author.as_str(), message.group.as_str(), message.text.as_str()]
+        .into_iter()
+        .map(json_string_len)
+        .sum::<usize>()
+        + MESSAGE_FIXED_BYTES
+}
+
+/// Bytes `serde_json` writes for `text` as a JSON string, quotes included,
+/// counted without building the string.
+fn json_string_len(text: &str) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `str` to an infallible writer cannot fail; if it ever did,
+    // the worst case (six bytes a character) keeps the bound an upper one.
+    match serde_json::to_writer(&mut count, text) {
+        Ok(()) => count.0,
+        Err(_) => 2 + 6 * text.len(),
+    }
 }
 
 /// `Message` as the contract shapes it; `sendTime` is a timestamp, which JSON
@@ -193,7 +238,7 @@ enum Reply {
 
 fn chat_error(error: ChatError) -> String {
     if let ChatError::Backend(backend) = &error {
-        warn!(backend = backend.backend, detail = %backend.detail, "backend error");
+        warn!(backend = backend.backend, detail = ?backend.detail, "backend error");
     }
     error.to_string()
 }
@@ -302,7 +347,7 @@ impl Hub for ChatHub {
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics.invocation(method.name(), outcome);
         if let Err(error) = &result {
-            debug!(method = method.name(), user = %session.session.user(), %error, "invocation failed");
+            debug!(method = method.name(), user = ?session.session.user(), ?error, "invocation failed");
         }
         match result {
             Ok(Reply::Now(value)) => Invoked::Done(Ok(value)),
@@ -317,5 +362,54 @@ impl Hub for ChatHub {
     async fn disconnected(&self, session: ChatSession) {
         self.chat.close_session(&session.session).await;
         self.metrics.connections.get_or_create(&session.labels).dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use next_chat_core::{MessageId, MessageText, UserId};
+    use next_chat_signalr::{Outcome, Protocol};
+
+    use super::*;
+
+    fn page_record(protocol: Protocol, messages: &[Message]) -> usize {
+        let page = Value::Array(messages.iter().map(message_value).collect());
+        protocol
+            .encode(&HubMessage::Completion { invocation_id: "1".into(), outcome: Outcome::Result(page) })
+            .len()
+    }
+
+    #[test]
+    fn the_size_bound_holds_for_both_protocols_whatever_the_text() {
+        let texts = [
+            "hi".to_string(),
+            (0..16_384).map(|i| char::from(1 + (i % 30) as u8)).collect(),
+            "😀".repeat(16_384),
+            "\"\\".repeat(8_192),
+            "é".repeat(16_384),
+        ];
+        for text in texts {
+            let message = Message {
+                id: MessageId::new(1_732_776_000_000, 12),
+                author: UserId::from_trusted(&"\u{1}".repeat(64)),
+                group: GroupId::from_trusted("off-topic"),
+                send_time: SystemTime::now(),
+                text: MessageText::from_trusted(&text),
+            };
+            let bound = message_size_bound(&message);
+            let messages = vec![message.clone(), message];
+            for protocol in Protocol::ALL {
+                let record = page_record(protocol, &messages);
+                assert!(
+                    record <= 2 * bound + next_chat_core::PAGE_ENVELOPE_BYTES,
+                    "{protocol:?}: {record} bytes > 2 × {bound} + envelope"
+                );
+            }
+            // Tight enough to be useful: JSON is within the fixed part of the bound.
+            let json = page_record(Protocol::Json, &messages[..1]);
+            assert!(bound <= json + MESSAGE_FIXED_BYTES, "{bound} vs {json}");
+        }
     }
 }

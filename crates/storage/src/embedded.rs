@@ -71,6 +71,10 @@ impl Membership for EmbeddedMembership {
         Ok(exists)
     }
 
+    async fn group_count(&self) -> Result<usize, BackendError> {
+        self.store.group_count().await
+    }
+
     async fn list_groups(
         &self,
         after: Option<&GroupId>,

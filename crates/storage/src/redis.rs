@@ -704,6 +704,15 @@ impl Membership for RedisMembership {
         Ok(score.is_some())
     }
 
+    async fn group_count(&self) -> Result<usize, BackendError> {
+        let inner = &self.inner;
+        let mut connection = inner.connection.clone();
+        run(&inner.config, &inner.health, "count groups", async {
+            ::redis::cmd("ZCARD").arg(inner.config.groups_key()).query_async(&mut connection).await
+        })
+        .await
+    }
+
     async fn list_groups(
         &self,
         after: Option<&GroupId>,

@@ -157,6 +157,14 @@ impl SqliteStore {
         Ok(())
     }
 
+    pub async fn group_count(&self) -> Result<usize, BackendError> {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM chat_groups")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| error("count groups", e))?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
     pub async fn group_exists(&self, group: &GroupId) -> Result<bool, BackendError> {
         let row = sqlx::query("SELECT 1 FROM chat_groups WHERE group_id = ?")
             .bind(group.as_str())

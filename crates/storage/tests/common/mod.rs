@@ -62,6 +62,10 @@ impl Recipient for RecordingRecipient {
     }
 
     fn deliver_history(&self, _messages: &[Message]) {}
+
+    fn encoded_size(&self, message: &Message) -> usize {
+        message.text.as_str().len()
+    }
 }
 
 /// Subscribes a recording recipient to `group` on `fanout` and opens it with
