@@ -110,6 +110,16 @@ async fn group_ids_with_format_characters_are_refused() {
 #[tokio::test]
 async fn a_connection_joins_at_most_max_groups_per_connection() {
     let server = TestServer::embedded().await;
+    // The groups exist already (made by several users, each within its
+    // creation rate), so only the per-connection bound is in play.
+    for creator in 0..3 {
+        let mut user = json_hub(&server.ws_url(), &format!("creator{creator}")).await;
+        let calls: Vec<_> = (0..101)
+            .filter(|i| i % 3 == creator)
+            .map(|i| (format!("c{i}"), "CreateGroup", json!([format!("g{i:03}")])))
+            .collect();
+        invoke_all(&mut user, &calls).await.values().for_each(assert_ok);
+    }
     let mut ann = json_hub(&server.ws_url(), "ann").await;
     let calls: Vec<_> =
         (0..101).map(|i| (format!("j{i}"), "JoinGroup", json!([format!("g{i:03}")]))).collect();
