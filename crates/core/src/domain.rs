@@ -286,14 +286,27 @@ mod tests {
     fn identifiers_reject_format_characters_and_blank_values() {
         let limits = Limits::default();
         let format = [
-            "a\u{200B}b", "a\u{200C}", "\u{200D}", "\u{202E}abc", "a\u{2066}b\u{2069}",
-            "\u{FEFF}a", "soft\u{AD}hyphen", "a\u{2060}", "\u{E0001}tag",
+            "a\u{200B}b",
+            "a\u{200C}",
+            "\u{200D}",
+            "\u{202E}abc",
+            "a\u{2066}b\u{2069}",
+            "\u{FEFF}a",
+            "soft\u{AD}hyphen",
+            "a\u{2060}",
+            "\u{E0001}tag",
         ];
         for value in format {
             let err = GroupId::parse(value, &limits).unwrap_err().to_string();
-            assert!(err.starts_with("groupId must not contain format characters"), "{value:?}: {err}");
+            assert!(
+                err.starts_with("groupId must not contain format characters"),
+                "{value:?}: {err}"
+            );
             let err = UserId::parse(value, &limits).unwrap_err().to_string();
-            assert!(err.starts_with("user id must not contain format characters"), "{value:?}: {err}");
+            assert!(
+                err.starts_with("user id must not contain format characters"),
+                "{value:?}: {err}"
+            );
         }
         let err = UserId::parse("\u{202E}x", &limits).unwrap_err().to_string();
         assert!(err.ends_with("U+202E is character 1"), "{err}");

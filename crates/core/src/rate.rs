@@ -237,11 +237,8 @@ mod tests {
 
     #[test]
     fn group_reservations_count_connections() {
-        let limits = UserLimits::new(
-            Instant::now(),
-            &Rate::per_second(1, 1),
-            &Rate::per_minute(1, 1),
-        );
+        let limits =
+            UserLimits::new(Instant::now(), &Rate::per_second(1, 1), &Rate::per_minute(1, 1));
         let g = GroupId::from_trusted("g");
         assert!(limits.reserve_group(&g, 2));
         assert!(limits.reserve_group(&g, 2));

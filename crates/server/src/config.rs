@@ -140,7 +140,12 @@ pub struct Settings {
     pub max_groups_per_connection: Option<usize>,
 
     /// Most of one user's connections joined to one group, per instance [default: 10]
-    #[arg(long, env = "NEXT_CHAT_MAX_CONNECTIONS_PER_USER_IN_GROUP", global = true, value_name = "N")]
+    #[arg(
+        long,
+        env = "NEXT_CHAT_MAX_CONNECTIONS_PER_USER_IN_GROUP",
+        global = true,
+        value_name = "N"
+    )]
     pub max_connections_per_user_in_group: Option<usize>,
 
     /// SendMessage calls per second per user, per instance [default: 2000]
@@ -402,7 +407,8 @@ impl Config {
                 10,
             )?,
             user_messages: {
-                let rate = positive_u32("user_messages_per_second", s.user_messages_per_second, 2000)?;
+                let rate =
+                    positive_u32("user_messages_per_second", s.user_messages_per_second, 2000)?;
                 let burst = positive_u32(
                     "user_messages_burst",
                     s.user_messages_burst,
@@ -499,8 +505,9 @@ mod tests {
 
     #[test]
     fn chat_rule_limits_are_settings() {
-        let config = parse(&["--user-messages-per-second", "10", "--groups-created-per-minute", "3"])
-            .unwrap();
+        let config =
+            parse(&["--user-messages-per-second", "10", "--groups-created-per-minute", "3"])
+                .unwrap();
         assert_eq!(config.chat.user_messages, Rate::per_second(10, 20), "burst defaults to 2 s");
         assert_eq!(config.chat.groups_created, Rate::per_minute(3, 3));
         let err = parse(&["--history-page-max-bytes", "100"]).unwrap_err();

@@ -377,7 +377,10 @@ mod tests {
     fn page_record(protocol: Protocol, messages: &[Message]) -> usize {
         let page = Value::Array(messages.iter().map(message_value).collect());
         protocol
-            .encode(&HubMessage::Completion { invocation_id: "1".into(), outcome: Outcome::Result(page) })
+            .encode(&HubMessage::Completion {
+                invocation_id: "1".into(),
+                outcome: Outcome::Result(page),
+            })
             .len()
     }
 

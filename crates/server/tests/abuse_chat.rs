@@ -10,16 +10,20 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::SinkExt;
-use tokio_tungstenite::tungstenite::Message as Frame;
 use next_chat_testkit::TestServer;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as Frame;
 
 /// Sends every invocation without waiting for any completion (a client
 /// pipelining its calls, one WebSocket message each) and returns the
 /// completions by invocation id.
-async fn invoke_all(socket: &mut Socket, calls: &[(String, &str, Value)]) -> HashMap<String, Value> {
+async fn invoke_all(
+    socket: &mut Socket,
+    calls: &[(String, &str, Value)],
+) -> HashMap<String, Value> {
     for (id, target, args) in calls {
-        let invocation = json!({"type": 1, "invocationId": id, "target": target, "arguments": args});
+        let invocation =
+            json!({"type": 1, "invocationId": id, "target": target, "arguments": args});
         socket.feed(Frame::text(format!("{invocation}{RS}"))).await.expect("queue a frame");
     }
     socket.flush().await.expect("send the frames");
@@ -58,7 +62,15 @@ fn retry_ms(error: &str) -> u64 {
 fn percent_encode(value: &str) -> String {
     value
         .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(
+            |b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            },
+        )
         .collect()
 }
 
@@ -76,12 +88,17 @@ async fn user_ids_with_format_characters_or_only_whitespace_are_refused() {
         ("\u{3000}\u{2003}", "blank"),
     ];
     for (user, rule) in bad {
-        let path = format!("/next-chat/negotiate?negotiateVersion=1&access_token={}", percent_encode(user));
+        let path = format!(
+            "/next-chat/negotiate?negotiateVersion=1&access_token={}",
+            percent_encode(user)
+        );
         let (status, body) = http(server.port, "POST", &path, &[]).await;
         assert_eq!(status, 401, "user {user:?}: {body}");
         assert!(body.contains("user id") && body.contains(rule), "user {user:?}: {body}");
     }
-    let (status, body) = http(server.port, "POST", "/next-chat/negotiate?negotiateVersion=1&access_token=ann", &[]).await;
+    let (status, body) =
+        http(server.port, "POST", "/next-chat/negotiate?negotiateVersion=1&access_token=ann", &[])
+            .await;
     assert_eq!(status, 200, "{body}");
     let mut ann = json_hub(&server.ws_url(), "ann").await;
     assert_usable(&mut ann, "1").await;
@@ -139,14 +156,19 @@ async fn a_user_joins_one_group_from_at_most_max_connections_per_user_in_group()
     let mut sockets = Vec::new();
     for i in 0..10 {
         let mut socket = json_hub(&server.ws_url(), "ann").await;
-        assert_eq!(json_invoke(&mut socket, &format!("j{i}"), "JoinGroup", json!(["g"])).await["result"], 0);
+        assert_eq!(
+            json_invoke(&mut socket, &format!("j{i}"), "JoinGroup", json!(["g"])).await["result"],
+            0
+        );
         sockets.push(socket);
     }
     let mut eleventh = json_hub(&server.ws_url(), "ann").await;
     let completion = json_invoke(&mut eleventh, "j", "JoinGroup", json!(["g"])).await;
     let error = error_of(&completion);
     assert!(
-        error.contains("max_connections_per_user_in_group") && error.contains("10") && error.contains("ann"),
+        error.contains("max_connections_per_user_in_group")
+            && error.contains("10")
+            && error.contains("ann"),
         "{error}"
     );
     assert_usable(&mut eleventh, "1").await;
@@ -159,7 +181,9 @@ async fn a_user_joins_one_group_from_at_most_max_connections_per_user_in_group()
 #[tokio::test]
 async fn sending_faster_than_the_user_rate_is_refused_with_a_retry_time() {
     let server = TestServer::start(
-        ["--user-messages-per-second", "10", "--user-messages-burst", "10"].map(String::from).to_vec(),
+        ["--user-messages-per-second", "10", "--user-messages-burst", "10"]
+            .map(String::from)
+            .to_vec(),
     )
     .await;
     let mut ann = json_hub(&server.ws_url(), "ann").await;
@@ -170,10 +194,15 @@ async fn sending_faster_than_the_user_rate_is_refused_with_a_retry_time() {
     let errors: Vec<&str> =
         completions.values().filter(|c| c.get("error").is_some()).map(error_of).collect();
     let accepted = completions.len() - errors.len();
-    assert!((10..40).contains(&accepted), "the burst of 10 and what refilled got through: {accepted}");
+    assert!(
+        (10..40).contains(&accepted),
+        "the burst of 10 and what refilled got through: {accepted}"
+    );
     for error in &errors {
         assert!(
-            error.starts_with("rate limited: more than 10 messages per second for user ann; retry in "),
+            error.starts_with(
+                "rate limited: more than 10 messages per second for user ann; retry in "
+            ),
             "{error}"
         );
         assert!((1..=100).contains(&retry_ms(error)), "one message per 100 ms: {error}");
@@ -182,7 +211,8 @@ async fn sending_faster_than_the_user_rate_is_refused_with_a_retry_time() {
     // Send until refused, then wait the time the error names: that is enough.
     let mut refused = None;
     for i in 0..20 {
-        let completion = json_invoke(&mut ann, &format!("t{i}"), "SendMessage", json!(["g", "t"])).await;
+        let completion =
+            json_invoke(&mut ann, &format!("t{i}"), "SendMessage", json!(["g", "t"])).await;
         if let Some(error) = completion["error"].as_str() {
             refused = Some(retry_ms(error));
             break;
@@ -205,7 +235,9 @@ async fn creating_groups_faster_than_the_user_rate_is_refused() {
         let completion = json_invoke(&mut ann, method, method, json!([group])).await;
         let error = error_of(&completion);
         assert!(
-            error.starts_with("rate limited: more than 3 groups created per minute for user ann; retry in "),
+            error.starts_with(
+                "rate limited: more than 3 groups created per minute for user ann; retry in "
+            ),
             "{method}: {error}"
         );
         assert!((1..=60_000).contains(&retry_ms(error)), "{error}");
@@ -270,9 +302,8 @@ async fn history_pages_are_capped_in_bytes_whether_or_not_the_client_reads() {
     assert_eq!(json_invoke(&mut writer, "j", "JoinGroup", json!(["g"])).await["result"], 0);
     let text: String = (0..CONTROL_TEXT_CHARS).map(|i| char::from(1 + (i % 7) as u8)).collect();
     for batch in 0..MESSAGES / 50 {
-        let calls: Vec<_> = (0..50)
-            .map(|i| (format!("s{batch}-{i}"), "SendMessage", json!(["g", text])))
-            .collect();
+        let calls: Vec<_> =
+            (0..50).map(|i| (format!("s{batch}-{i}"), "SendMessage", json!(["g", text]))).collect();
         let completions = invoke_all(&mut writer, &calls).await;
         completions.values().for_each(assert_ok);
     }
@@ -282,7 +313,10 @@ async fn history_pages_are_capped_in_bytes_whether_or_not_the_client_reads() {
     let before = rss_kib(pid);
     let mut silent = json_hub(&server.ws_url(), "silent").await;
     // Its OnHistory is a page too; the client does not read that either.
-    let mut frame = format!("{}{RS}", json!({"type": 1, "invocationId": "j", "target": "JoinGroup", "arguments": ["g"]}));
+    let mut frame = format!(
+        "{}{RS}",
+        json!({"type": 1, "invocationId": "j", "target": "JoinGroup", "arguments": ["g"]})
+    );
     for i in 0..10 {
         let call = json!({"type": 1, "invocationId": format!("h{i}"), "target": "GetHistory", "arguments": ["g", null, 500]});
         frame.push_str(&format!("{call}{RS}"));
@@ -296,6 +330,7 @@ async fn history_pages_are_capped_in_bytes_whether_or_not_the_client_reads() {
     .await
     .expect("the server answers the ten GetHistory calls");
     let grown_mib = rss_kib(pid).saturating_sub(before) / 1024;
+    eprintln!("RSS grew by {grown_mib} MiB for ten unread GetHistory(g, null, 500) pages");
     assert!(grown_mib < 100, "RSS grew by {grown_mib} MiB for a client that does not read");
     drop(silent);
 
@@ -312,7 +347,11 @@ async fn history_pages_are_capped_in_bytes_whether_or_not_the_client_reads() {
             if value["target"] == "OnHistory" {
                 on_history_bytes = Some(record.len());
                 let messages = value["arguments"][0].as_array().expect("a message array");
-                assert!(!messages.is_empty() && messages.len() < 100, "{} messages", messages.len());
+                assert!(
+                    !messages.is_empty() && messages.len() < 100,
+                    "{} messages",
+                    messages.len()
+                );
             }
         }
         if on_history_bytes.is_some() {
@@ -346,7 +385,8 @@ async fn history_pages_are_capped_in_bytes_whether_or_not_the_client_reads() {
         if page.is_empty() {
             break;
         }
-        let ids: Vec<String> = page.iter().map(|m| m["id"].as_str().expect("an id").to_string()).collect();
+        let ids: Vec<String> =
+            page.iter().map(|m| m["id"].as_str().expect("an id").to_string()).collect();
         before = json!(ids[0]);
         seen.splice(0..0, ids);
     }
@@ -359,4 +399,5 @@ async fn history_pages_are_capped_in_bytes_whether_or_not_the_client_reads() {
     sorted.dedup();
     assert_eq!(sorted, seen, "oldest first, no repeats");
     assert!(pages > 40, "{pages} pages of at most 1 MiB for ~49 MB of history");
+    eprintln!("{pages} pages; OnHistory {on_history_bytes} bytes");
 }

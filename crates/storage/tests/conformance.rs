@@ -41,6 +41,7 @@ async fn groups_are_created_once_and_listed_in_code_point_order<F: Fixture>() {
     assert!(membership.group_exists(&group("é")).await.unwrap());
     assert!(!membership.group_exists(&group("A")).await.unwrap(), "case-sensitive");
     assert!(!membership.group_exists(&group("nope")).await.unwrap());
+    assert_eq!(membership.group_count().await.unwrap(), names.len(), "each group counted once");
 
     let mut expected: Vec<&str> = names.to_vec();
     expected.sort(); // str order is code-point order
