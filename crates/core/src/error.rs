@@ -2,9 +2,9 @@
 //! into a completion error (its `Display` is the text the client sees); nothing
 //! else maps errors to the outside world.
 
-use thiserror::Error;
-
 use std::time::Duration;
+
+use thiserror::Error;
 
 use crate::domain::{GroupId, MessageId, UserId};
 

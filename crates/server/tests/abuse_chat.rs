@@ -373,7 +373,7 @@ async fn history_pages_are_capped_in_bytes_whether_or_not_the_client_reads() {
             let text = String::from_utf8_lossy(&data).to_string();
             let found = text.split(RS).filter(|r| !r.is_empty()).find_map(|record| {
                 let value: Value = serde_json::from_str(record).expect("JSON");
-                (value["invocationId"] == id.as_str()).then(|| (record.len(), value))
+                (value["invocationId"] == id.as_str()).then_some((record.len(), value))
             });
             if let Some(found) = found {
                 break found;
