@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::json::{RECORD_SEPARATOR, write_str};
-use crate::protocol::Protocol;
+use crate::protocol::{Protocol, quote_untrusted};
 
 /// The highest hub protocol version accepted, as ASP.NET Core (the JS and .NET
 /// clients send 2; Python `signalrcore` sends 0 or 1).
@@ -64,12 +64,12 @@ impl HandshakeRequest {
     /// The protocol this server will speak for this request.
     pub fn select_protocol(&self) -> Result<Protocol, HandshakeError> {
         let protocol = Protocol::from_name(&self.protocol)
-            .ok_or_else(|| HandshakeError::UnsupportedProtocol(self.protocol.clone()))?;
+            .ok_or_else(|| HandshakeError::UnsupportedProtocol(quote_untrusted(&self.protocol)))?;
         if (0..=MAX_PROTOCOL_VERSION).contains(&self.version) {
             Ok(protocol)
         } else {
             Err(HandshakeError::UnsupportedVersion {
-                protocol: self.protocol.clone(),
+                protocol: quote_untrusted(&self.protocol),
                 version: self.version,
             })
         }

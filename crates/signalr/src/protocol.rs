@@ -141,6 +141,26 @@ impl Protocol {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_text_is_escaped_and_cut() {
+        assert_eq!(quote_untrusted("json"), "json");
+        assert_eq!(
+            quote_untrusted("json\n2026-12-02 WARN forged\u{1b}[31m\"x\""),
+            "json\\n2026-12-02 WARN forged\\u{1b}[31m\\\"x\\\""
+        );
+        let long = "a".repeat(QUOTED_CHARS + 5);
+        assert_eq!(
+            quote_untrusted(&long),
+            format!("{}…(5 more characters)", "a".repeat(QUOTED_CHARS))
+        );
+        assert!(!quote_untrusted("a\r\nb").contains(['\r', '\n']));
+    }
+}
+
 impl std::fmt::Display for Protocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -166,6 +186,26 @@ pub enum ProtocolError {
         "message holds more than {limit} values (one per {BYTES_PER_VALUE} bytes of the message size limit)"
     )]
     TooManyValues { limit: usize },
+}
+
+/// How many characters of a client's text an error or log line quotes.
+pub const QUOTED_CHARS: usize = 64;
+
+/// Client-supplied text made safe to quote in a log line or an error: control
+/// characters (newlines included) and quotes escaped as Rust writes them
+/// (`\n`, `\u{1b}`), and cut to [`QUOTED_CHARS`] characters, so a client can
+/// neither forge log lines nor make ours long.
+pub fn quote_untrusted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(QUOTED_CHARS) + 8);
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(QUOTED_CHARS) {
+        out.extend(c.escape_debug());
+    }
+    let rest = chars.count();
+    if rest > 0 {
+        out.push_str(&format!("…({rest} more characters)"));
+    }
+    out
 }
 
 /// A decoded value costs far more memory than its encoding (a one-byte MessagePack
