@@ -634,3 +634,51 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_second: u32, burst: u32) -> HubConfig {
+        HubConfig {
+            invocations_per_second: per_second,
+            invocation_burst: burst,
+            ..HubConfig::default()
+        }
+    }
+
+    #[test]
+    fn rate_limit_allows_a_burst_then_the_rate() {
+        let config = limits(10, 5);
+        let mut rate = RateLimit::default();
+        let start = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(rate.acquire(&config, start), Ok(()));
+        }
+        // The sixth call at once waits for one interval (100 ms).
+        assert_eq!(rate.acquire(&config, start), Err(Duration::from_millis(100)));
+        assert_eq!(
+            rate.acquire(&config, start + Duration::from_millis(60)),
+            Err(Duration::from_millis(40))
+        );
+        assert_eq!(rate.acquire(&config, start + Duration::from_millis(100)), Ok(()));
+        // Over a quiet second the bucket fills again, but never past the burst.
+        let later = start + Duration::from_secs(10);
+        for _ in 0..5 {
+            assert_eq!(rate.acquire(&config, later), Ok(()));
+        }
+        assert!(rate.acquire(&config, later).is_err());
+    }
+
+    #[test]
+    fn rate_limit_keeps_a_steady_sender_under_it() {
+        let config = limits(2000, 2000);
+        let mut rate = RateLimit::default();
+        let start = Instant::now();
+        // 1000 calls a second for 10 s, as the seed's load test sends.
+        for i in 0..10_000u32 {
+            let at = start + Duration::from_millis(u64::from(i));
+            assert_eq!(rate.acquire(&config, at), Ok(()), "call {i}");
+        }
+    }
+}
