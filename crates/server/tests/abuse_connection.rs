@@ -70,6 +70,7 @@ async fn frames_ending_inside_records_do_not_grow_the_input_buffer() {
     let completion = json_invoke(&mut socket, "1", "ListGroups", json!([])).await;
     assert!(completion.get("error").is_none(), "{completion}");
     let growth = rss(&server).saturating_sub(baseline);
+    eprintln!("RSS {} -> {} MiB", baseline / MIB, rss(&server) / MIB);
     // The bound: one partial record plus one frame (~200 KB) is held; 30 MB leaves
     // room for allocator slack and the runtime, and is a quarter of what was sent.
     assert!(growth < 30 * MIB, "RSS grew by {} MiB for {} MiB sent", growth / MIB, frames / 10);
