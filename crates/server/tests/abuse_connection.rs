@@ -142,11 +142,13 @@ async fn a_client_that_stops_reading_is_closed_when_its_queue_passes_the_byte_bo
     }
     assert_eq!(slow_consumers_closed(&server).await, slow_before + 1, "counted once");
     // Closed, its queue is dropped: RSS comes back (the writer gives up its
-    // socket within a second of the close).
+    // socket within a second of the close). Not all the way: the allocator keeps
+    // some freed memory for reuse (~50 MiB seen here); before the bound the ten
+    // pages stayed queued, 490 MB and growing.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let growth = rss(&server).saturating_sub(baseline);
-        if growth < 32 * MIB {
+        if growth < 100 * MIB {
             break;
         }
         assert!(Instant::now() < deadline, "RSS still {} MiB above baseline", growth / MIB);
@@ -155,6 +157,7 @@ async fn a_client_that_stops_reading_is_closed_when_its_queue_passes_the_byte_bo
     // At its peak the server held one page being written, one queued and one being
     // encoded (~3 × 49 MB plus the encoder's growth), not all ten (~490 MB).
     let peak_growth = proc_status_bytes(&server, "VmHWM").saturating_sub(peak_before);
+    eprintln!("peak RSS growth {} MiB", peak_growth / MIB);
     assert!(peak_growth < 300 * MIB, "peak RSS grew by {} MiB", peak_growth / MIB);
     drop(reader);
 }

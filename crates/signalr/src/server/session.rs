@@ -141,7 +141,8 @@ async fn run_inner<H: Hub>(
                 }
             }
         }
-        if let Some(completed) = invocations.start_next(hub, &session, config) {
+        // A rate-limited call completes at once, and the next may then start.
+        while let Some(completed) = invocations.start_next(hub, &session, config) {
             complete(&connection, protocol, completed);
         }
         let deadline = match &liveness {
