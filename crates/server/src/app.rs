@@ -114,6 +114,11 @@ impl App {
             // Stock clients batch records; each record is held to the limit.
             max_batch_size: config.max_message_size.saturating_mul(8),
             outbound_queue_capacity: config.outbound_queue,
+            outbound_queue_bytes: config.outbound_queue_bytes,
+            max_queued_invocations: config.max_queued_invocations,
+            max_queued_invocation_bytes: config.max_queued_invocation_bytes,
+            invocations_per_second: config.invocations_per_second,
+            invocation_burst: config.invocation_burst,
             ..HubConfig::default()
         };
         let hub = Arc::new(HubServer::new(

@@ -125,7 +125,30 @@ pub struct Settings {
     #[arg(long, env = "NEXT_CHAT_SHUTDOWN_TIMEOUT_SECS", global = true, value_name = "SECS")]
     pub shutdown_timeout_secs: Option<u64>,
     // ── connection limits (signalr session) settings go here (keep this marker line) ──
+    /// Bytes queued for one connection before it counts as too slow and is closed [default: 4194304]
+    #[arg(long, env = "NEXT_CHAT_OUTBOUND_QUEUE_BYTES", global = true, value_name = "BYTES")]
+    pub outbound_queue_bytes: Option<usize>,
 
+    /// Invocations queued on one connection while one runs, before it stops reading [default: 32]
+    #[arg(long, env = "NEXT_CHAT_MAX_QUEUED_INVOCATIONS", global = true, value_name = "N")]
+    pub max_queued_invocations: Option<usize>,
+
+    /// Bytes of invocations queued on one connection before it stops reading [default: 1048576]
+    #[arg(
+        long,
+        env = "NEXT_CHAT_MAX_QUEUED_INVOCATION_BYTES",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub max_queued_invocation_bytes: Option<usize>,
+
+    /// Invocations one connection may start per second on average [default: 2000]
+    #[arg(long, env = "NEXT_CHAT_INVOCATIONS_PER_SECOND", global = true, value_name = "N")]
+    pub invocations_per_second: Option<u32>,
+
+    /// Invocations one connection may start at once after a quiet spell [default: 2000]
+    #[arg(long, env = "NEXT_CHAT_INVOCATION_BURST", global = true, value_name = "N")]
+    pub invocation_burst: Option<u32>,
     // ── HTTP edge limits settings go here (keep this marker line) ──
 
     // ── history and Redis limits settings go here (keep this marker line) ──
@@ -200,7 +223,11 @@ impl Settings {
                 startup_timeout_secs,
                 shutdown_timeout_secs,
                 // ── connection limits (signalr session) settings go here (keep this marker line) ──
-
+                outbound_queue_bytes,
+                max_queued_invocations,
+                max_queued_invocation_bytes,
+                invocations_per_second,
+                invocation_burst,
                 // ── HTTP edge limits settings go here (keep this marker line) ──
 
                 // ── history and Redis limits settings go here (keep this marker line) ──
@@ -309,7 +336,11 @@ pub struct Config {
     pub startup_timeout: Duration,
     pub shutdown_timeout: Duration,
     // ── connection limits (signalr session) settings go here (keep this marker line) ──
-
+    pub outbound_queue_bytes: usize,
+    pub max_queued_invocations: usize,
+    pub max_queued_invocation_bytes: usize,
+    pub invocations_per_second: u32,
+    pub invocation_burst: u32,
     // ── HTTP edge limits settings go here (keep this marker line) ──
 
     // ── history and Redis limits settings go here (keep this marker line) ──
@@ -454,7 +485,31 @@ impl Config {
             },
             shutdown_timeout: seconds("shutdown_timeout_secs", s.shutdown_timeout_secs, 10)?,
             // ── connection limits (signalr session) settings go here (keep this marker line) ──
-
+            outbound_queue_bytes: positive(
+                "outbound_queue_bytes",
+                s.outbound_queue_bytes,
+                4 * 1024 * 1024,
+            )?,
+            max_queued_invocations: positive(
+                "max_queued_invocations",
+                s.max_queued_invocations,
+                32,
+            )?,
+            max_queued_invocation_bytes: positive(
+                "max_queued_invocation_bytes",
+                s.max_queued_invocation_bytes,
+                1024 * 1024,
+            )?,
+            invocations_per_second: positive(
+                "invocations_per_second",
+                s.invocations_per_second.map(|n| n as usize),
+                2000,
+            )? as u32,
+            invocation_burst: positive(
+                "invocation_burst",
+                s.invocation_burst.map(|n| n as usize),
+                2000,
+            )? as u32,
             // ── HTTP edge limits settings go here (keep this marker line) ──
 
             // ── history and Redis limits settings go here (keep this marker line) ──

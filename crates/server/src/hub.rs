@@ -32,6 +32,8 @@ impl ChatHub {
 pub struct ChatSession {
     session: Session,
     labels: ConnectionLabels,
+    /// Asked at the end whether it was closed as a slow consumer.
+    connection: Connection,
 }
 
 /// A SignalR connection as the chat's fan-out sees it.
@@ -60,22 +62,18 @@ impl Recipient for ConnectionRecipient {
         let record = delivery.encoded(protocol.slot(), |message| {
             encode_invocation(&self.connection, "OnMessage", message_value(message))
         });
-        match self.connection.send(record) {
-            Ok(()) => {
-                self.metrics.messages_delivered.inc();
-            }
-            Err(_) => {
-                self.metrics.slow_consumers_closed.inc();
-            }
+        // A refused record has closed the connection as a slow consumer (counted
+        // once, in `disconnected`) or it was closed already.
+        if self.connection.send(record).is_ok() {
+            self.metrics.messages_delivered.inc();
         }
     }
 
     fn deliver_history(&self, messages: &[Message]) {
         let history = Value::Array(messages.iter().map(message_value).collect());
         let record = encode_invocation(&self.connection, "OnHistory", history);
-        if self.connection.send(record).is_err() {
-            self.metrics.slow_consumers_closed.inc();
-        }
+        // Refused: see `deliver`.
+        let _ = self.connection.send(record);
     }
 
     fn encoded_size(&self, message: &Message) -> usize {
@@ -327,11 +325,11 @@ impl Hub for ChatHub {
         self.metrics.connections.get_or_create(&labels).inc();
         let recipient = ConnectionRecipient {
             id: ConnectionId::new(connection.id()),
-            connection,
+            connection: connection.clone(),
             metrics: Arc::clone(&self.metrics),
         };
         let session = self.chat.open_session(user, Arc::new(recipient));
-        Ok(ChatSession { session, labels })
+        Ok(ChatSession { session, labels, connection })
     }
 
     async fn invoke(&self, session: &ChatSession, target: &str, arguments: Vec<Value>) -> Invoked {
@@ -362,6 +360,11 @@ impl Hub for ChatHub {
     async fn disconnected(&self, session: ChatSession) {
         self.chat.close_session(&session.session).await;
         self.metrics.connections.get_or_create(&session.labels).dec();
+        // Whichever record overflowed its queue (a delivery, OnHistory, or a
+        // completion such as a GetHistory page), the connection counts once.
+        if session.connection.closed_as_slow_consumer() {
+            self.metrics.slow_consumers_closed.inc();
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::json::{RECORD_SEPARATOR, write_str};
-use crate::protocol::Protocol;
+use crate::protocol::{Protocol, quote_untrusted};
 
 /// The highest hub protocol version accepted, as ASP.NET Core (the JS and .NET
 /// clients send 2; Python `signalrcore` sends 0 or 1).
@@ -64,12 +64,12 @@ impl HandshakeRequest {
     /// The protocol this server will speak for this request.
     pub fn select_protocol(&self) -> Result<Protocol, HandshakeError> {
         let protocol = Protocol::from_name(&self.protocol)
-            .ok_or_else(|| HandshakeError::UnsupportedProtocol(self.protocol.clone()))?;
+            .ok_or_else(|| HandshakeError::UnsupportedProtocol(quote_untrusted(&self.protocol)))?;
         if (0..=MAX_PROTOCOL_VERSION).contains(&self.version) {
             Ok(protocol)
         } else {
             Err(HandshakeError::UnsupportedVersion {
-                protocol: self.protocol.clone(),
+                protocol: quote_untrusted(&self.protocol),
                 version: self.version,
             })
         }
@@ -89,6 +89,54 @@ impl HandshakeRequest {
 /// The position of the separator that ends the handshake record in `buffer`.
 pub fn find_record_end(buffer: &[u8]) -> Option<usize> {
     buffer.iter().position(|b| *b == RECORD_SEPARATOR)
+}
+
+/// Collects the handshake request as chunks arrive. It remembers how far it has
+/// searched for the separator, so a request split into many small chunks is
+/// searched once in all, not once per chunk (which would be quadratic).
+#[derive(Debug, Default)]
+pub struct HandshakeBuffer {
+    bytes: Vec<u8>,
+    scanned: usize,
+    /// Bytes searched in all, for the test that the search is linear.
+    #[cfg(test)]
+    examined: usize,
+}
+
+impl HandshakeBuffer {
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+    }
+
+    /// Bytes received so far.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The position of the separator ending the request, once it has arrived.
+    pub fn record_end(&mut self) -> Option<usize> {
+        let found = find_record_end(&self.bytes[self.scanned..]);
+        #[cfg(test)]
+        {
+            self.examined += found.map_or(self.bytes.len() - self.scanned, |offset| offset + 1);
+        }
+        match found {
+            Some(offset) => Some(self.scanned + offset),
+            None => {
+                self.scanned = self.bytes.len();
+                None
+            }
+        }
+    }
+
+    /// Everything received: the request, then bytes of the chosen protocol.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// The server's answer: success, or an error for the client to show.
@@ -190,5 +238,29 @@ mod tests {
             Ok(HandshakeResponse::error("x"))
         );
         assert_eq!(find_record_end(b"{}\x1e{"), Some(2));
+    }
+
+    /// One byte at a time, a request of n bytes is searched n times in all, not
+    /// n²/2 (what searching the whole buffer on every chunk costs).
+    #[test]
+    fn handshake_search_is_linear_in_bytes_received() {
+        let padding = " ".repeat(50_000);
+        let request =
+            format!("{{\"protocol\":\"json\",{padding}\"version\":1}}\x1e{{\"type\":6}}\x1e");
+        let mut buffer = HandshakeBuffer::default();
+        let mut end = None;
+        for byte in request.as_bytes() {
+            buffer.push(std::slice::from_ref(byte));
+            end = buffer.record_end();
+            if end.is_some() {
+                break;
+            }
+        }
+        let end = end.expect("the separator is found");
+        assert_eq!(&buffer.as_bytes()[end + 1..], b"");
+        assert_eq!(end + 1, request.find('\x1e').expect("separator") + 1);
+        assert!(buffer.examined <= end + 1, "examined {} bytes for {}", buffer.examined, end + 1);
+        let parsed = HandshakeRequest::parse(&buffer.as_bytes()[..end]).expect("valid");
+        assert_eq!(parsed.protocol, "json");
     }
 }

@@ -24,8 +24,17 @@ pub fn encode(message: &HubMessage) -> Bytes {
 
 /// Decodes one record, given without its separator.
 pub fn decode_record(record: &[u8]) -> Result<HubMessage, ProtocolError> {
+    decode_record_within(record, usize::MAX)
+}
+
+/// Decodes one record holding at most `max_values` values (see
+/// [`crate::protocol::BYTES_PER_VALUE`]).
+pub fn decode_record_within(record: &[u8], max_values: usize) -> Result<HubMessage, ProtocolError> {
     let json: Json =
         serde_json::from_slice(record).map_err(|e| ProtocolError::MalformedJson(e.to_string()))?;
+    if !within_values(&json, &mut max_values.saturating_add(1)) {
+        return Err(ProtocolError::TooManyValues { limit: max_values });
+    }
     let Json::Object(fields) = json else {
         return Err(ProtocolError::MalformedJson("a hub message must be a JSON object".into()));
     };
@@ -125,6 +134,20 @@ pub fn decode_record(record: &[u8]) -> Result<HubMessage, ProtocolError> {
     })
 }
 
+/// Whether `json` holds no more than `budget` values (the record itself included);
+/// stops counting as soon as it is over.
+fn within_values(json: &Json, budget: &mut usize) -> bool {
+    if *budget == 0 {
+        return false;
+    }
+    *budget -= 1;
+    match json {
+        Json::Array(items) => items.iter().all(|item| within_values(item, budget)),
+        Json::Object(map) => map.values().all(|value| within_values(value, budget)),
+        _ => true,
+    }
+}
+
 fn invalid(message: &'static str, reason: String) -> ProtocolError {
     ProtocolError::InvalidMessage { message, reason }
 }
@@ -152,13 +175,23 @@ pub struct JsonDecoder {
     input: InputBuffer,
     /// The largest record accepted, so a peer cannot make us buffer without bound.
     max_message_size: usize,
-    /// Bytes of `input` already searched for a separator (avoids rescanning).
+    /// Bytes of `input` already searched for a separator: each byte is searched
+    /// once, however the records are split into chunks.
     scanned: usize,
+    /// Bytes searched in all, for the test that the search is linear.
+    #[cfg(test)]
+    examined: usize,
 }
 
 impl JsonDecoder {
     pub fn new(max_message_size: usize) -> Self {
-        Self { input: InputBuffer::default(), max_message_size, scanned: 0 }
+        Self {
+            input: InputBuffer::default(),
+            max_message_size,
+            scanned: 0,
+            #[cfg(test)]
+            examined: 0,
+        }
     }
 
     pub fn push(&mut self, chunk: &[u8]) {
@@ -172,8 +205,12 @@ impl JsonDecoder {
     /// The next whole record's message; `Ok(None)` until a separator arrives.
     pub fn next_message(&mut self) -> Result<Option<HubMessage>, ProtocolError> {
         let unread = self.input.unread();
-        let Some(offset) = unread[self.scanned..].iter().position(|b| *b == RECORD_SEPARATOR)
-        else {
+        let found = unread[self.scanned..].iter().position(|b| *b == RECORD_SEPARATOR);
+        #[cfg(test)]
+        {
+            self.examined += found.map_or(unread.len() - self.scanned, |offset| offset + 1);
+        }
+        let Some(offset) = found else {
             self.scanned = unread.len();
             if unread.len() > self.max_message_size {
                 return Err(ProtocolError::MessageTooLarge {
@@ -187,7 +224,10 @@ impl JsonDecoder {
         if end > self.max_message_size {
             return Err(ProtocolError::MessageTooLarge { size: end, limit: self.max_message_size });
         }
-        let message = decode_record(&unread[..end]);
+        let message = decode_record_within(
+            &unread[..end],
+            crate::protocol::max_values(self.max_message_size),
+        );
         self.input.consume(end + 1);
         self.scanned = 0;
         message.map(Some)
@@ -549,5 +589,84 @@ mod tests {
         let mut decoder = JsonDecoder::new(8);
         decoder.push(b"{\"type\":6}\x1e");
         assert!(matches!(decoder.next_message(), Err(ProtocolError::MessageTooLarge { .. })));
+    }
+
+    /// A record split into many chunks: `Ok(None)` for each, and each byte is
+    /// searched once (rescanning would examine ~n²/2 bytes for n one-byte chunks).
+    #[test]
+    fn decoder_search_is_linear_in_bytes_received() {
+        let record = encode(&HubMessage::Invocation {
+            invocation_id: Some("1".into()),
+            target: "Echo".into(),
+            arguments: vec!["x".repeat(20_000).into()],
+            stream_ids: vec![],
+        });
+        let mut decoder = JsonDecoder::new(128 * 1024);
+        let mut decoded = 0;
+        for _ in 0..3 {
+            for byte in record.iter() {
+                decoder.push(std::slice::from_ref(byte));
+                while decoder.next_message().expect("valid").is_some() {
+                    decoded += 1;
+                }
+            }
+        }
+        assert_eq!(decoded, 3);
+        assert!(
+            decoder.examined <= 3 * record.len(),
+            "examined {} bytes for {} received",
+            decoder.examined,
+            3 * record.len()
+        );
+    }
+
+    /// Chunks that each end part-way through a record (the finding): the
+    /// buffer holds one partial record plus one chunk, not everything received.
+    #[test]
+    fn decoder_buffer_does_not_grow_with_partial_chunks() {
+        let record = encode(&HubMessage::Invocation {
+            invocation_id: None,
+            target: "Echo".into(),
+            arguments: vec!["y".repeat(1000).into()],
+            stream_ids: vec![],
+        });
+        let mut stream = Vec::new();
+        for _ in 0..2000 {
+            stream.extend_from_slice(&record);
+        }
+        let mut decoder = JsonDecoder::new(4096);
+        let mut decoded = 0;
+        // Half a record, then chunks of one record: every chunk ends inside one.
+        let half = record.len() / 2;
+        decoder.push(&stream[..half]);
+        for chunk in stream[half..].chunks(record.len()) {
+            decoder.push(chunk);
+            while decoder.next_message().expect("valid").is_some() {
+                decoded += 1;
+            }
+            assert!(
+                decoder.input.capacity() <= 4 * record.len() + 4096,
+                "buffer capacity {} after {decoded} records",
+                decoder.input.capacity()
+            );
+        }
+        assert_eq!(decoded, 2000);
+    }
+
+    #[test]
+    fn decoder_refuses_records_of_too_many_values() {
+        let limit = crate::protocol::max_values(4096);
+        let many =
+            format!("{{\"type\":1,\"target\":\"T\",\"arguments\":[{}0]}}\x1e", "0,".repeat(limit));
+        let mut decoder = JsonDecoder::new(4096);
+        decoder.push(many.as_bytes());
+        assert_eq!(decoder.next_message(), Err(ProtocolError::TooManyValues { limit }));
+        let few = format!(
+            "{{\"type\":1,\"target\":\"T\",\"arguments\":[{}0]}}\x1e",
+            "0,".repeat(limit - 10)
+        );
+        let mut decoder = JsonDecoder::new(4096);
+        decoder.push(few.as_bytes());
+        assert!(matches!(decoder.next_message(), Ok(Some(HubMessage::Invocation { .. }))));
     }
 }

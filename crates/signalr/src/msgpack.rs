@@ -103,7 +103,8 @@ impl MessagePackDecoder {
         if unread.len() < prefix + length {
             return Ok(None);
         }
-        let message = decode_body(&unread[prefix..prefix + length]);
+        let body = &unread[prefix..prefix + length];
+        let message = decode_body_within(body, crate::protocol::max_values(self.max_message_size));
         self.input.consume(prefix + length);
         message.map(Some)
     }
@@ -111,7 +112,13 @@ impl MessagePackDecoder {
 
 /// Decodes one record body (without its length prefix).
 pub fn decode_body(body: &[u8]) -> Result<HubMessage, ProtocolError> {
-    let mut reader = Reader { bytes: body, pos: 0 };
+    decode_body_within(body, usize::MAX)
+}
+
+/// Decodes one record body holding at most `max_values` values (see
+/// [`crate::protocol::BYTES_PER_VALUE`]).
+pub fn decode_body_within(body: &[u8], max_values: usize) -> Result<HubMessage, ProtocolError> {
+    let mut reader = Reader { bytes: body, pos: 0, values_left: max_values, max_values };
     let len = reader.read_array_len()?;
     if len == 0 {
         return Err(ProtocolError::MalformedMessagePack(
@@ -227,6 +234,10 @@ fn invalid(message: &'static str, reason: &str) -> ProtocolError {
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Values still allowed in this record, so a record of many tiny values cannot
+    /// decode to a tree many times its size.
+    values_left: usize,
+    max_values: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -410,6 +421,10 @@ impl<'a> Reader<'a> {
                 "values nested deeper than {MAX_DEPTH}"
             )));
         }
+        self.values_left = self
+            .values_left
+            .checked_sub(1)
+            .ok_or(ProtocolError::TooManyValues { limit: self.max_values })?;
         let marker = self.u8()?;
         Ok(match marker {
             0x00..=0x7f => Value::Int(i64::from(marker)),
@@ -764,7 +779,8 @@ mod tests {
             let mut out = Vec::new();
             write_value(&mut out, &value);
             assert_eq!(out, expected, "{value:?}");
-            let mut reader = Reader { bytes: &out, pos: 0 };
+            let mut reader =
+                Reader { bytes: &out, pos: 0, values_left: usize::MAX, max_values: usize::MAX };
             assert_eq!(reader.read_value(0), Ok(value));
         }
         let long = "x".repeat(40);
@@ -893,5 +909,29 @@ mod tests {
             decoder.next_message(),
             Err(ProtocolError::MessageTooLarge { size: 128, limit: 100 })
         );
+    }
+
+    /// 100k one-byte integers would decode to ~3 MB of values from a 100 KB record.
+    #[test]
+    fn decoder_refuses_records_of_too_many_values() {
+        let max_message_size = 128 * 1024;
+        let limit = crate::protocol::max_values(max_message_size);
+        let record = |elements: usize| {
+            let mut body = vec![0x96, 0x01, 0x80, 0xc0, 0xa1, b'T'];
+            body.push(0xdd);
+            body.extend_from_slice(&(elements as u32).to_be_bytes());
+            body.resize(body.len() + elements, 0x00);
+            body.push(0x90);
+            let mut out = Vec::new();
+            write_length_prefix(&mut out, body.len());
+            out.extend_from_slice(&body);
+            out
+        };
+        let mut decoder = MessagePackDecoder::new(max_message_size);
+        decoder.push(&record(100_000));
+        assert_eq!(decoder.next_message(), Err(ProtocolError::TooManyValues { limit }));
+        let mut decoder = MessagePackDecoder::new(max_message_size);
+        decoder.push(&record(limit - 10));
+        assert!(matches!(decoder.next_message(), Ok(Some(HubMessage::Invocation { .. }))));
     }
 }

@@ -141,6 +141,26 @@ impl Protocol {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_text_is_escaped_and_cut() {
+        assert_eq!(quote_untrusted("json"), "json");
+        assert_eq!(
+            quote_untrusted("json\n2026-12-02 WARN forged\u{1b}[31m\"x\""),
+            "json\\n2026-12-02 WARN forged\\u{1b}[31m\\\"x\\\""
+        );
+        let long = "a".repeat(QUOTED_CHARS + 5);
+        assert_eq!(
+            quote_untrusted(&long),
+            format!("{}…(5 more characters)", "a".repeat(QUOTED_CHARS))
+        );
+        assert!(!quote_untrusted("a\r\nb").contains(['\r', '\n']));
+    }
+}
+
 impl std::fmt::Display for Protocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -162,6 +182,41 @@ pub enum ProtocolError {
     UnknownMessageType(i64),
     #[error("invalid {message} message: {reason}")]
     InvalidMessage { message: &'static str, reason: String },
+    #[error(
+        "message holds more than {limit} values (one per {BYTES_PER_VALUE} bytes of the message size limit)"
+    )]
+    TooManyValues { limit: usize },
+}
+
+/// How many characters of a client's text an error or log line quotes.
+pub const QUOTED_CHARS: usize = 64;
+
+/// Client-supplied text made safe to quote in a log line or an error: control
+/// characters (newlines included) and quotes escaped as Rust writes them
+/// (`\n`, `\u{1b}`), and cut to [`QUOTED_CHARS`] characters, so a client can
+/// neither forge log lines nor make ours long.
+pub fn quote_untrusted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(QUOTED_CHARS) + 8);
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(QUOTED_CHARS) {
+        out.extend(c.escape_debug());
+    }
+    let rest = chars.count();
+    if rest > 0 {
+        out.push_str(&format!("…({rest} more characters)"));
+    }
+    out
+}
+
+/// A decoded value costs far more memory than its encoding (a one-byte MessagePack
+/// integer becomes a 32-byte [`Value`]), so a record may hold at most one value per
+/// this many bytes of the message size limit: whatever it holds, a record's decoded
+/// tree stays within a small multiple of that limit.
+pub const BYTES_PER_VALUE: usize = 8;
+
+/// The most values a record may hold under `max_message_size` (see [`BYTES_PER_VALUE`]).
+pub fn max_values(max_message_size: usize) -> usize {
+    (max_message_size / BYTES_PER_VALUE).max(64)
 }
 
 /// An incremental decoder for either protocol: push chunks as they arrive, then take
@@ -200,6 +255,12 @@ impl Decoder {
 
 /// A byte buffer for incremental decoders: appends at the end, consumes from the
 /// front without shifting on every record, and gives memory back when it drains.
+///
+/// Consumed bytes are dropped (the unread tail moved to the front) on the next
+/// push, so the buffer holds no more than the unread bytes plus one chunk: a peer
+/// whose chunks each end part-way through a record cannot make it grow. A decoder
+/// pushes only after decoding all it could, so the tail moved is the start of one
+/// incomplete record, and each byte is moved at most once: linear in bytes received.
 #[derive(Debug, Default)]
 pub(crate) struct InputBuffer {
     bytes: Vec<u8>,
@@ -211,11 +272,22 @@ const RETAINED_CAPACITY: usize = 4 * 1024;
 
 impl InputBuffer {
     pub(crate) fn push(&mut self, chunk: &[u8]) {
-        if self.start > 0 && self.start == self.bytes.len() {
-            self.bytes.clear();
+        if self.start > 0 {
+            self.bytes.drain(..self.start);
             self.start = 0;
+            if self.bytes.capacity() > RETAINED_CAPACITY
+                && self.bytes.len() + chunk.len() < self.bytes.capacity() / 4
+            {
+                self.bytes.shrink_to(self.bytes.len() + chunk.len());
+            }
         }
         self.bytes.extend_from_slice(chunk);
+    }
+
+    /// Bytes allocated, for the tests of the bound.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.bytes.capacity()
     }
 
     pub(crate) fn unread(&self) -> &[u8] {

@@ -7,13 +7,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 
+use super::HubConfig;
 use crate::negotiate::Transport;
 use crate::protocol::{HubMessage, Protocol};
 use crate::value::Value;
@@ -81,6 +82,16 @@ struct Shared {
     /// 0 until the handshake picks a protocol, then 1 + [`Protocol::slot`].
     protocol: AtomicU8,
     outbound: mpsc::Sender<Bytes>,
+    /// Bytes of the records in `outbound`: added on push, taken off when the
+    /// writer takes a record. Records are counted too (the channel's capacity), but
+    /// one record can be megabytes (a history page), so the count alone bounds
+    /// nothing.
+    queued_bytes: AtomicUsize,
+    /// The most `queued_bytes` may reach; see [`HubConfig::outbound_queue_bytes`].
+    max_queued_bytes: usize,
+    /// Set by the push that found the queue full, so the hub can count slow
+    /// consumers once each, whichever record overflowed.
+    overflowed: AtomicBool,
     close: watch::Sender<Option<CloseRequest>>,
 }
 
@@ -91,15 +102,16 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A new connection and the receiving end of its outbound queue.
+    /// A new connection and the receiving end of its outbound queue, bounded by
+    /// `config`'s `outbound_queue_capacity` records and `outbound_queue_bytes` bytes.
     pub(crate) fn new(
         id: String,
         user: String,
         transport: Transport,
-        queue_capacity: usize,
+        config: &HubConfig,
         keep_alive: Option<Duration>,
     ) -> (Connection, Outbound) {
-        let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+        let (tx, rx) = mpsc::channel(config.outbound_queue_capacity.max(1));
         let (close, close_rx) = watch::channel(None);
         let connection = Connection {
             shared: Arc::new(Shared {
@@ -108,6 +120,9 @@ impl Connection {
                 transport,
                 protocol: AtomicU8::new(0),
                 outbound: tx,
+                queued_bytes: AtomicUsize::new(0),
+                max_queued_bytes: config.outbound_queue_bytes,
+                overflowed: AtomicBool::new(false),
                 close,
             }),
         };
@@ -167,18 +182,46 @@ impl Connection {
 
     /// Queues even while the connection is closing (completions of the invocation in
     /// flight, and the handshake response).
+    ///
+    /// The queue is full when it holds `outbound_queue_capacity` records or when
+    /// this record would take it past `outbound_queue_bytes`. A record bigger than
+    /// the byte bound is still queued when the queue is empty: a client that keeps
+    /// up gets every reply the hub makes, and one that does not is closed at the
+    /// next record.
     pub(crate) fn push(&self, record: Bytes) -> Result<(), SendError> {
+        let size = record.len();
+        let before = self.shared.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        if before > 0 && before + size > self.shared.max_queued_bytes {
+            self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            return Err(self.overflow());
+        }
         match self.shared.outbound.try_send(record) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.request_close(CloseRequest {
-                    drain: false,
-                    ..CloseRequest::with_error(QUEUE_FULL_ERROR)
-                });
-                Err(SendError::QueueFull)
+            Err(error) => {
+                self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                match error {
+                    mpsc::error::TrySendError::Full(_) => Err(self.overflow()),
+                    mpsc::error::TrySendError::Closed(_) => Err(SendError::Closed),
+                }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
         }
+    }
+
+    /// Closes a slow consumer: what is queued is dropped, the Close message says why.
+    fn overflow(&self) -> SendError {
+        if self.request_close(CloseRequest {
+            drain: false,
+            ..CloseRequest::with_error(QUEUE_FULL_ERROR)
+        }) {
+            self.shared.overflowed.store(true, Ordering::Relaxed);
+        }
+        SendError::QueueFull
+    }
+
+    /// Whether the connection was closed because its outbound queue was full (in
+    /// records or in bytes): the client did not read fast enough.
+    pub fn closed_as_slow_consumer(&self) -> bool {
+        self.shared.overflowed.load(Ordering::Relaxed)
     }
 
     /// Encodes a hub message for this connection's protocol and queues it.
@@ -306,7 +349,7 @@ impl Outbound {
                 }
                 record = self.records.recv() => {
                     return match record {
-                        Some(record) => Some(self.wrote(record)),
+                        Some(record) => Some(self.taken(record)),
                         None => {
                             self.finished = true;
                             None
@@ -340,7 +383,7 @@ impl Outbound {
         if let Some(step) = self.after_close() {
             return step;
         }
-        self.records.try_recv().ok().map(|record| self.wrote(record))
+        self.records.try_recv().ok().map(|record| self.taken(record))
     }
 
     /// Resolves when the connection is closing and must not drain any more.
@@ -359,7 +402,7 @@ impl Outbound {
         if request.drain
             && let Ok(record) = self.records.try_recv()
         {
-            return Some(Some(self.wrote(record)));
+            return Some(Some(self.taken(record)));
         }
         self.finished = true;
         // Before the handshake there is no protocol to write a Close message in.
@@ -381,9 +424,17 @@ impl Outbound {
         Some(self.last_write + interval)
     }
 
+    /// Every record taken from the queue passes here (Pings and the Close message
+    /// too, which were never counted: they do not pass `taken`).
     fn wrote(&mut self, record: Bytes) -> Bytes {
         self.last_write = Instant::now();
         record
+    }
+
+    /// A record taken from the queue no longer counts against its byte bound.
+    fn taken(&mut self, record: Bytes) -> Bytes {
+        self.connection.shared.queued_bytes.fetch_sub(record.len(), Ordering::Relaxed);
+        self.wrote(record)
     }
 }
 
@@ -407,11 +458,20 @@ mod tests {
     use super::*;
 
     fn open(capacity: usize) -> (Connection, Outbound) {
+        open_with(capacity, usize::MAX)
+    }
+
+    fn open_with(capacity: usize, bytes: usize) -> (Connection, Outbound) {
+        let config = HubConfig {
+            outbound_queue_capacity: capacity,
+            outbound_queue_bytes: bytes,
+            ..HubConfig::default()
+        };
         let (connection, outbound) = Connection::new(
             "id".into(),
             "alice".into(),
             Transport::WebSockets,
-            capacity,
+            &config,
             Some(Duration::from_secs(15)),
         );
         connection.set_protocol(Protocol::Json);
@@ -440,6 +500,30 @@ mod tests {
             format!("{{\"type\":7,\"error\":\"{QUEUE_FULL_ERROR}\"}}\u{1e}").as_bytes()
         );
         assert_eq!(outbound.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn queue_over_its_byte_bound_closes_the_connection() {
+        let (connection, mut outbound) = open_with(1024, 10);
+        connection.send(Bytes::from_static(b"123456")).expect("6 of 10 bytes");
+        // Taken by the writer: those bytes no longer count.
+        assert_eq!(outbound.next().await, Some(Bytes::from_static(b"123456")));
+        connection.send(Bytes::from_static(b"abcdef")).expect("6 of 10 bytes");
+        connection.send(Bytes::from_static(b"ghij")).expect("10 of 10 bytes");
+        assert_eq!(connection.send(Bytes::from_static(b"k")), Err(SendError::QueueFull));
+        assert!(connection.closed_as_slow_consumer());
+        let close = outbound.next().await.expect("a Close message");
+        assert!(String::from_utf8_lossy(&close).contains(QUEUE_FULL_ERROR));
+    }
+
+    #[tokio::test]
+    async fn one_record_over_the_byte_bound_fits_an_empty_queue() {
+        let (connection, mut outbound) = open_with(1024, 10);
+        let big = Bytes::from(vec![b'x'; 100]);
+        connection.send(big.clone()).expect("an empty queue takes any one record");
+        assert_eq!(outbound.next().await, Some(big.clone()));
+        connection.send(big.clone()).expect("empty again once the writer took it");
+        assert_eq!(connection.send(Bytes::from_static(b"y")), Err(SendError::QueueFull));
     }
 
     #[tokio::test]

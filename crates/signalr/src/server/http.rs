@@ -287,7 +287,7 @@ fn connect_sse<H: Hub>(
         negotiated.connection_id.clone(),
         user,
         Transport::ServerSentEvents,
-        config.outbound_queue_capacity,
+        config,
         Some(config.keep_alive_interval),
     );
     let (inbound, rx) = mpsc::channel(INBOUND_CAPACITY);
@@ -326,7 +326,7 @@ async fn long_poll<H: Hub>(
         negotiated.connection_id.clone(),
         user,
         Transport::LongPolling,
-        config.outbound_queue_capacity,
+        config,
         None,
     );
     let polls = Arc::new(PollState::new(outbound));

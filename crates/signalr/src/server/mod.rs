@@ -124,6 +124,23 @@ pub struct HubConfig {
     pub max_queued_invocations: usize,
     /// The transports offered by negotiate and accepted, in order of preference.
     pub transports: Vec<Transport>,
+    /// Bytes of records queued for one client before it counts as too slow and is
+    /// closed, as with `outbound_queue_capacity`. One record bigger than this is
+    /// still queued when the queue is empty (a reply the hub made goes out to a
+    /// client that keeps up); the connection is closed at the next record.
+    pub outbound_queue_bytes: usize,
+    /// Bytes of invocations received while one runs (each counted by its record's
+    /// size; a record's decoded size is bounded by `max_message_size`, see
+    /// [`crate::protocol::BYTES_PER_VALUE`]) before the connection stops reading.
+    /// The queue may pass it by one record.
+    pub max_queued_invocation_bytes: usize,
+    /// Invocations one connection may start per second on average (a token
+    /// bucket); a call over the limit is not run and completes with an error
+    /// saying when to retry. The connection stays open.
+    pub invocations_per_second: u32,
+    /// Invocations one connection may start at once after a quiet spell (the
+    /// bucket's size).
+    pub invocation_burst: u32,
 }
 
 impl Default for HubConfig {
@@ -143,6 +160,10 @@ impl Default for HubConfig {
             long_poll_disconnect_timeout: Duration::from_secs(15),
             max_queued_invocations: 32,
             transports: Transport::ALL.to_vec(),
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            max_queued_invocation_bytes: 1024 * 1024,
+            invocations_per_second: 2000,
+            invocation_burst: 2000,
         }
     }
 }

@@ -23,9 +23,9 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::connection::{CloseRequest, Connection};
 use super::long_polling::PollState;
 use super::registry::LiveGuard;
-use super::{Hub, Invoked, ServerState};
-use crate::handshake::{HandshakeError, HandshakeRequest, HandshakeResponse, find_record_end};
-use crate::protocol::{HubMessage, Outcome, Protocol, ProtocolError};
+use super::{Hub, HubConfig, Invoked, ServerState};
+use crate::handshake::{HandshakeBuffer, HandshakeError, HandshakeRequest, HandshakeResponse};
+use crate::protocol::{HubMessage, Outcome, Protocol, ProtocolError, quote_untrusted};
 use crate::value::Value;
 
 /// One frame from the transport.
@@ -83,7 +83,7 @@ async fn run_inner<H: Hub>(
     let (protocol, leftover) = match handshake(&server, &connection, inbound.as_mut()).await {
         Ok(done) => done,
         Err(request) => {
-            warn!(reason = %request.reason, "handshake failed");
+            warn!(reason = ?request.reason, "handshake failed");
             connection.request_close(request);
             return;
         }
@@ -96,7 +96,7 @@ async fn run_inner<H: Hub>(
     let session = match AssertUnwindSafe(hub.connected(connection.clone())).catch_unwind().await {
         Ok(Ok(session)) => session,
         Ok(Err(error)) => {
-            warn!(protocol = protocol.name(), %error, "hub refused the connection");
+            warn!(protocol = protocol.name(), ?error, "hub refused the connection");
             connection.request_close(CloseRequest::with_error(error));
             return;
         }
@@ -110,10 +110,9 @@ async fn run_inner<H: Hub>(
 
     let mut decoder = protocol.decoder(config.max_message_size);
     decoder.push(&leftover);
+    drop(leftover);
     let mut close_rx = connection.subscribe_close();
-    let mut queued: VecDeque<Call> = VecDeque::new();
-    let mut in_flight: Option<BoxFuture<'_, Started>> = None;
-    let mut finishing = Finishing::default();
+    let mut invocations = Invocations::default();
     let mut last_received = Instant::now();
 
     let ending: CloseRequest = 'session: loop {
@@ -123,31 +122,32 @@ async fn run_inner<H: Hub>(
             break 'session request;
         }
         // Decode what has arrived, as far as the invocation queue has room.
-        while queued.len() < config.max_queued_invocations {
+        while invocations.has_room(config) {
+            let buffered = decoder.buffered();
             match decoder.next_message() {
                 Ok(Some(message)) => {
                     last_received = Instant::now();
-                    match dispatch(message, &connection, protocol, &mut queued) {
-                        Dispatch::Continue => {}
-                        Dispatch::End(request) => break 'session request,
+                    let size = buffered - decoder.buffered();
+                    if let Dispatch::End(request) =
+                        dispatch(message, size, &connection, protocol, &mut invocations)
+                    {
+                        break 'session request;
                     }
                 }
                 Ok(None) => break,
                 Err(error) => {
-                    warn!(protocol = protocol.name(), %error, "protocol error");
+                    warn!(protocol = protocol.name(), error = ?error.to_string(), "protocol error");
                     break 'session CloseRequest::with_error(error.to_string());
                 }
             }
         }
-        if in_flight.is_none()
-            && finishing.len() < config.max_queued_invocations
-            && let Some(call) = queued.pop_front()
-        {
-            in_flight = Some(start_call(hub, &session, call));
+        // A rate-limited call completes at once, and the next may then start.
+        while let Some(completed) = invocations.start_next(hub, &session, config) {
+            complete(&connection, protocol, completed);
         }
         let deadline = match &liveness {
             // While we are busy the client's pings may wait unread: not its fault.
-            Liveness::ClientTimeout(_) if in_flight.is_some() || !finishing.is_empty() => None,
+            Liveness::ClientTimeout(_) if invocations.is_busy() => None,
             Liveness::ClientTimeout(timeout) => Some(last_received + *timeout),
             Liveness::Polling(polls, timeout) => polls.idle_since().map(|idle| idle + *timeout),
         };
@@ -164,14 +164,12 @@ async fn run_inner<H: Hub>(
                     .close_request()
                     .unwrap_or_else(|| CloseRequest::peer_gone("closed"));
             }
-            started = poll_call(&mut in_flight) => {
-                in_flight = None;
-                finishing.started(started, &connection, protocol);
+            completed = invocations.progress() => {
+                if let Some(completed) = completed {
+                    complete(&connection, protocol, completed);
+                }
             }
-            Some(completed) = finishing.next(), if !finishing.is_empty() => {
-                complete(&connection, protocol, completed);
-            }
-            frame = inbound.next(), if queued.len() < config.max_queued_invocations => {
+            frame = inbound.next(), if invocations.has_room(config) => {
                 match frame {
                     Some(Inbound::Data(data)) => {
                         if data.len() > config.max_batch_size {
@@ -182,7 +180,7 @@ async fn run_inner<H: Hub>(
                         decoder.push(&data);
                     }
                     Some(Inbound::Failed(error)) => {
-                        warn!(%error, "transport failed");
+                        warn!(error = ?error, "transport failed");
                         break 'session CloseRequest {
                             drain: false,
                             ..CloseRequest::with_error(error)
@@ -201,22 +199,22 @@ async fn run_inner<H: Hub>(
         }
     };
     connection.request_close(ending);
-    if let Some(call) = in_flight.take() {
-        finishing.started(call.await, &connection, protocol);
-    }
-    drop(in_flight);
-    while let Some(completed) = finishing.next().await {
+    // Calls already started still complete; queued ones never run.
+    if let Some(completed) = invocations.finish_starting().await {
         complete(&connection, protocol, completed);
     }
-    if !queued.is_empty() {
-        debug!(skipped = queued.len(), "invocations not run: the connection closed");
+    while let Some(completed) = invocations.next_finished().await {
+        complete(&connection, protocol, completed);
     }
-    drop(queued);
+    if invocations.queued() > 0 {
+        debug!(skipped = invocations.queued(), "invocations not run: the connection closed");
+    }
+    drop(invocations);
     if AssertUnwindSafe(hub.disconnected(session)).catch_unwind().await.is_err() {
         error!("hub panicked in disconnected");
     }
     let reason = connection.close_request().map(|r| r.reason).unwrap_or_default();
-    info!(protocol = protocol.name(), %reason, "connection closed");
+    info!(protocol = protocol.name(), reason = ?reason, "connection closed");
 }
 
 /// Reads the handshake request. `Err` is how to close the connection.
@@ -227,7 +225,7 @@ async fn handshake<H: Hub>(
 ) -> Result<(Protocol, Bytes), CloseRequest> {
     let config = &server.config;
     let mut close_rx = connection.subscribe_close();
-    let mut buffer: Vec<u8> = Vec::new();
+    let mut buffer = HandshakeBuffer::default();
     let deadline = Instant::now() + config.handshake_timeout;
     if let Some(request) = connection.close_request() {
         return Err(request);
@@ -260,10 +258,11 @@ async fn handshake<H: Hub>(
             }
         };
         match frame {
-            Some(Inbound::Data(data)) => buffer.extend_from_slice(&data),
+            Some(Inbound::Data(data)) => buffer.push(&data),
             Some(Inbound::Failed(error)) => {
                 return Err(CloseRequest::peer_gone(format!(
-                    "transport failed during the handshake: {error}"
+                    "transport failed during the handshake: {}",
+                    quote_untrusted(&error)
                 )));
             }
             None => {
@@ -272,7 +271,7 @@ async fn handshake<H: Hub>(
                 ));
             }
         }
-        let Some(end) = find_record_end(&buffer) else {
+        let Some(end) = buffer.record_end() else {
             if buffer.len() > config.max_message_size {
                 return Err(refuse(HandshakeError::TooLarge { limit: config.max_message_size }));
             }
@@ -281,7 +280,7 @@ async fn handshake<H: Hub>(
         if end > config.max_message_size {
             return Err(refuse(HandshakeError::TooLarge { limit: config.max_message_size }));
         }
-        let protocol = HandshakeRequest::parse(&buffer[..end])
+        let protocol = HandshakeRequest::parse(&buffer.as_bytes()[..end])
             .and_then(|request| request.select_protocol())
             .map_err(refuse)?;
         if !connection.transport().supports(protocol) {
@@ -290,7 +289,7 @@ async fn handshake<H: Hub>(
                 transport: connection.transport().name().to_owned(),
             }));
         }
-        return Ok((protocol, Bytes::copy_from_slice(&buffer[end + 1..])));
+        return Ok((protocol, Bytes::copy_from_slice(&buffer.as_bytes()[end + 1..])));
     }
 }
 
@@ -299,6 +298,8 @@ struct Call {
     invocation_id: Option<String>,
     target: String,
     arguments: Vec<Value>,
+    /// Bytes of its record, counted against the queue's byte bound.
+    size: usize,
 }
 
 struct Completed {
@@ -312,18 +313,23 @@ enum Dispatch {
     End(CloseRequest),
 }
 
+/// Acts on one decoded message of `size` bytes.
 fn dispatch(
     message: HubMessage,
+    size: usize,
     connection: &Connection,
     protocol: Protocol,
-    queued: &mut VecDeque<Call>,
+    invocations: &mut Invocations<'_>,
 ) -> Dispatch {
     match message {
         HubMessage::Invocation { invocation_id, target, arguments, stream_ids } => {
             if stream_ids.is_empty() {
-                queued.push_back(Call { invocation_id, target, arguments });
+                invocations.enqueue(Call { invocation_id, target, arguments, size: 0 }, size);
             } else if let Some(invocation_id) = invocation_id {
-                let error = format!("'{target}': streaming arguments are not supported");
+                let error = format!(
+                    "'{}': streaming arguments are not supported",
+                    quote_untrusted(&target)
+                );
                 complete(
                     connection,
                     protocol,
@@ -332,7 +338,8 @@ fn dispatch(
             }
         }
         HubMessage::StreamInvocation { invocation_id, target, .. } => {
-            let error = format!("'{target}': streaming hub methods are not supported");
+            let error =
+                format!("'{}': streaming hub methods are not supported", quote_untrusted(&target));
             complete(
                 connection,
                 protocol,
@@ -342,7 +349,9 @@ fn dispatch(
         HubMessage::Ping => {}
         HubMessage::Close { error, .. } => {
             let reason = match error {
-                Some(error) => format!("the client closed the connection: {error}"),
+                Some(error) => {
+                    format!("the client closed the connection: {}", quote_untrusted(&error))
+                }
                 None => "the client closed the connection".to_owned(),
             };
             return Dispatch::End(CloseRequest::peer_gone(reason));
@@ -352,10 +361,147 @@ fn dispatch(
         | HubMessage::CancelInvocation { .. }
         | HubMessage::Ack { .. }
         | HubMessage::Sequence { .. } => {
-            debug!(?message, "ignored a message this server has no use for");
+            debug!(kind = message_kind(&message), "ignored a message this server has no use for");
         }
     }
     Dispatch::Continue
+}
+
+/// A message's kind, for logs that must not quote what the client sent.
+fn message_kind(message: &HubMessage) -> &'static str {
+    match message {
+        HubMessage::Invocation { .. } => "Invocation",
+        HubMessage::StreamItem { .. } => "StreamItem",
+        HubMessage::Completion { .. } => "Completion",
+        HubMessage::StreamInvocation { .. } => "StreamInvocation",
+        HubMessage::CancelInvocation { .. } => "CancelInvocation",
+        HubMessage::Ping => "Ping",
+        HubMessage::Close { .. } => "Close",
+        HubMessage::Ack { .. } => "Ack",
+        HubMessage::Sequence { .. } => "Sequence",
+    }
+}
+
+/// One connection's invocations between decoding and completion: queued (decoded,
+/// waiting their turn), starting (the one the hub is running now, in order), and
+/// finishing (started, completing in the background; completions go out in
+/// invocation order).
+///
+/// The queue is bounded in calls and in bytes (each call counted by its record's
+/// size); while it is full the session stops reading, so a fast client waits
+/// rather than making the server hold its backlog.
+#[derive(Default)]
+struct Invocations<'a> {
+    queued: VecDeque<Call>,
+    /// Record bytes of the calls in `queued`.
+    queued_bytes: usize,
+    starting: Option<BoxFuture<'a, Started>>,
+    finishing: Finishing,
+    rate: RateLimit,
+}
+
+impl<'a> Invocations<'a> {
+    /// Whether another decoded call may be queued (and so whether to read on).
+    fn has_room(&self, config: &HubConfig) -> bool {
+        self.queued.len() < config.max_queued_invocations
+            && self.queued_bytes < config.max_queued_invocation_bytes
+    }
+
+    fn enqueue(&mut self, call: Call, size: usize) {
+        self.queued_bytes += size;
+        self.queued.push_back(Call { size, ..call });
+    }
+
+    fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Whether the hub has work of ours (a call starting or finishing).
+    fn is_busy(&self) -> bool {
+        self.starting.is_some() || !self.finishing.is_empty()
+    }
+
+    /// Starts the next queued call if none is starting and the finishing ones
+    /// leave room. A call over the rate limit is not run: it completes at once
+    /// with an error (returned when nothing is ahead of it, else queued behind).
+    fn start_next<H: Hub>(
+        &mut self,
+        hub: &'a H,
+        session: &'a H::Session,
+        config: &HubConfig,
+    ) -> Option<Completed> {
+        if self.starting.is_some() || self.finishing.len() >= config.max_queued_invocations {
+            return None;
+        }
+        let call = self.queued.pop_front()?;
+        self.queued_bytes -= call.size;
+        match self.rate.acquire(config, Instant::now()) {
+            Ok(()) => {
+                self.starting = Some(start_call(hub, session, call));
+                None
+            }
+            Err(retry_in) => {
+                let error = format!(
+                    "rate limited: more than {} invocations per second on this connection; retry in {} ms",
+                    config.invocations_per_second,
+                    retry_in.as_micros().div_ceil(1000).max(1)
+                );
+                let Call { invocation_id, target, .. } = call;
+                let limited = Completed { invocation_id, target, result: Err(error) };
+                self.finishing.started(Started::Done(limited))
+            }
+        }
+    }
+
+    /// Waits for the starting call to start or the oldest finishing one to finish;
+    /// `Some` is a completion to send now. Cancel-safe.
+    async fn progress(&mut self) -> Option<Completed> {
+        let Self { starting, finishing, .. } = self;
+        tokio::select! {
+            biased;
+            started = poll_call(starting) => {
+                *starting = None;
+                finishing.started(started)
+            }
+            Some(completed) = finishing.next(), if !finishing.is_empty() => Some(completed),
+        }
+    }
+
+    /// Waits for the call being started (the connection is closing); `Some` is a
+    /// completion to send now.
+    async fn finish_starting(&mut self) -> Option<Completed> {
+        let started = self.starting.take()?.await;
+        self.finishing.started(started)
+    }
+
+    /// The next completion of the calls finishing, `None` when none is left.
+    async fn next_finished(&mut self) -> Option<Completed> {
+        self.finishing.next().await
+    }
+}
+
+/// The per-connection invocation rate limit, a token bucket kept as one instant
+/// (the generic cell rate algorithm): `ready_at` is when the bucket would be full
+/// again, so a call is allowed when `ready_at` is less than one burst ahead of
+/// now, and each call moves it one interval later.
+#[derive(Default)]
+struct RateLimit {
+    ready_at: Option<Instant>,
+}
+
+impl RateLimit {
+    /// `Err` is how long until a call would be allowed.
+    fn acquire(&mut self, config: &HubConfig, now: Instant) -> Result<(), Duration> {
+        let interval = Duration::from_secs(1) / config.invocations_per_second.max(1);
+        let tolerance = interval * config.invocation_burst.max(1).saturating_sub(1);
+        let ready_at = self.ready_at.map_or(now, |at| at.max(now));
+        let allowed_from = ready_at.checked_sub(tolerance).unwrap_or(now);
+        if allowed_from > now {
+            return Err(allowed_from - now);
+        }
+        self.ready_at = Some(ready_at + interval);
+        Ok(())
+    }
 }
 
 /// Started invocations whose completions are not sent yet, in invocation order.
@@ -374,16 +520,16 @@ impl Finishing {
         self.len() == 0
     }
 
-    /// Completes a started call now if nothing is ahead of it, else queues it.
-    fn started(&mut self, started: Started, connection: &Connection, protocol: Protocol) {
+    /// A started call's completion to send now if nothing is ahead of it, else
+    /// queues it behind the others.
+    fn started(&mut self, started: Started) -> Option<Completed> {
         let rest = match started {
-            Started::Done(completed) if self.is_empty() => {
-                return complete(connection, protocol, completed);
-            }
+            Started::Done(completed) if self.is_empty() => return Some(completed),
             Started::Done(completed) => Box::pin(std::future::ready(completed)),
             Started::Finishing(rest) => rest,
         };
         self.0.get_or_insert_with(Box::default).push_back(rest);
+        None
     }
 
     async fn next(&mut self) -> Option<Completed> {
@@ -416,14 +562,14 @@ fn start_call<'a, H: Hub>(
                 let result = match AssertUnwindSafe(rest).catch_unwind().await {
                     Ok(result) => result,
                     Err(_) => {
-                        error!(target = %target, "hub panicked while finishing an invocation");
+                        error!(target = ?quote_untrusted(&target), "hub panicked while finishing an invocation");
                         Err("internal server error".to_owned())
                     }
                 };
                 Completed { invocation_id, target, result }
             })),
             Err(_) => {
-                error!(target = %target, "hub panicked in invoke");
+                error!(target = ?quote_untrusted(&target), "hub panicked in invoke");
                 let result = Err("internal server error".to_owned());
                 Started::Done(Completed { invocation_id, target, result })
             }
@@ -441,7 +587,7 @@ async fn poll_call(in_flight: &mut Option<BoxFuture<'_, Started>>) -> Started {
 fn complete(connection: &Connection, protocol: Protocol, completed: Completed) {
     let Some(invocation_id) = completed.invocation_id else {
         if let Err(error) = completed.result {
-            debug!(target = %completed.target, %error, "non-blocking invocation failed");
+            debug!(target = ?quote_untrusted(&completed.target), ?error, "non-blocking invocation failed");
         }
         return;
     };
@@ -449,7 +595,7 @@ fn complete(connection: &Connection, protocol: Protocol, completed: Completed) {
         Ok(None) => Outcome::Void,
         Ok(Some(value)) => Outcome::Result(value),
         Err(error) => {
-            debug!(target = %completed.target, %error, "invocation failed");
+            debug!(target = ?quote_untrusted(&completed.target), ?error, "invocation failed");
             Outcome::Error(error)
         }
     };
@@ -487,5 +633,53 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_second: u32, burst: u32) -> HubConfig {
+        HubConfig {
+            invocations_per_second: per_second,
+            invocation_burst: burst,
+            ..HubConfig::default()
+        }
+    }
+
+    #[test]
+    fn rate_limit_allows_a_burst_then_the_rate() {
+        let config = limits(10, 5);
+        let mut rate = RateLimit::default();
+        let start = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(rate.acquire(&config, start), Ok(()));
+        }
+        // The sixth call at once waits for one interval (100 ms).
+        assert_eq!(rate.acquire(&config, start), Err(Duration::from_millis(100)));
+        assert_eq!(
+            rate.acquire(&config, start + Duration::from_millis(60)),
+            Err(Duration::from_millis(40))
+        );
+        assert_eq!(rate.acquire(&config, start + Duration::from_millis(100)), Ok(()));
+        // Over a quiet second the bucket fills again, but never past the burst.
+        let later = start + Duration::from_secs(10);
+        for _ in 0..5 {
+            assert_eq!(rate.acquire(&config, later), Ok(()));
+        }
+        assert!(rate.acquire(&config, later).is_err());
+    }
+
+    #[test]
+    fn rate_limit_keeps_a_steady_sender_under_it() {
+        let config = limits(2000, 2000);
+        let mut rate = RateLimit::default();
+        let start = Instant::now();
+        // 1000 calls a second for 10 s, as the seed's load test sends.
+        for i in 0..10_000u32 {
+            let at = start + Duration::from_millis(u64::from(i));
+            assert_eq!(rate.acquire(&config, at), Ok(()), "call {i}");
+        }
     }
 }

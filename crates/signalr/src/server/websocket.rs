@@ -68,7 +68,7 @@ async fn run<H: Hub>(
         connection_id,
         user,
         Transport::WebSockets,
-        config.outbound_queue_capacity,
+        config,
         Some(config.keep_alive_interval),
     );
     let live = server.registry.register_live(&connection);
