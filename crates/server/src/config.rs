@@ -158,13 +158,22 @@ pub struct Settings {
     pub max_pending_negotiations: Option<usize>,
 
     /// The same per user; beyond it 429 [default: 100]
-    #[arg(long, env = "NEXT_CHAT_MAX_PENDING_NEGOTIATIONS_PER_USER", global = true, value_name = "N")]
+    #[arg(
+        long,
+        env = "NEXT_CHAT_MAX_PENDING_NEGOTIATIONS_PER_USER",
+        global = true,
+        value_name = "N"
+    )]
     pub max_pending_negotiations_per_user: Option<usize>,
 
     /// Most bytes of messages in one long-poll response (at least one message) [default: 1048576]
-    #[arg(long, env = "NEXT_CHAT_LONG_POLL_MAX_RESPONSE_BYTES", global = true, value_name = "BYTES")]
+    #[arg(
+        long,
+        env = "NEXT_CHAT_LONG_POLL_MAX_RESPONSE_BYTES",
+        global = true,
+        value_name = "BYTES"
+    )]
     pub long_poll_max_response_bytes: Option<usize>,
-
     // ── history and Redis limits settings go here (keep this marker line) ──
 
     // ── chat rules limits settings go here (keep this marker line) ──
@@ -216,7 +225,6 @@ impl Settings {
                 max_pending_negotiations,
                 max_pending_negotiations_per_user,
                 long_poll_max_response_bytes,
-
                 // ── history and Redis limits settings go here (keep this marker line) ──
 
                 // ── chat rules limits settings go here (keep this marker line) ──
@@ -329,7 +337,6 @@ pub struct Config {
     pub max_pending_negotiations: usize,
     pub max_pending_negotiations_per_user: usize,
     pub long_poll_max_response_bytes: usize,
-
     // ── history and Redis limits settings go here (keep this marker line) ──
 
     // ── chat rules limits settings go here (keep this marker line) ──
@@ -481,7 +488,6 @@ impl Config {
                 s.long_poll_max_response_bytes,
                 1024 * 1024,
             )?,
-
             // ── history and Redis limits settings go here (keep this marker line) ──
 
             // ── chat rules limits settings go here (keep this marker line) ──

@@ -113,7 +113,13 @@ pub async fn serve(
             warn!(%error, "cannot set TCP_NODELAY");
         }
         let io = Counted::new(tcp, open.clone());
-        tokio::spawn(serve_connection(io, peer, router.clone(), limits.clone(), stopping_rx.clone()));
+        tokio::spawn(serve_connection(
+            io,
+            peer,
+            router.clone(),
+            limits.clone(),
+            stopping_rx.clone(),
+        ));
     }
     drop(listener);
     stopping.send_replace(true);

@@ -131,8 +131,9 @@ async fn read_response(stream: &mut TcpStream) -> (u16, Vec<u8>) {
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
-            .expect("a chunk size");
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .expect("a chunk size");
         if size == 0 {
             break;
         }
@@ -234,11 +235,9 @@ async fn tcp_connections_over_the_cap_get_503_naming_the_setting() {
 
 #[tokio::test]
 async fn signalr_connections_are_capped_in_total_and_per_user() {
-    let server = TestServer::start(args(&[
-        ("--max-connections", "4"),
-        ("--max-connections-per-user", "2"),
-    ]))
-    .await;
+    let server =
+        TestServer::start(args(&[("--max-connections", "4"), ("--max-connections-per-user", "2")]))
+            .await;
     let mut ann = Vec::new();
     for _ in 0..2 {
         ann.push(try_websocket(&server, "ann", None).await.expect("ann's first two connect"));
@@ -403,11 +402,15 @@ async fn a_long_poll_response_stays_under_the_byte_cap() {
     }
 
     let mut bob = json_hub(&server.ws_url(), "bob").await;
-    assert_eq!(json_invoke(&mut bob, "1", "JoinGroup", serde_json::json!(["big"])).await["result"], 0);
+    assert_eq!(
+        json_invoke(&mut bob, "1", "JoinGroup", serde_json::json!(["big"])).await["result"],
+        0
+    );
     let text = "x".repeat(1000);
     for i in 0..MESSAGES {
         let id = format!("m{i}");
-        let done = json_invoke(&mut bob, &id, "SendMessage", serde_json::json!(["big", text])).await;
+        let done =
+            json_invoke(&mut bob, &id, "SendMessage", serde_json::json!(["big", text])).await;
         assert!(done["error"].is_null(), "{done}");
     }
     // Every message is queued for ann by now (each send completed after its

@@ -178,7 +178,9 @@ pub(crate) struct Negotiated {
 #[derive(Debug)]
 pub(crate) enum NegotiatedState {
     /// No transport request yet; the slot counts it as pending until then.
-    Pending { _slot: PendingSlot },
+    Pending {
+        _slot: PendingSlot,
+    },
     WebSockets,
     /// SSE and long polling receive the client's messages through POSTs, which
     /// hand the bodies to the session through `inbound`.
@@ -280,7 +282,10 @@ impl Registry {
 
     /// Takes a place for a negotiated connection of `user` that no transport has
     /// claimed yet, or says which cap is reached.
-    pub(crate) fn reserve_pending(self: &Arc<Self>, user: &str) -> Result<PendingSlot, LimitReached> {
+    pub(crate) fn reserve_pending(
+        self: &Arc<Self>,
+        user: &str,
+    ) -> Result<PendingSlot, LimitReached> {
         let limits = &self.limits;
         let mut pending = lock(&self.pending);
         if let Some(limit) = over(limits.max_pending_negotiations_per_user, pending.user(user)) {
