@@ -82,6 +82,14 @@ async fn try_websocket(
     }
 }
 
+/// The refusal of a connection that must be refused.
+fn refused(attempt: Result<common::Socket, (u16, String)>) -> (u16, String) {
+    match attempt {
+        Ok(_) => panic!("the connection was let in; it should have been refused"),
+        Err(refusal) => refusal,
+    }
+}
+
 /// Completes the JSON handshake on a socket that was let in.
 async fn handshake(socket: &mut common::Socket) {
     common::send_text(socket, &format!("{{\"protocol\":\"json\",\"version\":1}}{RS}")).await;
@@ -242,7 +250,7 @@ async fn signalr_connections_are_capped_in_total_and_per_user() {
     for _ in 0..2 {
         ann.push(try_websocket(&server, "ann", None).await.expect("ann's first two connect"));
     }
-    let (status, body) = try_websocket(&server, "ann", None).await.err().expect("ann's third");
+    let (status, body) = refused(try_websocket(&server, "ann", None).await);
     assert_eq!(status, 429, "{body}");
     assert!(body.contains("max_connections_per_user = 2"), "{body}");
     // Negotiate says the same, before a connection id is handed out.
@@ -254,7 +262,7 @@ async fn signalr_connections_are_capped_in_total_and_per_user() {
     let mut bob = try_websocket(&server, "bob", None).await.expect("bob connects");
     handshake(&mut bob).await;
     let _cy = try_websocket(&server, "cy", None).await.expect("cy connects");
-    let (status, body) = try_websocket(&server, "dee", None).await.err().expect("a fifth");
+    let (status, body) = refused(try_websocket(&server, "dee", None).await);
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("max_connections = 4"), "{body}");
 
@@ -278,8 +286,7 @@ async fn signalr_connections_per_address_are_capped_when_configured() {
     let server = TestServer::start(args(&[("--max-connections-per-ip", "2")])).await;
     let _a = try_websocket(&server, "ann", Some("127.0.0.1")).await.expect("first");
     let _b = try_websocket(&server, "bob", Some("127.0.0.1")).await.expect("second");
-    let (status, body) =
-        try_websocket(&server, "cy", Some("127.0.0.1")).await.err().expect("a third");
+    let (status, body) = refused(try_websocket(&server, "cy", Some("127.0.0.1")).await);
     assert_eq!(status, 429, "{body}");
     assert!(body.contains("max_connections_per_ip = 2"), "{body}");
     // Another address is not affected.

@@ -301,3 +301,57 @@ async fn shutdown_reaches_long_polling_clients() {
     test.next_disconnected().await;
     assert_eq!(test.server.connection_count(), 0);
 }
+
+/// Negotiates until `pick` accepts the status, at most for `WAIT`.
+async fn negotiate_until(test: &TestServer, user: &str, pick: impl Fn(u16) -> bool) -> u16 {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, _) = negotiate(test.addr, "?negotiateVersion=1", Some(user)).await;
+        if pick(status) {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "negotiate still answers {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unclaimed_negotiation_gives_its_pending_place_back_when_forgotten() {
+    let test = spawn(HubConfig {
+        negotiate_timeout: Duration::from_millis(200),
+        max_pending_negotiations_per_user: Some(1),
+        ..HubConfig::default()
+    })
+    .await;
+    negotiate_token(test.addr, "alice").await;
+    let (status, body) = negotiate(test.addr, "?negotiateVersion=1", Some("alice")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(test.server.pending_negotiations(), 1);
+    // Another user is not affected.
+    negotiate_token(test.addr, "bob").await;
+    // Once forgotten (negotiate_timeout), alice's place is free again.
+    negotiate_until(&test, "alice", |status| status == 200).await;
+}
+
+#[tokio::test]
+async fn a_long_polling_connection_holds_its_place_until_it_ends() {
+    let mut test =
+        spawn(HubConfig { max_connections_per_user: Some(1), ..HubConfig::default() }).await;
+    let token = negotiate_token(test.addr, "alice").await;
+    assert_eq!(poll(&test, &token, "alice").await.status, 200, "the first poll starts it");
+    // Negotiate refuses at once: the connection could not start.
+    let (status, _) = negotiate(test.addr, "?negotiateVersion=1", Some("alice")).await;
+    assert_eq!(status, 429);
+    let authorization = auth("alice");
+    let deleted = http(
+        test.addr,
+        "DELETE",
+        &format!("{PATH}?id={token}"),
+        &[("Authorization", authorization.as_str())],
+        b"",
+    )
+    .await;
+    assert_eq!(deleted.status, 202);
+    test.next_disconnected().await;
+    negotiate_until(&test, "alice", |status| status == 200).await;
+}
