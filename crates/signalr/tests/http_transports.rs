@@ -352,6 +352,5 @@ async fn a_long_polling_connection_holds_its_place_until_it_ends() {
     )
     .await;
     assert_eq!(deleted.status, 202);
-    test.next_disconnected().await;
     negotiate_until(&test, "alice", |status| status == 200).await;
 }
