@@ -526,6 +526,15 @@ mod tests {
         assert_eq!(config.history.save_timeout, Duration::from_millis(500));
         assert_eq!(config.max_message_size, 131072);
         assert!(config.migrate);
+        assert_eq!(config.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(config.http_max_head_bytes, 65536);
+        assert_eq!(config.max_http_connections, None);
+        assert_eq!(config.max_connections, 200_000);
+        assert_eq!(config.max_connections_per_user, 100);
+        assert_eq!(config.max_connections_per_ip, None);
+        assert_eq!(config.max_pending_negotiations, 100_000);
+        assert_eq!(config.max_pending_negotiations_per_user, 100);
+        assert_eq!(config.long_poll_max_response_bytes, 1024 * 1024);
     }
 
     #[test]
@@ -537,6 +546,18 @@ mod tests {
         assert_eq!(parse(&["--database", "mysql://root@h:3306"]).unwrap_err().key, "database");
         assert_eq!(parse(&["--max-members", "0"]).unwrap_err().key, "max_members");
         assert_eq!(parse(&["--redis", "http://x"]).unwrap_err().key, "redis");
+        assert_eq!(
+            parse(&["--http-max-head-bytes", "100"]).unwrap_err().key,
+            "http_max_head_bytes"
+        );
+        assert_eq!(
+            parse(&["--max-connections-per-ip", "0"]).unwrap_err().key,
+            "max_connections_per_ip"
+        );
+        assert_eq!(
+            parse(&["--http-header-timeout-secs", "0"]).unwrap_err().key,
+            "http_header_timeout_secs"
+        );
     }
 
     #[test]
