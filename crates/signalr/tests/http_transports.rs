@@ -335,8 +335,7 @@ async fn an_unclaimed_negotiation_gives_its_pending_place_back_when_forgotten() 
 
 #[tokio::test]
 async fn a_long_polling_connection_holds_its_place_until_it_ends() {
-    let mut test =
-        spawn(HubConfig { max_connections_per_user: Some(1), ..HubConfig::default() }).await;
+    let test = spawn(HubConfig { max_connections_per_user: Some(1), ..HubConfig::default() }).await;
     let token = negotiate_token(test.addr, "alice").await;
     assert_eq!(poll(&test, &token, "alice").await.status, 200, "the first poll starts it");
     // Negotiate refuses at once: the connection could not start.
