@@ -353,3 +353,40 @@ async fn a_long_polling_connection_holds_its_place_until_it_ends() {
     assert_eq!(deleted.status, 202);
     negotiate_until(&test, "alice", |status| status == 200).await;
 }
+
+#[tokio::test]
+async fn a_post_the_client_breaks_off_is_dropped_and_the_connection_goes_on() {
+    use tokio::io::AsyncWriteExt;
+    let test = spawn(HubConfig::default()).await;
+    let token = negotiate_token(test.addr, "alice").await;
+    assert_eq!(poll(&test, &token, "alice").await.status, 200);
+    assert_eq!(post(&test, &token, Some("alice"), HANDSHAKE_JSON).await.status, 200);
+    assert_eq!(poll_data(&test, &token, "alice").await, b"{}\x1e");
+
+    // Half a body, then the client goes away.
+    let mut broken = tokio::net::TcpStream::connect(test.addr).await.expect("connect");
+    let head = format!(
+        "POST {PATH}?id={token} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alice\r\nContent-Length: 100\r\n\r\n{{\"type\":1,"
+    );
+    broken.write_all(head.as_bytes()).await.expect("write");
+    drop(broken);
+
+    // The connection is still there and serves the next call (POSTs may be
+    // refused with 409 until the server has seen the broken one end).
+    let call =
+        b"{\"type\":1,\"invocationId\":\"1\",\"target\":\"Echo\",\"arguments\":[\"on\"]}\x1e";
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = post(&test, &token, Some("alice"), call).await.status;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 409);
+        assert!(std::time::Instant::now() < deadline, "POSTs still refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        poll_data(&test, &token, "alice").await,
+        b"{\"type\":3,\"invocationId\":\"1\",\"result\":\"on\"}\x1e"
+    );
+}

@@ -481,16 +481,30 @@ pub(crate) async fn send<H: Hub>(
         // client opens. Stock clients never overlap their sends.
         let _posting = PostingGuard::take(&negotiated).ok_or(Refusal::PostInProgress)?;
         let limit = server.config.max_batch_size;
-        let Some(body) = read_body(body, limit).await else {
-            let error = session::too_large(None, limit);
-            warn!(connection_id = %connection.id(), %error, "incoming message too large");
-            connection.request_close(CloseRequest::with_error(error.clone()));
-            return Ok((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                [(header::CONTENT_TYPE, "text/plain")],
-                error,
-            )
-                .into_response());
+        let body = match read_body(body, limit).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                let error = session::too_large(None, limit);
+                warn!(connection_id = %connection.id(), %error, "incoming message too large");
+                connection.request_close(CloseRequest::with_error(error.clone()));
+                return Ok((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    [(header::CONTENT_TYPE, "text/plain")],
+                    error,
+                )
+                    .into_response());
+            }
+            // The client broke off (or its body was malformed): nothing of it
+            // reached the session, which goes on; as ASP.NET Core, 400.
+            Err(BodyError::Unreadable) => {
+                debug!(connection_id = %connection.id(), "a POST body could not be read");
+                return Ok((
+                    StatusCode::BAD_REQUEST,
+                    [(header::CONTENT_TYPE, "text/plain")],
+                    "the request body could not be read",
+                )
+                    .into_response());
+            }
         };
         if inbound.send(body).await.is_err() {
             return Err(Refusal::UnknownConnection);
@@ -518,16 +532,23 @@ impl Drop for PostingGuard {
     }
 }
 
-/// The whole body, or `None` when it exceeds `limit` (or the client broke off).
-async fn read_body(body: Body, limit: usize) -> Option<Bytes> {
+/// Why a POST body was not taken.
+enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+/// The whole body, unless it exceeds `limit` or cannot be read (the client
+/// broke off).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
     let mut stream = body.into_data_stream();
     let mut collected: Vec<u8> = Vec::new();
     let mut first: Option<Bytes> = None;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.ok()?;
+        let chunk = chunk.map_err(|_| BodyError::Unreadable)?;
         let size = first.as_ref().map_or(0, Bytes::len) + collected.len() + chunk.len();
         if size > limit {
-            return None;
+            return Err(BodyError::TooLarge);
         }
         match first.take() {
             // The common case, one chunk: no copy.
@@ -539,7 +560,7 @@ async fn read_body(body: Body, limit: usize) -> Option<Bytes> {
             None => collected.extend_from_slice(&chunk),
         }
     }
-    Some(first.unwrap_or_else(|| Bytes::from(collected)))
+    Ok(first.unwrap_or_else(|| Bytes::from(collected)))
 }
 
 /// `DELETE {path}?id=`: a long-polling client stops.
