@@ -13,7 +13,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use next_chat_core::{
     BackendError, ChatService, HistoryStore, HistoryWriter, LocalFanout, Membership, Messaging,
 };
@@ -24,6 +23,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, Database};
 use crate::hub::ChatHub;
 use crate::metrics::{HistoryMetrics, Metrics};
+use crate::serve::HttpLimits;
 
 /// The hub's path, fixed by the contract.
 pub const HUB_PATH: &str = "/next-chat";
@@ -84,6 +84,7 @@ pub struct App {
     config: Config,
     listener: TcpListener,
     router: Router,
+    http: HttpLimits,
     hub: Arc<HubServer<ChatHub>>,
     shared: Arc<Shared>,
     reconciler: Option<next_chat_storage::StreamHistoryReconciler>,
@@ -119,6 +120,12 @@ impl App {
             max_queued_invocation_bytes: config.max_queued_invocation_bytes,
             invocations_per_second: config.invocations_per_second,
             invocation_burst: config.invocation_burst,
+            max_connections: Some(config.max_connections),
+            max_connections_per_user: Some(config.max_connections_per_user),
+            max_connections_per_ip: config.max_connections_per_ip,
+            max_pending_negotiations: Some(config.max_pending_negotiations),
+            max_pending_negotiations_per_user: Some(config.max_pending_negotiations_per_user),
+            long_poll_max_response_bytes: config.long_poll_max_response_bytes,
             ..HubConfig::default()
         };
         let hub = Arc::new(HubServer::new(
@@ -136,7 +143,8 @@ impl App {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listen: cannot bind {}", config.listen))?;
-        Ok(App { config, listener, router, hub, shared, reconciler })
+        let http = http_limits(&config);
+        Ok(App { config, listener, router, http, hub, shared, reconciler })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -150,25 +158,18 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let App { config, listener, router, hub, shared, reconciler } = self;
+        let App { config, listener, router, http, hub, shared, reconciler } = self;
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        // Chat records are small and latency matters: no Nagle delay between
-        // a message and the completion that follows it.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                warn!(%error, "cannot set TCP_NODELAY");
-            }
+        let server = crate::serve::serve(listener, router, http, async move {
+            let _ = http_stopped.await;
         });
-        let server =
-            axum::serve(listener, router.into_make_service()).with_graceful_shutdown(async move {
-                let _ = http_stopped.await;
-            });
-        let mut server = tokio::spawn(server.into_future());
+        let mut server = tokio::spawn(server);
 
         tokio::select! {
             () = shutdown => {}
             result = &mut server => {
-                return result.context("http server task")?.context("http server");
+                result.context("http server task")?;
+                anyhow::bail!("the HTTP server stopped by itself");
             }
         }
         let started = Instant::now();
@@ -198,6 +199,36 @@ impl App {
         }
         info!(took = ?started.elapsed(), "stopped");
         Ok(())
+    }
+}
+
+/// The HTTP bounds; the TCP connection cap defaults to what the open-file
+/// limit allows.
+fn http_limits(config: &Config) -> HttpLimits {
+    let default_cap = crate::serve::default_max_connections();
+    let max_connections = match config.max_http_connections {
+        Some(cap) => {
+            if cap > default_cap {
+                warn!(
+                    max_http_connections = cap,
+                    open_file_limit = crate::serve::open_file_limit(),
+                    "max_http_connections is above what the open-file limit leaves; \
+                     accepting may fail for want of file descriptors before the cap is reached"
+                );
+            }
+            cap
+        }
+        None => default_cap,
+    };
+    info!(
+        max_http_connections = max_connections,
+        http_header_timeout = ?config.http_header_timeout,
+        "HTTP limits"
+    );
+    HttpLimits {
+        header_timeout: config.http_header_timeout,
+        max_head_bytes: config.http_max_head_bytes,
+        max_connections,
     }
 }
 

@@ -150,7 +150,53 @@ pub struct Settings {
     #[arg(long, env = "NEXT_CHAT_INVOCATION_BURST", global = true, value_name = "N")]
     pub invocation_burst: Option<u32>,
     // ── HTTP edge limits settings go here (keep this marker line) ──
+    /// Seconds a client has to send a request head, from connecting or from the end
+    /// of its previous response (so also the idle keep-alive time) [default: 10]
+    #[arg(long, env = "NEXT_CHAT_HTTP_HEADER_TIMEOUT_SECS", global = true, value_name = "SECS")]
+    pub http_header_timeout_secs: Option<u64>,
 
+    /// Largest HTTP request head (request line and headers) in bytes; a bigger one gets 431 [default: 65536]
+    #[arg(long, env = "NEXT_CHAT_HTTP_MAX_HEAD_BYTES", global = true, value_name = "BYTES")]
+    pub http_max_head_bytes: Option<usize>,
+
+    /// TCP connections open at once; beyond it a new one gets 503 and is closed
+    /// [default: the open-file limit less 256]
+    #[arg(long, env = "NEXT_CHAT_MAX_HTTP_CONNECTIONS", global = true, value_name = "N")]
+    pub max_http_connections: Option<usize>,
+
+    /// SignalR connections open at once; beyond it 503 [default: 200000]
+    #[arg(long, env = "NEXT_CHAT_MAX_CONNECTIONS", global = true, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// SignalR connections one user may have open at once; beyond it 429 [default: 100]
+    #[arg(long, env = "NEXT_CHAT_MAX_CONNECTIONS_PER_USER", global = true, value_name = "N")]
+    pub max_connections_per_user: Option<usize>,
+
+    /// SignalR connections from one client address at once; beyond it 429 [default: no cap]
+    #[arg(long, env = "NEXT_CHAT_MAX_CONNECTIONS_PER_IP", global = true, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Negotiated connections not yet started by a transport request; beyond it 503 [default: 100000]
+    #[arg(long, env = "NEXT_CHAT_MAX_PENDING_NEGOTIATIONS", global = true, value_name = "N")]
+    pub max_pending_negotiations: Option<usize>,
+
+    /// The same per user; beyond it 429 [default: 100]
+    #[arg(
+        long,
+        env = "NEXT_CHAT_MAX_PENDING_NEGOTIATIONS_PER_USER",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_pending_negotiations_per_user: Option<usize>,
+
+    /// Most bytes of messages in one long-poll response (at least one message) [default: 1048576]
+    #[arg(
+        long,
+        env = "NEXT_CHAT_LONG_POLL_MAX_RESPONSE_BYTES",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub long_poll_max_response_bytes: Option<usize>,
     // ── history and Redis limits settings go here (keep this marker line) ──
 
     // ── chat rules limits settings go here (keep this marker line) ──
@@ -229,7 +275,15 @@ impl Settings {
                 invocations_per_second,
                 invocation_burst,
                 // ── HTTP edge limits settings go here (keep this marker line) ──
-
+                http_header_timeout_secs,
+                http_max_head_bytes,
+                max_http_connections,
+                max_connections,
+                max_connections_per_user,
+                max_connections_per_ip,
+                max_pending_negotiations,
+                max_pending_negotiations_per_user,
+                long_poll_max_response_bytes,
                 // ── history and Redis limits settings go here (keep this marker line) ──
 
                 // ── chat rules limits settings go here (keep this marker line) ──
@@ -342,7 +396,17 @@ pub struct Config {
     pub invocations_per_second: u32,
     pub invocation_burst: u32,
     // ── HTTP edge limits settings go here (keep this marker line) ──
-
+    pub http_header_timeout: Duration,
+    pub http_max_head_bytes: usize,
+    /// `None`: derived from the open-file limit when the server starts.
+    pub max_http_connections: Option<usize>,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    /// `None`: no cap (behind a proxy every client has the proxy's address).
+    pub max_connections_per_ip: Option<usize>,
+    pub max_pending_negotiations: usize,
+    pub max_pending_negotiations_per_user: usize,
+    pub long_poll_max_response_bytes: usize,
     // ── history and Redis limits settings go here (keep this marker line) ──
 
     // ── chat rules limits settings go here (keep this marker line) ──
@@ -511,7 +575,53 @@ impl Config {
                 2000,
             )? as u32,
             // ── HTTP edge limits settings go here (keep this marker line) ──
-
+            http_header_timeout: seconds(
+                "http_header_timeout_secs",
+                s.http_header_timeout_secs,
+                10,
+            )?,
+            http_max_head_bytes: match s.http_max_head_bytes {
+                // hyper's smallest read buffer; a head must fit in it.
+                Some(n) if n < 8192 => {
+                    return Err(bad("http_max_head_bytes", "must be at least 8192"));
+                }
+                Some(n) => n,
+                None => 64 * 1024,
+            },
+            max_http_connections: match s.max_http_connections {
+                Some(0) => return Err(bad("max_http_connections", "must be at least 1")),
+                other => other,
+            },
+            max_connections: positive("max_connections", s.max_connections, 200_000)?,
+            max_connections_per_user: positive(
+                "max_connections_per_user",
+                s.max_connections_per_user,
+                100,
+            )?,
+            max_connections_per_ip: match s.max_connections_per_ip {
+                Some(0) => {
+                    return Err(bad(
+                        "max_connections_per_ip",
+                        "must be at least 1 (leave it unset for no cap)",
+                    ));
+                }
+                other => other,
+            },
+            max_pending_negotiations: positive(
+                "max_pending_negotiations",
+                s.max_pending_negotiations,
+                100_000,
+            )?,
+            max_pending_negotiations_per_user: positive(
+                "max_pending_negotiations_per_user",
+                s.max_pending_negotiations_per_user,
+                100,
+            )?,
+            long_poll_max_response_bytes: positive(
+                "long_poll_max_response_bytes",
+                s.long_poll_max_response_bytes,
+                1024 * 1024,
+            )?,
             // ── history and Redis limits settings go here (keep this marker line) ──
 
             // ── chat rules limits settings go here (keep this marker line) ──
@@ -550,6 +660,15 @@ mod tests {
         assert_eq!(config.history.save_timeout, Duration::from_millis(500));
         assert_eq!(config.max_message_size, 131072);
         assert!(config.migrate);
+        assert_eq!(config.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(config.http_max_head_bytes, 65536);
+        assert_eq!(config.max_http_connections, None);
+        assert_eq!(config.max_connections, 200_000);
+        assert_eq!(config.max_connections_per_user, 100);
+        assert_eq!(config.max_connections_per_ip, None);
+        assert_eq!(config.max_pending_negotiations, 100_000);
+        assert_eq!(config.max_pending_negotiations_per_user, 100);
+        assert_eq!(config.long_poll_max_response_bytes, 1024 * 1024);
         assert_eq!(config.chat.history_page_max_bytes, 1024 * 1024);
         assert_eq!(config.chat.max_groups_per_connection, 100);
         assert_eq!(config.chat.max_connections_per_user_in_group, 10);
@@ -580,6 +699,18 @@ mod tests {
         assert_eq!(parse(&["--database", "mysql://root@h:3306"]).unwrap_err().key, "database");
         assert_eq!(parse(&["--max-members", "0"]).unwrap_err().key, "max_members");
         assert_eq!(parse(&["--redis", "http://x"]).unwrap_err().key, "redis");
+        assert_eq!(
+            parse(&["--http-max-head-bytes", "100"]).unwrap_err().key,
+            "http_max_head_bytes"
+        );
+        assert_eq!(
+            parse(&["--max-connections-per-ip", "0"]).unwrap_err().key,
+            "max_connections_per_ip"
+        );
+        assert_eq!(
+            parse(&["--http-header-timeout-secs", "0"]).unwrap_err().key,
+            "http_header_timeout_secs"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod backends;
 pub mod config;
 pub mod hub;
 pub mod metrics;
+pub mod serve;
 
 pub use app::App;
 pub use config::{Cli, Config};

@@ -301,3 +301,92 @@ async fn shutdown_reaches_long_polling_clients() {
     test.next_disconnected().await;
     assert_eq!(test.server.connection_count(), 0);
 }
+
+/// Negotiates until `pick` accepts the status, at most for `WAIT`.
+async fn negotiate_until(test: &TestServer, user: &str, pick: impl Fn(u16) -> bool) -> u16 {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, _) = negotiate(test.addr, "?negotiateVersion=1", Some(user)).await;
+        if pick(status) {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "negotiate still answers {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unclaimed_negotiation_gives_its_pending_place_back_when_forgotten() {
+    let test = spawn(HubConfig {
+        negotiate_timeout: Duration::from_millis(200),
+        max_pending_negotiations_per_user: Some(1),
+        ..HubConfig::default()
+    })
+    .await;
+    negotiate_token(test.addr, "alice").await;
+    let (status, body) = negotiate(test.addr, "?negotiateVersion=1", Some("alice")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(test.server.pending_negotiations(), 1);
+    // Another user is not affected.
+    negotiate_token(test.addr, "bob").await;
+    // Once forgotten (negotiate_timeout), alice's place is free again.
+    negotiate_until(&test, "alice", |status| status == 200).await;
+}
+
+#[tokio::test]
+async fn a_long_polling_connection_holds_its_place_until_it_ends() {
+    let test = spawn(HubConfig { max_connections_per_user: Some(1), ..HubConfig::default() }).await;
+    let token = negotiate_token(test.addr, "alice").await;
+    assert_eq!(poll(&test, &token, "alice").await.status, 200, "the first poll starts it");
+    // Negotiate refuses at once: the connection could not start.
+    let (status, _) = negotiate(test.addr, "?negotiateVersion=1", Some("alice")).await;
+    assert_eq!(status, 429);
+    let authorization = auth("alice");
+    let deleted = http(
+        test.addr,
+        "DELETE",
+        &format!("{PATH}?id={token}"),
+        &[("Authorization", authorization.as_str())],
+        b"",
+    )
+    .await;
+    assert_eq!(deleted.status, 202);
+    negotiate_until(&test, "alice", |status| status == 200).await;
+}
+
+#[tokio::test]
+async fn a_post_the_client_breaks_off_is_dropped_and_the_connection_goes_on() {
+    use tokio::io::AsyncWriteExt;
+    let test = spawn(HubConfig::default()).await;
+    let token = negotiate_token(test.addr, "alice").await;
+    assert_eq!(poll(&test, &token, "alice").await.status, 200);
+    assert_eq!(post(&test, &token, Some("alice"), HANDSHAKE_JSON).await.status, 200);
+    assert_eq!(poll_data(&test, &token, "alice").await, b"{}\x1e");
+
+    // Half a body, then the client goes away.
+    let mut broken = tokio::net::TcpStream::connect(test.addr).await.expect("connect");
+    let head = format!(
+        "POST {PATH}?id={token} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alice\r\nContent-Length: 100\r\n\r\n{{\"type\":1,"
+    );
+    broken.write_all(head.as_bytes()).await.expect("write");
+    drop(broken);
+
+    // The connection is still there and serves the next call (POSTs may be
+    // refused with 409 until the server has seen the broken one end).
+    let call =
+        b"{\"type\":1,\"invocationId\":\"1\",\"target\":\"Echo\",\"arguments\":[\"on\"]}\x1e";
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = post(&test, &token, Some("alice"), call).await.status;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 409);
+        assert!(std::time::Instant::now() < deadline, "POSTs still refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        poll_data(&test, &token, "alice").await,
+        b"{\"type\":3,\"invocationId\":\"1\",\"result\":\"on\"}\x1e"
+    );
+}

@@ -2,11 +2,13 @@
 //! identify the caller, find its negotiated connection and hand over to the
 //! transport. Every refusal is mapped to its HTTP status here and nowhere else.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -16,7 +18,7 @@ use tracing::{debug, warn};
 
 use super::connection::{CloseRequest, Connection};
 use super::long_polling::{self, PollState};
-use super::registry::{Negotiated, NegotiatedState, lock};
+use super::registry::{Admission, LimitReached, Negotiated, NegotiatedState, lock};
 use super::session::{self, Inbound, Liveness};
 use super::{Hub, ServerState, sse, websocket};
 use crate::negotiate::{NegotiateResponse, Transport, answer_version, new_random_id};
@@ -39,6 +41,52 @@ enum Refusal {
     NotStarted,
     PostOnWebSocket,
     DeleteNotLongPolling,
+    PostInProgress,
+    Limit(LimitReached),
+}
+
+impl From<LimitReached> for Refusal {
+    fn from(limit: LimitReached) -> Self {
+        Refusal::Limit(limit)
+    }
+}
+
+/// A reached cap as a status and a text naming the setting: 503 when the server
+/// as a whole is full (another instance, or later, may do), 429 when it is this
+/// user's or address's own share.
+fn limit_refusal(limit: LimitReached) -> (StatusCode, String) {
+    match limit {
+        LimitReached::Connections(n) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server has as many connections open as it allows (max_connections = {n}); try again later"
+            ),
+        ),
+        LimitReached::ConnectionsPerUser(n) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "this user has as many connections open as one user may (max_connections_per_user = {n}); close one first"
+            ),
+        ),
+        LimitReached::ConnectionsPerIp(n) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "this address has as many connections open as one address may (max_connections_per_ip = {n}); close one first"
+            ),
+        ),
+        LimitReached::PendingNegotiations(n) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server holds as many negotiated connections not yet started as it allows (max_pending_negotiations = {n}); try again shortly"
+            ),
+        ),
+        LimitReached::PendingNegotiationsPerUser(n) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "this user has as many negotiated connections not yet started as one user may (max_pending_negotiations_per_user = {n}); start them or wait until they expire"
+            ),
+        ),
+    }
 }
 
 impl IntoResponse for Refusal {
@@ -78,6 +126,12 @@ impl IntoResponse for Refusal {
                 StatusCode::BAD_REQUEST,
                 "Cannot terminate this connection using the DELETE endpoint.".to_owned(),
             ),
+            Refusal::PostInProgress => (
+                StatusCode::CONFLICT,
+                "another POST to this connection is still in progress: send one at a time"
+                    .to_owned(),
+            ),
+            Refusal::Limit(limit) => limit_refusal(limit),
         };
         (status, [(header::CONTENT_TYPE, "text/plain")], text).into_response()
     }
@@ -110,6 +164,12 @@ fn identify<H: Hub>(
         )
     })?;
     server.hub.authenticate(token).map_err(Refusal::Unauthorized)
+}
+
+/// The client's address, when the server was started with it (axum's
+/// `ConnectInfo`); without it the per-address cap does not apply.
+fn client_ip(request: &Request) -> Option<IpAddr> {
+    request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())
 }
 
 /// The negotiated connection `?id=` names, if `user` negotiated it.
@@ -161,6 +221,19 @@ pub(crate) async fn negotiate<H: Hub>(
     let body = match answer_version(param(&params, "negotiateVersion")) {
         Err(error) => NegotiateResponse::error(error),
         Ok(version) => {
+            // A user at the connection cap could not start the connection anyway:
+            // say so now rather than after the transport request.
+            let slot = match server
+                .registry
+                .check_room(&user, None)
+                .and_then(|()| server.registry.reserve_pending(&user))
+            {
+                Ok(slot) => slot,
+                Err(limit) => {
+                    debug!(%user, ?limit, "negotiate refused at a cap");
+                    return Refusal::Limit(limit).into_response();
+                }
+            };
             let connection_id = new_random_id();
             let token = if version >= 1 { new_random_id() } else { connection_id.clone() };
             let transports = &server.config.transports;
@@ -175,7 +248,8 @@ pub(crate) async fn negotiate<H: Hub>(
                     connection_id,
                     token,
                     user,
-                    state: std::sync::Mutex::new(NegotiatedState::Pending),
+                    state: std::sync::Mutex::new(NegotiatedState::Pending { _slot: slot }),
+                    posting: std::sync::atomic::AtomicBool::new(false),
                 },
                 server.config.negotiate_timeout,
             );
@@ -196,12 +270,13 @@ pub(crate) async fn connect<H: Hub>(
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };
+    let ip = client_ip(&request);
     let result = if is_websocket(headers) {
-        connect_websocket(server, params, user, request).await
+        connect_websocket(server, params, user, ip, request).await
     } else if accepts_event_stream(headers) {
-        connect_sse(server, &params, user)
+        connect_sse(server, &params, user, ip)
     } else {
-        long_poll(server, &params, user).await
+        long_poll(server, &params, user, ip).await
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
@@ -230,6 +305,7 @@ async fn connect_websocket<H: Hub>(
     server: Arc<ServerState<H>>,
     params: Vec<(String, String)>,
     user: String,
+    ip: Option<IpAddr>,
     request: Request,
 ) -> Result<Response, Refusal> {
     ensure_enabled(&server, Transport::WebSockets)?;
@@ -239,15 +315,31 @@ async fn connect_websocket<H: Hub>(
         Ok(upgrade) => upgrade,
         Err(rejection) => return Ok(rejection.into_response()),
     };
-    let (connection_id, negotiated) = if param(&params, "id").is_some() {
-        let negotiated = find(&server, &params, &user)?;
-        activate(&negotiated, Transport::WebSockets, || NegotiatedState::WebSockets)?;
-        (negotiated.connection_id.clone(), Some(negotiated))
-    } else {
+    let negotiated =
+        if param(&params, "id").is_some() { Some(find(&server, &params, &user)?) } else { None };
+    let admission = admit(&server, &user, ip)?;
+    let connection_id = match &negotiated {
+        Some(negotiated) => {
+            activate(negotiated, Transport::WebSockets, || NegotiatedState::WebSockets)?;
+            negotiated.connection_id.clone()
+        }
         // skipNegotiation: the connection starts here.
-        (new_random_id(), None)
+        None => new_random_id(),
     };
-    Ok(websocket::upgrade(server, upgrade, connection_id, user, negotiated))
+    Ok(websocket::upgrade(server, upgrade, connection_id, user, negotiated, admission))
+}
+
+/// A place under the connection caps, taken before the transport starts so that
+/// the client gets an HTTP status, not a connection that closes at once.
+fn admit<H: Hub>(
+    server: &Arc<ServerState<H>>,
+    user: &str,
+    ip: Option<IpAddr>,
+) -> Result<Admission, Refusal> {
+    server.registry.admit(user, ip).map_err(|limit| {
+        debug!(%user, ?ip, ?limit, "connection refused at a cap");
+        Refusal::Limit(limit)
+    })
 }
 
 /// Binds a pending negotiated connection to `transport`.
@@ -278,10 +370,13 @@ fn connect_sse<H: Hub>(
     server: Arc<ServerState<H>>,
     params: &[(String, String)],
     user: String,
+    ip: Option<IpAddr>,
 ) -> Result<Response, Refusal> {
     ensure_enabled(&server, Transport::ServerSentEvents)?;
     ensure_not_shutting_down(&server)?;
     let negotiated = find(&server, params, &user)?;
+    // A refused activation below drops the admission, giving the place back.
+    let admission = admit(&server, &user, ip)?;
     let config = &server.config;
     let (connection, outbound) = Connection::new(
         negotiated.connection_id.clone(),
@@ -295,7 +390,7 @@ fn connect_sse<H: Hub>(
         inbound,
         connection: connection.clone(),
     })?;
-    let live = server.registry.register_live(&connection);
+    let live = server.registry.register_live(&connection, admission);
     let response = sse::response(outbound, live.clone());
     let liveness = Liveness::ClientTimeout(config.client_timeout);
     tokio::spawn(async move {
@@ -309,19 +404,22 @@ async fn long_poll<H: Hub>(
     server: Arc<ServerState<H>>,
     params: &[(String, String)],
     user: String,
+    ip: Option<IpAddr>,
 ) -> Result<Response, Refusal> {
     ensure_enabled(&server, Transport::LongPolling)?;
     let negotiated = find(&server, params, &user)?;
     let existing = match &*lock(&negotiated.state) {
         NegotiatedState::LongPolling { polls, .. } => Some(polls.clone()),
-        NegotiatedState::Pending => None,
+        NegotiatedState::Pending { .. } => None,
         _ => return Err(Refusal::ChangedTransport),
     };
+    let config = &server.config;
     if let Some(polls) = existing {
-        return Ok(long_polling::poll(polls, server.config.long_poll_timeout).await);
+        let (timeout, max_bytes) = (config.long_poll_timeout, config.long_poll_max_response_bytes);
+        return Ok(long_polling::poll(polls, timeout, max_bytes).await);
     }
     ensure_not_shutting_down(&server)?;
-    let config = &server.config;
+    let admission = admit(&server, &user, ip)?;
     let (connection, outbound) = Connection::new(
         negotiated.connection_id.clone(),
         user,
@@ -336,7 +434,7 @@ async fn long_poll<H: Hub>(
         connection: connection.clone(),
         polls: polls.clone(),
     })?;
-    let live = server.registry.register_live(&connection);
+    let live = server.registry.register_live(&connection, admission);
     let disconnect_timeout = config.long_poll_disconnect_timeout;
     let liveness = Liveness::Polling(polls.clone(), disconnect_timeout);
     tokio::spawn(async move {
@@ -371,24 +469,42 @@ pub(crate) async fn send<H: Hub>(
         let user = identify(&server, &headers, &params)?;
         let negotiated = find(&server, &params, &user)?;
         let (inbound, connection) = match &*lock(&negotiated.state) {
-            NegotiatedState::Pending => return Err(Refusal::NotStarted),
+            NegotiatedState::Pending { .. } => return Err(Refusal::NotStarted),
             NegotiatedState::WebSockets => return Err(Refusal::PostOnWebSocket),
             NegotiatedState::ServerSentEvents { inbound, connection }
             | NegotiatedState::LongPolling { inbound, connection, .. } => {
                 (inbound.clone(), connection.clone())
             }
         };
+        // One POST at a time, so a connection holds at most one body being read
+        // (plus the few queued for the session), however many requests its
+        // client opens. Stock clients never overlap their sends.
+        let _posting = PostingGuard::take(&negotiated).ok_or(Refusal::PostInProgress)?;
         let limit = server.config.max_batch_size;
-        let Some(body) = read_body(body, limit).await else {
-            let error = session::too_large(None, limit);
-            warn!(connection_id = %connection.id(), %error, "incoming message too large");
-            connection.request_close(CloseRequest::with_error(error.clone()));
-            return Ok((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                [(header::CONTENT_TYPE, "text/plain")],
-                error,
-            )
-                .into_response());
+        let body = match read_body(body, limit).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                let error = session::too_large(None, limit);
+                warn!(connection_id = %connection.id(), %error, "incoming message too large");
+                connection.request_close(CloseRequest::with_error(error.clone()));
+                return Ok((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    [(header::CONTENT_TYPE, "text/plain")],
+                    error,
+                )
+                    .into_response());
+            }
+            // The client broke off (or its body was malformed): nothing of it
+            // reached the session, which goes on; as ASP.NET Core, 400.
+            Err(BodyError::Unreadable) => {
+                debug!(connection_id = %connection.id(), "a POST body could not be read");
+                return Ok((
+                    StatusCode::BAD_REQUEST,
+                    [(header::CONTENT_TYPE, "text/plain")],
+                    "the request body could not be read",
+                )
+                    .into_response());
+            }
         };
         if inbound.send(body).await.is_err() {
             return Err(Refusal::UnknownConnection);
@@ -399,16 +515,40 @@ pub(crate) async fn send<H: Hub>(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The whole body, or `None` when it exceeds `limit` (or the client broke off).
-async fn read_body(body: Body, limit: usize) -> Option<Bytes> {
+/// Marks a POST to one connection as in progress until dropped, however the
+/// request ends (the client may go away while its body is read).
+struct PostingGuard(Arc<Negotiated>);
+
+impl PostingGuard {
+    fn take(negotiated: &Arc<Negotiated>) -> Option<PostingGuard> {
+        let busy = negotiated.posting.swap(true, Ordering::AcqRel);
+        (!busy).then(|| PostingGuard(negotiated.clone()))
+    }
+}
+
+impl Drop for PostingGuard {
+    fn drop(&mut self) {
+        self.0.posting.store(false, Ordering::Release);
+    }
+}
+
+/// Why a POST body was not taken.
+enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+/// The whole body, unless it exceeds `limit` or cannot be read (the client
+/// broke off).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
     let mut stream = body.into_data_stream();
     let mut collected: Vec<u8> = Vec::new();
     let mut first: Option<Bytes> = None;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.ok()?;
+        let chunk = chunk.map_err(|_| BodyError::Unreadable)?;
         let size = first.as_ref().map_or(0, Bytes::len) + collected.len() + chunk.len();
         if size > limit {
-            return None;
+            return Err(BodyError::TooLarge);
         }
         match first.take() {
             // The common case, one chunk: no copy.
@@ -420,7 +560,7 @@ async fn read_body(body: Body, limit: usize) -> Option<Bytes> {
             None => collected.extend_from_slice(&chunk),
         }
     }
-    Some(first.unwrap_or_else(|| Bytes::from(collected)))
+    Ok(first.unwrap_or_else(|| Bytes::from(collected)))
 }
 
 /// `DELETE {path}?id=`: a long-polling client stops.

@@ -1,5 +1,6 @@
 //! The Long Polling transport's outbound side: each `GET ?id=` takes what is queued
-//! (waiting up to the poll timeout), and a newer poll ends an older one with 204,
+//! (waiting up to the poll timeout), at most `long_poll_max_response_bytes` of it
+//! (always at least one record), and a newer poll ends an older one with 204,
 //! as ASP.NET Core does. The first poll only starts the connection and is answered
 //! at once (the JS client sends its handshake only after it returns).
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
@@ -19,7 +21,7 @@ use super::registry::lock;
 #[derive(Debug)]
 pub(crate) struct PollState {
     /// `None` while a poll holds it.
-    outbound: Mutex<Option<Outbound>>,
+    outbound: Mutex<Option<Lent>>,
     /// Signalled when a poll gives the outbound back.
     returned: Notify,
     /// Ends the poll in progress when a newer one arrives.
@@ -35,6 +37,14 @@ pub(crate) struct PollState {
     gone: AtomicBool,
 }
 
+/// What a poll borrows: the queue, and a record taken from it that did not fit
+/// in the previous response, which goes first in the next.
+#[derive(Debug)]
+struct Lent {
+    outbound: Outbound,
+    carried: Option<Bytes>,
+}
+
 #[derive(Debug)]
 struct PollTimes {
     active: usize,
@@ -44,7 +54,7 @@ struct PollTimes {
 impl PollState {
     pub(crate) fn new(outbound: Outbound) -> Self {
         Self {
-            outbound: Mutex::new(Some(outbound)),
+            outbound: Mutex::new(Some(Lent { outbound, carried: None })),
             returned: Notify::new(),
             current_poll: Mutex::new(None),
             times: Mutex::new(PollTimes { active: 0, last_end: Instant::now() }),
@@ -103,7 +113,7 @@ impl PollState {
 /// (including the client aborting the request).
 struct PollGuard {
     polls: Arc<PollState>,
-    outbound: Option<Outbound>,
+    outbound: Option<Lent>,
 }
 
 impl Drop for PollGuard {
@@ -121,9 +131,10 @@ impl Drop for PollGuard {
     }
 }
 
-/// Answers one poll: 200 with records, 200 empty on timeout, 204 when the connection
-/// has ended or a newer poll replaced this one.
-pub(crate) async fn poll(polls: Arc<PollState>, timeout: Duration) -> Response {
+/// Answers one poll: 200 with records (at most `max_bytes` of them, or one record
+/// if that alone is bigger), 200 empty on timeout, 204 when the connection has
+/// ended or a newer poll replaced this one.
+pub(crate) async fn poll(polls: Arc<PollState>, timeout: Duration, max_bytes: usize) -> Response {
     if polls.is_finished() {
         return no_content();
     }
@@ -133,20 +144,23 @@ pub(crate) async fn poll(polls: Arc<PollState>, timeout: Duration) -> Response {
     }
     polls.begin();
     let mut guard = PollGuard { polls: polls.clone(), outbound: None };
-    let outbound = loop {
+    let lent = loop {
         let returned = polls.returned.notified();
-        if let Some(outbound) = lock(&polls.outbound).take() {
-            break guard.outbound.insert(outbound);
+        if let Some(lent) = lock(&polls.outbound).take() {
+            break guard.outbound.insert(lent);
         }
         tokio::select! {
             _ = returned => {}
             _ = &mut cancelled => return no_content(),
         }
     };
-    let first = tokio::select! {
-        record = outbound.next() => record,
-        _ = tokio::time::sleep(timeout) => return empty(StatusCode::OK),
-        _ = &mut cancelled => return no_content(),
+    let first = match lent.carried.take() {
+        Some(record) => Some(record),
+        None => tokio::select! {
+            record = lent.outbound.next() => record,
+            _ = tokio::time::sleep(timeout) => return empty(StatusCode::OK),
+            _ = &mut cancelled => return no_content(),
+        },
     };
     let Some(first) = first else {
         polls.mark_finished();
@@ -154,10 +168,14 @@ pub(crate) async fn poll(polls: Arc<PollState>, timeout: Duration) -> Response {
     };
     let mut body = Vec::with_capacity(first.len());
     body.extend_from_slice(&first);
-    while let Some(record) = outbound.try_next() {
+    while let Some(record) = lent.outbound.try_next() {
+        if body.len() + record.len() > max_bytes {
+            lent.carried = Some(record);
+            break;
+        }
         body.extend_from_slice(&record);
     }
-    if outbound.is_finished() {
+    if lent.carried.is_none() && lent.outbound.is_finished() {
         polls.mark_delivered();
     }
     drop(guard);

@@ -141,6 +141,23 @@ pub struct HubConfig {
     /// Invocations one connection may start at once after a quiet spell (the
     /// bucket's size).
     pub invocation_burst: u32,
+
+    /// Connections open at once (handshaking ones included); beyond it a new one
+    /// is refused with 503. `None`: no cap.
+    pub max_connections: Option<usize>,
+    /// Connections one user may have open at once; beyond it 429.
+    pub max_connections_per_user: Option<usize>,
+    /// Connections from one client address at once; beyond it 429. Off by
+    /// default: behind a proxy every client has the proxy's address.
+    pub max_connections_per_ip: Option<usize>,
+    /// Negotiated connections not yet claimed by a transport request, in total;
+    /// beyond it negotiate answers 503.
+    pub max_pending_negotiations: Option<usize>,
+    /// The same, per user; beyond it negotiate answers 429.
+    pub max_pending_negotiations_per_user: Option<usize>,
+    /// The most bytes of records one long-poll response carries (at least one
+    /// record, whatever its size); the rest waits for the next poll.
+    pub long_poll_max_response_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -164,6 +181,13 @@ impl Default for HubConfig {
             max_queued_invocation_bytes: 1024 * 1024,
             invocations_per_second: 2000,
             invocation_burst: 2000,
+
+            max_connections: Some(200_000),
+            max_connections_per_user: Some(100),
+            max_connections_per_ip: None,
+            max_pending_negotiations: Some(100_000),
+            max_pending_negotiations_per_user: Some(100),
+            long_poll_max_response_bytes: 1024 * 1024,
         }
     }
 }
@@ -182,9 +206,15 @@ pub struct HubServer<H: Hub> {
 
 impl<H: Hub> HubServer<H> {
     pub fn new(hub: Arc<H>, config: HubConfig) -> Self {
-        Self {
-            state: Arc::new(ServerState { hub, config, registry: Arc::new(Registry::default()) }),
-        }
+        let limits = registry::Limits {
+            max_connections: config.max_connections,
+            max_connections_per_user: config.max_connections_per_user,
+            max_connections_per_ip: config.max_connections_per_ip,
+            max_pending_negotiations: config.max_pending_negotiations,
+            max_pending_negotiations_per_user: config.max_pending_negotiations_per_user,
+        };
+        let registry = Arc::new(Registry::new(limits));
+        Self { state: Arc::new(ServerState { hub, config, registry }) }
     }
 
     /// Routes `POST {path}/negotiate` and `GET`/`POST`/`DELETE {path}`.
@@ -202,6 +232,11 @@ impl<H: Hub> HubServer<H> {
     /// Open connections (handshaking ones included).
     pub fn connection_count(&self) -> usize {
         self.state.registry.live_count()
+    }
+
+    /// Negotiated connections no transport request has claimed yet.
+    pub fn pending_negotiations(&self) -> usize {
+        self.state.registry.pending_count()
     }
 
     /// Sends every connection a Close message with `allowReconnect: true`, lets the

@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use tracing::{debug, warn};
 
 use super::connection::{CloseRequest, Connection, Outbound};
-use super::registry::{LiveGuard, Negotiated};
+use super::registry::{Admission, LiveGuard, Negotiated};
 use super::session::{self, Inbound, Liveness};
 use super::{Hub, ServerState};
 use crate::negotiate::Transport;
@@ -26,13 +26,15 @@ const MAX_WRITE_BATCH_BYTES: usize = 16 * 1024;
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Completes the upgrade and runs the connection. `negotiated` is `None` for a client
-/// that skipped negotiation.
+/// that skipped negotiation; `admission` is its place under the connection caps,
+/// given back when the connection ends or the upgrade never happens.
 pub(crate) fn upgrade<H: Hub>(
     server: Arc<ServerState<H>>,
     upgrade: WebSocketUpgrade,
     connection_id: String,
     user: String,
     negotiated: Option<Arc<Negotiated>>,
+    admission: Admission,
 ) -> Response {
     let config = &server.config;
     // Frames up to twice the limit are read so that the session can close an
@@ -53,7 +55,7 @@ pub(crate) fn upgrade<H: Hub>(
                 failed_registry.remove_negotiated(&token);
             }
         })
-        .on_upgrade(move |socket| run(server, socket, connection_id, user, negotiated))
+        .on_upgrade(move |socket| run(server, socket, connection_id, user, negotiated, admission))
 }
 
 async fn run<H: Hub>(
@@ -62,6 +64,7 @@ async fn run<H: Hub>(
     connection_id: String,
     user: String,
     negotiated: Option<Arc<Negotiated>>,
+    admission: Admission,
 ) {
     let config = &server.config;
     let (connection, outbound) = Connection::new(
@@ -71,7 +74,7 @@ async fn run<H: Hub>(
         config,
         Some(config.keep_alive_interval),
     );
-    let live = server.registry.register_live(&connection);
+    let live = server.registry.register_live(&connection, admission);
     let (sink, stream) = socket.split();
     tokio::spawn(write(sink, outbound, live.clone()));
     let read_limit = config.max_batch_size;
