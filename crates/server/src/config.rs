@@ -129,7 +129,10 @@ pub struct Settings {
     // ── HTTP edge limits settings go here (keep this marker line) ──
 
     // ── history and Redis limits settings go here (keep this marker line) ──
-
+    /// Most bytes of accepted messages waiting to be stored in history; beyond it
+    /// SendMessage fails with "history is unavailable" [default: 268435456 (256 MiB)]
+    #[arg(long, env = "NEXT_CHAT_HISTORY_UNSAVED_MAX_BYTES", global = true, value_name = "BYTES")]
+    pub history_unsaved_max_bytes: Option<usize>,
     // ── chat rules limits settings go here (keep this marker line) ──
 }
 
@@ -172,7 +175,7 @@ impl Settings {
                 // ── HTTP edge limits settings go here (keep this marker line) ──
 
                 // ── history and Redis limits settings go here (keep this marker line) ──
-
+                history_unsaved_max_bytes,
                 // ── chat rules limits settings go here (keep this marker line) ──
             ]
         )
@@ -262,7 +265,6 @@ pub struct Config {
     pub redis: Option<RedisSettings>,
     pub migrate: bool,
     pub chat: ChatConfig,
-    pub history: HistoryWriterConfig,
     pub max_message_size: usize,
     pub outbound_queue: usize,
     pub keep_alive: Duration,
@@ -274,7 +276,8 @@ pub struct Config {
     // ── HTTP edge limits settings go here (keep this marker line) ──
 
     // ── history and Redis limits settings go here (keep this marker line) ──
-
+    /// The history writer's bounds (`history_unsaved_max_bytes`, `save_timeout_ms`).
+    pub history: HistoryWriterConfig,
     // ── chat rules limits settings go here (keep this marker line) ──
 }
 
@@ -364,7 +367,6 @@ impl Config {
             database,
             redis,
             chat,
-            history,
             max_message_size: positive("max_message_size", s.max_message_size, 128 * 1024)?,
             outbound_queue: positive("outbound_queue", s.outbound_queue, 4096)?,
             keep_alive,
@@ -379,7 +381,19 @@ impl Config {
             // ── HTTP edge limits settings go here (keep this marker line) ──
 
             // ── history and Redis limits settings go here (keep this marker line) ──
-
+            history: HistoryWriterConfig {
+                unsaved_max_bytes: match s.history_unsaved_max_bytes {
+                    None => 256 * 1024 * 1024,
+                    Some(n) if n < 1024 * 1024 => {
+                        return Err(bad(
+                            "history_unsaved_max_bytes",
+                            "must be at least 1048576 (1 MiB), room for a few of the longest messages",
+                        ));
+                    }
+                    Some(n) => n,
+                },
+                ..history
+            },
             // ── chat rules limits settings go here (keep this marker line) ──
         })
     }
@@ -414,6 +428,7 @@ mod tests {
         assert_eq!(config.chat.max_members, 20);
         assert_eq!(config.chat.history_on_join, 100);
         assert_eq!(config.history.save_timeout, Duration::from_millis(500));
+        assert_eq!(config.history.unsaved_max_bytes, 256 * 1024 * 1024);
         assert_eq!(config.max_message_size, 131072);
         assert!(config.migrate);
     }
@@ -427,6 +442,11 @@ mod tests {
         assert_eq!(parse(&["--database", "mysql://root@h:3306"]).unwrap_err().key, "database");
         assert_eq!(parse(&["--max-members", "0"]).unwrap_err().key, "max_members");
         assert_eq!(parse(&["--redis", "http://x"]).unwrap_err().key, "redis");
+        let small = parse(&["--history-unsaved-max-bytes", "1000"]).unwrap_err();
+        assert_eq!(small.key, "history_unsaved_max_bytes");
+        assert!(small.to_string().contains("at least 1048576"), "{small}");
+        let set = parse(&["--history-unsaved-max-bytes", "2097152"]).unwrap();
+        assert_eq!(set.history.unsaved_max_bytes, 2 * 1024 * 1024);
     }
 
     #[test]
