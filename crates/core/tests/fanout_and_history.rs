@@ -289,7 +289,8 @@ async fn a_passing_failure_is_retried_and_sets_nothing_aside() {
     let store = Arc::new(FlakyStore::default());
     let observer = Arc::new(Counting::default());
     store.appends_down.store(true, Ordering::SeqCst);
-    let history = HistoryWriter::start(store.clone(), HistoryWriterConfig::default(), observer.clone());
+    let history =
+        HistoryWriter::start(store.clone(), HistoryWriterConfig::default(), observer.clone());
     for i in 1..=5 {
         history.accept(&message("g", i, "x"));
     }

@@ -166,10 +166,14 @@ async fn the_reconciler_sets_aside_what_mysql_refuses_and_moves_its_watermark_on
         settle: Duration::ZERO,
         ..ReconcilerConfig::default()
     };
-    let reconciler =
-        StreamHistoryReconciler::start(names.redis_config(), config, history.clone(), refusals.clone())
-            .await
-            .unwrap();
+    let reconciler = StreamHistoryReconciler::start(
+        names.redis_config(),
+        config,
+        history.clone(),
+        refusals.clone(),
+    )
+    .await
+    .unwrap();
     let deadline = Instant::now() + EVENT_TIMEOUT;
     let (mut inserted, mut refused) = (0, 0);
     while inserted < published.len() {
@@ -210,7 +214,8 @@ async fn sqlite_stores_a_batch_of_the_longest_messages_in_bounded_statements() {
 async fn sqlite_refuses_an_id_it_cannot_hold_and_the_rest_is_stored() {
     let (_dir, store) = sqlite().await;
     // Ids beyond SQLite's signed 64-bit integers cannot be stored, ever.
-    let bad = message("g", u64::MAX, 0, "refused");
+    let mut bad = message("g", 2, 0, "refused");
+    bad.id = MessageId::new(u64::MAX, 0);
     let batch = vec![message("g", 1, 0, "before"), bad.clone(), message("g", 3, 0, "after")];
     let error = store.append(&batch).await.expect_err("the batch is refused");
     assert!(error.refused, "{error}");
