@@ -65,10 +65,20 @@ impl ChatError {
 pub struct BackendError {
     pub backend: &'static str,
     pub detail: String,
+    /// The backend refused the request on its merits (a value too long, a
+    /// constraint, a statement too large): the same request will fail again.
+    /// Otherwise the failure is taken as transient and the request may be retried.
+    pub refused: bool,
 }
 
 impl BackendError {
+    /// A failure that may pass (the backend is down, busy or locked).
     pub fn new(backend: &'static str, detail: impl std::fmt::Display) -> BackendError {
-        BackendError { backend, detail: detail.to_string() }
+        BackendError { backend, detail: detail.to_string(), refused: false }
+    }
+
+    /// A refusal that repeating the same request cannot change.
+    pub fn refused(backend: &'static str, detail: impl std::fmt::Display) -> BackendError {
+        BackendError { backend, detail: detail.to_string(), refused: true }
     }
 }

@@ -3,17 +3,22 @@
 //!
 //! Every accepted message enters `HistoryWriter`'s unsaved set before it is
 //! delivered. A background task stores the set in batches, oldest first, and
-//! retries a failed batch until the store takes it; the store's `append` is
-//! idempotent, so a retry never writes twice. A sender waits for its message to
-//! be stored for at most `save_timeout`. Reads merge the unsaved set with the
-//! store, so history includes every message whose send completed even while the
-//! store is down or behind.
+//! retries a batch that failed for a passing reason (the store is down, busy or
+//! locked) until the store takes it; the store's `append` is idempotent, so a
+//! retry never writes twice. A message the store refuses on its own merits is
+//! set aside (logged and counted) so that everything after it is still stored:
+//! see `append_or_set_aside`. A sender waits for its message to be stored for at
+//! most `save_timeout`. Reads merge the unsaved set with the store, so history
+//! includes every message whose send completed even while the store is down or
+//! behind. The unsaved set is bounded in bytes: when it is full, `has_room`
+//! refuses new messages rather than let an outage grow memory without end.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, oneshot};
+use tracing::warn;
 
 use crate::backend::HistoryStore;
 use crate::domain::{GroupId, Message, MessageId};
@@ -25,9 +30,14 @@ pub struct HistoryWriterConfig {
     pub save_timeout: Duration,
     /// Most messages in one `append`.
     pub batch_max: usize,
-    /// Most unsaved messages held in memory; beyond it sends are refused, so a
-    /// long database outage costs bounded memory and no accepted message.
-    pub unsaved_max: usize,
+    /// Most bytes (as `unsaved_size` counts them) in one `append`, so one batch,
+    /// its copy and a one-by-one retry of it stay small whatever the messages.
+    /// A batch always takes at least one message.
+    pub batch_max_bytes: usize,
+    /// Most bytes of unsaved messages held in memory (as `unsaved_size` counts
+    /// them); beyond it sends are refused, so a long database outage costs
+    /// bounded memory and no accepted message.
+    pub unsaved_max_bytes: usize,
 }
 
 impl Default for HistoryWriterConfig {
@@ -35,15 +45,30 @@ impl Default for HistoryWriterConfig {
         HistoryWriterConfig {
             save_timeout: Duration::from_millis(500),
             batch_max: 500,
-            unsaved_max: 1_000_000,
+            batch_max_bytes: 4 * 1024 * 1024,
+            unsaved_max_bytes: 256 * 1024 * 1024,
         }
     }
+}
+
+/// What one unsaved message costs in memory: its strings plus what the set's
+/// maps and queue hold per entry (the `Message` itself, two copies of the key,
+/// map and queue slots), rounded up. Counting the overhead makes the byte bound
+/// also bound the number of tiny messages.
+pub fn unsaved_size(message: &Message) -> usize {
+    const PER_MESSAGE: usize = 256;
+    message.text.as_str().len()
+        + message.group.as_str().len()
+        + message.author.as_str().len()
+        + PER_MESSAGE
 }
 
 /// Told about every batch, for metrics and logs.
 pub trait HistoryObserver: Send + Sync + 'static {
     fn batch_written(&self, rows: usize, elapsed: Duration);
     fn batch_failed(&self, rows: usize, error: &BackendError);
+    /// The store refused this message on its own; it was set aside (and logged).
+    fn message_refused(&self, _message: &Message, _error: &BackendError) {}
 }
 
 /// An observer that ignores everything (tests, tools).
@@ -54,6 +79,70 @@ impl HistoryObserver for NoObserver {
     fn batch_failed(&self, _: usize, _: &BackendError) {}
 }
 
+/// How far `append_or_set_aside` got.
+#[derive(Debug, Default)]
+pub struct Appended {
+    /// How many of the messages, from the front, are done with: stored, or
+    /// refused and set aside. The rest are to be appended again later.
+    pub done: usize,
+    /// The positions (in the messages given) of those refused and set aside.
+    pub refused: Vec<usize>,
+    /// The passing failure that stopped it before the end, if any.
+    pub error: Option<BackendError>,
+}
+
+/// Appends `messages` in order, and sets aside any message the store refuses on
+/// its own. A batch refused as a whole is appended again one message at a time,
+/// so the refusal is pinned to the messages that cause it; each of those is
+/// logged (its id and group escaped) and reported to `observer`, and the rest
+/// are stored. A passing failure stops at the first message not yet stored.
+///
+/// Refusals are rare, so the one-at-a-time retry costs one round trip per
+/// message of one batch, only when it happens.
+pub async fn append_or_set_aside(
+    store: &dyn HistoryStore,
+    messages: &[Message],
+    observer: &dyn HistoryObserver,
+) -> Appended {
+    let started = Instant::now();
+    let error = match store.append(messages).await {
+        Ok(()) => {
+            observer.batch_written(messages.len(), started.elapsed());
+            return Appended { done: messages.len(), ..Appended::default() };
+        }
+        Err(error) => error,
+    };
+    observer.batch_failed(messages.len(), &error);
+    if !error.refused {
+        return Appended { error: Some(error), ..Appended::default() };
+    }
+    let mut appended = Appended::default();
+    for (position, message) in messages.iter().enumerate() {
+        let started = Instant::now();
+        match store.append(std::slice::from_ref(message)).await {
+            Ok(()) => observer.batch_written(1, started.elapsed()),
+            Err(error) if error.refused => {
+                warn!(
+                    group = ?message.group.as_str(),
+                    id = %message.id,
+                    backend = error.backend,
+                    error = ?error.detail,
+                    "history refused a message; it is set aside and the messages after it are stored"
+                );
+                observer.message_refused(message, &error);
+                appended.refused.push(position);
+            }
+            Err(error) => {
+                observer.batch_failed(1, &error);
+                appended.error = Some(error);
+                return appended;
+            }
+        }
+        appended.done += 1;
+    }
+    appended
+}
+
 type Key = (GroupId, MessageId);
 
 #[derive(Default)]
@@ -61,6 +150,8 @@ struct Unsaved {
     by_group: HashMap<GroupId, BTreeMap<MessageId, Message>>,
     /// Write order: the order messages were accepted.
     queue: VecDeque<Key>,
+    /// What the unsaved messages cost, as `unsaved_size` counts it.
+    bytes: usize,
     waiters: HashMap<Key, Vec<oneshot::Sender<()>>>,
     closing: bool,
 }
@@ -107,13 +198,21 @@ impl HistoryWriter {
         self.shared.unsaved.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Whether another message may be accepted (the unsaved set is not full).
+    /// Whether another message may be accepted: the unsaved set is below
+    /// `unsaved_max_bytes`. Checked before the message is published, so the
+    /// sends in flight at that moment may take the set past the bound by at
+    /// most one message each.
     pub fn has_room(&self) -> Result<(), BackendError> {
-        let unsaved = self.lock();
-        if unsaved.queue.len() >= self.shared.config.unsaved_max {
+        let bytes = self.lock().bytes;
+        let max = self.shared.config.unsaved_max_bytes;
+        if bytes >= max {
             return Err(BackendError::new(
                 "history",
-                format!("{} messages wait to be stored", unsaved.queue.len()),
+                format!(
+                    "{} of messages wait to be stored (limit history_unsaved_max_bytes = {})",
+                    mib(bytes),
+                    mib(max)
+                ),
             ));
         }
         Ok(())
@@ -126,6 +225,7 @@ impl HistoryWriter {
             let mut unsaved = self.lock();
             unsaved.by_group.entry(key.0.clone()).or_default().insert(key.1, message.clone());
             unsaved.queue.push_back(key);
+            unsaved.bytes += unsaved_size(message);
         }
         self.shared.work.notify_one();
     }
@@ -203,6 +303,11 @@ impl HistoryWriter {
         self.lock().queue.len()
     }
 
+    /// What the messages accepted but not yet stored cost, as `unsaved_size` counts it.
+    pub fn unsaved_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     /// Waits until every accepted message is stored or `deadline` passes, then
     /// stops the writer. Returns how many messages were left unsaved.
     pub async fn flush(&self, deadline: Instant) -> usize {
@@ -219,57 +324,80 @@ impl HistoryWriter {
     }
 }
 
-/// Stores the unsaved set, oldest first, in batches; retries with backoff.
+/// `bytes` in MiB with one decimal, for people.
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Stores the unsaved set, oldest first, in batches bounded in messages and
+/// bytes; retries a passing failure with backoff, sets aside what the store
+/// refuses (`append_or_set_aside`).
 async fn write_loop(shared: Arc<Shared>) {
     const RETRY_MIN: Duration = Duration::from_millis(50);
     const RETRY_MAX: Duration = Duration::from_secs(2);
     let mut retry = RETRY_MIN;
     loop {
         let work = shared.work.notified();
-        let (taken, batch): (usize, Vec<Message>) = {
+        let batch: Vec<Message> = {
             let unsaved = shared.unsaved.lock().unwrap_or_else(|poison| poison.into_inner());
             if unsaved.closing {
                 return;
             }
-            let taken = unsaved.queue.len().min(shared.config.batch_max);
-            let batch = unsaved
-                .queue
-                .iter()
-                .take(taken)
-                .filter_map(|(group, id)| unsaved.by_group.get(group)?.get(id).cloned())
-                .collect();
-            (taken, batch)
+            let mut bytes = 0;
+            let mut batch = Vec::new();
+            for (group, id) in unsaved.queue.iter().take(shared.config.batch_max) {
+                let Some(message) = unsaved.by_group.get(group).and_then(|m| m.get(id)) else {
+                    continue;
+                };
+                bytes += unsaved_size(message);
+                if !batch.is_empty() && bytes > shared.config.batch_max_bytes {
+                    break;
+                }
+                batch.push(message.clone());
+            }
+            batch
         };
-        if taken == 0 {
+        if batch.is_empty() {
             work.await;
             continue;
         }
-        let started = Instant::now();
-        match shared.store.append(&batch).await {
-            Ok(()) => {
-                shared.observer.batch_written(batch.len(), started.elapsed());
-                retry = RETRY_MIN;
-                let mut unsaved =
-                    shared.unsaved.lock().unwrap_or_else(|poison| poison.into_inner());
-                for message in &batch {
-                    let key = (message.group.clone(), message.id);
-                    if let Some(messages) = unsaved.by_group.get_mut(&key.0) {
-                        messages.remove(&key.1);
-                        if messages.is_empty() {
-                            unsaved.by_group.remove(&key.0);
-                        }
+        let appended =
+            append_or_set_aside(shared.store.as_ref(), &batch, shared.observer.as_ref()).await;
+        if appended.done > 0 {
+            let mut guard = shared.unsaved.lock().unwrap_or_else(|poison| poison.into_inner());
+            let unsaved = &mut *guard;
+            for (position, message) in batch[..appended.done].iter().enumerate() {
+                let key = (message.group.clone(), message.id);
+                if let Some(messages) = unsaved.by_group.get_mut(&key.0) {
+                    if messages.remove(&key.1).is_some() {
+                        unsaved.bytes = unsaved.bytes.saturating_sub(unsaved_size(message));
                     }
-                    for waiter in unsaved.waiters.remove(&key).into_iter().flatten() {
+                    if messages.is_empty() {
+                        unsaved.by_group.remove(&key.0);
+                    }
+                }
+                // A message set aside drops its waiters unanswered: its send
+                // completes as after a save timeout, not as stored.
+                let waiters = unsaved.waiters.remove(&key).into_iter().flatten();
+                if !appended.refused.contains(&position) {
+                    for waiter in waiters {
                         let _ = waiter.send(());
                     }
                 }
-                // Only this task removes from the queue, so its front is still the batch.
-                unsaved.queue.drain(..taken);
-                drop(unsaved);
-                shared.progress.notify_waiters();
+                // Only this task removes from the queue, and the batch was
+                // taken from its front in order (skipping nothing but stale keys).
+                while let Some(front) = unsaved.queue.pop_front() {
+                    if front == key {
+                        break;
+                    }
+                }
             }
-            Err(error) => {
-                shared.observer.batch_failed(batch.len(), &error);
+            drop(guard);
+            shared.progress.notify_waiters();
+        }
+        match appended.error {
+            None => retry = RETRY_MIN,
+            Some(_) => {
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(RETRY_MAX);
             }

@@ -2,13 +2,14 @@
 //! be switched off like a database that goes down.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use next_chat_core::history::unsaved_size;
 use next_chat_core::{
-    BackendError, ConnectionId, Delivery, GroupId, HistoryStore, HistoryWriter,
+    BackendError, ConnectionId, Delivery, GroupId, HistoryObserver, HistoryStore, HistoryWriter,
     HistoryWriterConfig, LocalFanout, Message, MessageId, MessageText, NoObserver, Recipient,
     UserId,
 };
@@ -115,6 +116,10 @@ struct FlakyStore {
     down: AtomicBool,
     /// Appends fail, reads still work: a store that is only behind.
     appends_down: AtomicBool,
+    /// A batch holding a message with this text is refused on its merits.
+    refuse_text: Mutex<Option<String>>,
+    /// The size of every append, in messages.
+    batch_sizes: Mutex<Vec<usize>>,
 }
 
 impl FlakyStore {
@@ -133,6 +138,12 @@ impl HistoryStore for FlakyStore {
         if self.appends_down.load(Ordering::SeqCst) {
             return Err(BackendError::new("history", "appends switched off by the test"));
         }
+        if let Some(text) = self.refuse_text.lock().unwrap().as_deref()
+            && messages.iter().any(|m| m.text.as_str() == text)
+        {
+            return Err(BackendError::refused("history", "value refused by the test"));
+        }
+        self.batch_sizes.lock().unwrap().push(messages.len());
         *self.appends.lock().unwrap() += 1;
         let mut rows = self.rows.lock().unwrap();
         for m in messages {
@@ -167,7 +178,8 @@ impl HistoryStore for FlakyStore {
 }
 
 fn writer(store: &Arc<FlakyStore>, save_timeout: Duration) -> HistoryWriter {
-    let config = HistoryWriterConfig { save_timeout, batch_max: 10, unsaved_max: 1000 };
+    let config =
+        HistoryWriterConfig { save_timeout, batch_max: 10, ..HistoryWriterConfig::default() };
     HistoryWriter::start(store.clone(), config, Arc::new(NoObserver))
 }
 
@@ -225,4 +237,123 @@ async fn reads_merge_unsaved_messages_in_order() {
     assert_eq!(*ids.last().unwrap(), 5);
     let before = history.read(&group, Some(MessageId::new(3, 0)), 10).await.unwrap();
     assert_eq!(before.iter().map(|m| m.id.millis).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+/// Counts what the writer reports.
+#[derive(Default)]
+struct Counting {
+    refused: Mutex<Vec<MessageId>>,
+    failed: AtomicUsize,
+}
+
+impl HistoryObserver for Counting {
+    fn batch_written(&self, _: usize, _: Duration) {}
+    fn batch_failed(&self, _: usize, _: &BackendError) {
+        self.failed.fetch_add(1, Ordering::SeqCst);
+    }
+    fn message_refused(&self, message: &Message, error: &BackendError) {
+        assert!(error.refused);
+        self.refused.lock().unwrap().push(message.id);
+    }
+}
+
+#[tokio::test]
+async fn a_message_the_store_refuses_is_set_aside_and_the_rest_are_stored() {
+    let store = Arc::new(FlakyStore::default());
+    *store.refuse_text.lock().unwrap() = Some("poison".into());
+    let observer = Arc::new(Counting::default());
+    let config = HistoryWriterConfig {
+        save_timeout: Duration::from_secs(10),
+        batch_max: 10,
+        ..HistoryWriterConfig::default()
+    };
+    store.appends_down.store(true, Ordering::SeqCst);
+    let history = HistoryWriter::start(store.clone(), config, observer.clone());
+    let group = GroupId::from_trusted("g");
+    for i in 1..=25 {
+        history.accept(&message("g", i, if i == 7 { "poison" } else { "fine" }));
+    }
+    // Both wait: one is stored, the other is set aside and never reported stored.
+    let stored = history.wait_saved(&group, MessageId::new(8, 0));
+    let refused = history.wait_saved(&group, MessageId::new(7, 0));
+    store.appends_down.store(false, Ordering::SeqCst);
+    assert!(stored.await);
+    assert!(!refused.await, "a message set aside is not reported as stored");
+    assert_eq!(history.flush(Instant::now() + Duration::from_secs(10)).await, 0);
+    let rows = store.rows.lock().unwrap();
+    assert_eq!(rows.len(), 24, "every message but the refused one is stored");
+    assert!(!rows.contains_key(&("g".to_string(), MessageId::new(7, 0))));
+    assert_eq!(*observer.refused.lock().unwrap(), vec![MessageId::new(7, 0)]);
+    assert_eq!(history.unsaved_bytes(), 0, "a message set aside frees its bytes");
+}
+
+#[tokio::test]
+async fn a_passing_failure_is_retried_and_sets_nothing_aside() {
+    let store = Arc::new(FlakyStore::default());
+    let observer = Arc::new(Counting::default());
+    store.appends_down.store(true, Ordering::SeqCst);
+    let history =
+        HistoryWriter::start(store.clone(), HistoryWriterConfig::default(), observer.clone());
+    for i in 1..=5 {
+        history.accept(&message("g", i, "x"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while observer.failed.load(Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < deadline, "the writer retries");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(history.unsaved_len(), 5, "nothing is dropped while the store fails");
+    store.appends_down.store(false, Ordering::SeqCst);
+    assert_eq!(history.flush(Instant::now() + Duration::from_secs(10)).await, 0);
+    assert_eq!(store.rows.lock().unwrap().len(), 5);
+    assert!(observer.refused.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn batches_are_bounded_in_bytes() {
+    let store = Arc::new(FlakyStore::default());
+    store.appends_down.store(true, Ordering::SeqCst);
+    let long = "x".repeat(10_000);
+    let config = HistoryWriterConfig {
+        batch_max: 500,
+        // Room for three of these messages, not four.
+        batch_max_bytes: 3 * unsaved_size(&message("g", 1, &long)) + 10,
+        ..HistoryWriterConfig::default()
+    };
+    let history = HistoryWriter::start(store.clone(), config, Arc::new(NoObserver));
+    for i in 1..=10 {
+        history.accept(&message("g", i, &long));
+    }
+    store.appends_down.store(false, Ordering::SeqCst);
+    assert_eq!(history.flush(Instant::now() + Duration::from_secs(10)).await, 0);
+    let sizes = store.batch_sizes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>(), 10);
+    assert!(sizes.iter().all(|&n| n <= 3), "batches of at most 3: {sizes:?}");
+}
+
+#[tokio::test]
+async fn a_full_unsaved_set_refuses_new_messages_with_the_setting_named() {
+    let store = Arc::new(FlakyStore::default());
+    store.appends_down.store(true, Ordering::SeqCst);
+    let text = "y".repeat(100_000);
+    let one = unsaved_size(&message("g", 1, &text));
+    let config =
+        HistoryWriterConfig { unsaved_max_bytes: 3 * one, ..HistoryWriterConfig::default() };
+    let history = HistoryWriter::start(store.clone(), config, Arc::new(NoObserver));
+    for i in 1..=3 {
+        history.has_room().unwrap();
+        history.accept(&message("g", i, &text));
+    }
+    assert_eq!(history.unsaved_bytes(), 3 * one);
+    let full = history.has_room().unwrap_err();
+    let text_seen = full.to_string();
+    assert_eq!(full.backend, "history");
+    assert!(!full.refused, "full is a passing state");
+    assert!(text_seen.contains("history is unavailable"), "{text_seen}");
+    assert!(text_seen.contains("limit history_unsaved_max_bytes = 0.3 MiB"), "{text_seen}");
+    store.appends_down.store(false, Ordering::SeqCst);
+    assert_eq!(history.flush(Instant::now() + Duration::from_secs(10)).await, 0);
+    assert_eq!(history.unsaved_bytes(), 0);
+    assert!(history.has_room().is_ok(), "room again once stored");
 }

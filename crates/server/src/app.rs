@@ -14,7 +14,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use next_chat_core::{
-    BackendError, ChatService, HistoryStore, HistoryWriter, LocalFanout, Membership, Messaging,
+    BackendError, ChatService, HistoryObserver, HistoryStore, HistoryWriter, LocalFanout,
+    Membership, Messaging,
 };
 use next_chat_signalr::server::{HubConfig, HubServer};
 use tokio::net::TcpListener;
@@ -41,8 +42,13 @@ pub struct Backends {
 }
 
 impl Backends {
-    pub async fn connect(config: &Config, fanout: &Arc<LocalFanout>) -> anyhow::Result<Backends> {
-        crate::backends::connect(config, fanout).await
+    /// `observer` hears of the history reconciler's appends and refusals.
+    pub async fn connect(
+        config: &Config,
+        fanout: &Arc<LocalFanout>,
+        observer: &Arc<dyn HistoryObserver>,
+    ) -> anyhow::Result<Backends> {
+        crate::backends::connect(config, fanout, observer).await
     }
 }
 
@@ -52,11 +58,12 @@ impl Backends {
 async fn connect_with_retry(
     config: &Config,
     fanout: &Arc<LocalFanout>,
+    observer: &Arc<dyn HistoryObserver>,
 ) -> anyhow::Result<Backends> {
     let deadline = Instant::now() + config.startup_timeout;
     let mut delay = Duration::from_millis(250);
     loop {
-        match Backends::connect(config, fanout).await {
+        match Backends::connect(config, fanout, observer).await {
             Ok(backends) => return Ok(backends),
             Err(error) if Instant::now() + delay < deadline => {
                 warn!(error = format!("{error:#}"), retry_in = ?delay, "backends not reachable yet");
@@ -94,12 +101,10 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::new());
         let fanout = Arc::new(LocalFanout::new());
-        let backends = connect_with_retry(&config, &fanout).await?;
-        let history = HistoryWriter::start(
-            Arc::clone(&backends.history),
-            config.history.clone(),
-            Arc::new(HistoryMetrics(Arc::clone(&metrics))),
-        );
+        let observer: Arc<dyn HistoryObserver> = Arc::new(HistoryMetrics(Arc::clone(&metrics)));
+        let backends = connect_with_retry(&config, &fanout, &observer).await?;
+        let history =
+            HistoryWriter::start(Arc::clone(&backends.history), config.history.clone(), observer);
         let reconciler = backends.reconciler;
         let chat = Arc::new(ChatService::new(
             config.chat.clone(),
@@ -276,6 +281,8 @@ fn unavailable(backend: &str, detail: String) -> Response {
 async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
     let unsaved = shared.chat.history().unsaved_len();
     shared.metrics.history_unsaved.set(i64::try_from(unsaved).unwrap_or(i64::MAX));
+    let unsaved_bytes = shared.chat.history().unsaved_bytes();
+    shared.metrics.history_unsaved_bytes.set(i64::try_from(unsaved_bytes).unwrap_or(i64::MAX));
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         shared.metrics.render(),

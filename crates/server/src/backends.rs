@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use next_chat_core::{HistoryStore, LocalFanout, Membership, MessageId, Messaging};
+use next_chat_core::{
+    HistoryObserver, HistoryStore, LocalFanout, Membership, MessageId, Messaging,
+};
 use next_chat_storage::{
     EmbeddedMembership, InProcessMessaging, MySqlHistory, ReconcilerConfig, RedisConfig,
     RedisMembership, RedisMessaging, SqliteStore, StreamHistoryReconciler, mysql,
@@ -28,7 +30,11 @@ fn redis_config(settings: &RedisSettings) -> RedisConfig {
     }
 }
 
-pub async fn connect(config: &Config, fanout: &Arc<LocalFanout>) -> anyhow::Result<Backends> {
+pub async fn connect(
+    config: &Config,
+    fanout: &Arc<LocalFanout>,
+    observer: &Arc<dyn HistoryObserver>,
+) -> anyhow::Result<Backends> {
     match (&config.database, &config.redis) {
         (Database::Sqlite(path), None) => {
             let store = SqliteStore::open(&sqlite_url(path))
@@ -61,6 +67,7 @@ pub async fn connect(config: &Config, fanout: &Arc<LocalFanout>) -> anyhow::Resu
                 redis_config(redis),
                 ReconcilerConfig::default(),
                 Arc::clone(&history) as _,
+                Arc::clone(observer),
             )
             .await
             .context("redis: cannot start the history reconciler")?;

@@ -198,7 +198,10 @@ pub struct Settings {
     )]
     pub long_poll_max_response_bytes: Option<usize>,
     // ── history and Redis limits settings go here (keep this marker line) ──
-
+    /// Most bytes of accepted messages waiting to be stored in history; beyond it
+    /// SendMessage fails with "history is unavailable" [default: 268435456 (256 MiB)]
+    #[arg(long, env = "NEXT_CHAT_HISTORY_UNSAVED_MAX_BYTES", global = true, value_name = "BYTES")]
+    pub history_unsaved_max_bytes: Option<usize>,
     // ── chat rules limits settings go here (keep this marker line) ──
     /// Most bytes of messages in one OnHistory or GetHistory page; a page holds fewer messages rather than exceed it [default: 1048576]
     #[arg(long, env = "NEXT_CHAT_HISTORY_PAGE_MAX_BYTES", global = true, value_name = "BYTES")]
@@ -285,7 +288,7 @@ impl Settings {
                 max_pending_negotiations_per_user,
                 long_poll_max_response_bytes,
                 // ── history and Redis limits settings go here (keep this marker line) ──
-
+                history_unsaved_max_bytes,
                 // ── chat rules limits settings go here (keep this marker line) ──
                 history_page_max_bytes,
                 max_groups_per_connection,
@@ -382,7 +385,6 @@ pub struct Config {
     pub redis: Option<RedisSettings>,
     pub migrate: bool,
     pub chat: ChatConfig,
-    pub history: HistoryWriterConfig,
     pub max_message_size: usize,
     pub outbound_queue: usize,
     pub keep_alive: Duration,
@@ -408,7 +410,8 @@ pub struct Config {
     pub max_pending_negotiations_per_user: usize,
     pub long_poll_max_response_bytes: usize,
     // ── history and Redis limits settings go here (keep this marker line) ──
-
+    /// The history writer's bounds (`history_unsaved_max_bytes`, `save_timeout_ms`).
+    pub history: HistoryWriterConfig,
     // ── chat rules limits settings go here (keep this marker line) ──
 }
 
@@ -538,7 +541,6 @@ impl Config {
             database,
             redis,
             chat,
-            history,
             max_message_size: positive("max_message_size", s.max_message_size, 128 * 1024)?,
             outbound_queue: positive("outbound_queue", s.outbound_queue, 4096)?,
             keep_alive,
@@ -623,7 +625,19 @@ impl Config {
                 1024 * 1024,
             )?,
             // ── history and Redis limits settings go here (keep this marker line) ──
-
+            history: HistoryWriterConfig {
+                unsaved_max_bytes: match s.history_unsaved_max_bytes {
+                    None => 256 * 1024 * 1024,
+                    Some(n) if n < 1024 * 1024 => {
+                        return Err(bad(
+                            "history_unsaved_max_bytes",
+                            "must be at least 1048576 (1 MiB), room for a few of the longest messages",
+                        ));
+                    }
+                    Some(n) => n,
+                },
+                ..history
+            },
             // ── chat rules limits settings go here (keep this marker line) ──
         })
     }
@@ -658,6 +672,7 @@ mod tests {
         assert_eq!(config.chat.max_members, 20);
         assert_eq!(config.chat.history_on_join, 100);
         assert_eq!(config.history.save_timeout, Duration::from_millis(500));
+        assert_eq!(config.history.unsaved_max_bytes, 256 * 1024 * 1024);
         assert_eq!(config.max_message_size, 131072);
         assert!(config.migrate);
         assert_eq!(config.http_header_timeout, Duration::from_secs(10));
@@ -711,6 +726,11 @@ mod tests {
             parse(&["--http-header-timeout-secs", "0"]).unwrap_err().key,
             "http_header_timeout_secs"
         );
+        let small = parse(&["--history-unsaved-max-bytes", "1000"]).unwrap_err();
+        assert_eq!(small.key, "history_unsaved_max_bytes");
+        assert!(small.to_string().contains("at least 1048576"), "{small}");
+        let set = parse(&["--history-unsaved-max-bytes", "2097152"]).unwrap();
+        assert_eq!(set.history.unsaved_max_bytes, 2 * 1024 * 1024);
     }
 
     #[test]

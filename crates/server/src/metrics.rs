@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use next_chat_core::{BackendError, HistoryObserver};
+use next_chat_core::{BackendError, HistoryObserver, Message};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -32,6 +32,8 @@ pub struct Metrics {
     pub history_write_seconds: Histogram,
     pub history_write_failures: Counter,
     pub history_unsaved: Gauge,
+    pub history_unsaved_bytes: Gauge,
+    pub history_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -82,6 +84,18 @@ impl Metrics {
             "Accepted messages not yet stored in history",
             history_unsaved.clone(),
         );
+        let history_unsaved_bytes = Gauge::default();
+        registry.register(
+            "history_unsaved_bytes",
+            "What the accepted messages not yet stored cost in memory, bounded by history_unsaved_max_bytes",
+            history_unsaved_bytes.clone(),
+        );
+        let history_refused = Counter::default();
+        registry.register(
+            "history_refused_messages",
+            "Messages the history database refused on their own and that were set aside (logged)",
+            history_refused.clone(),
+        );
         Metrics {
             registry,
             connections,
@@ -91,6 +105,8 @@ impl Metrics {
             history_write_seconds,
             history_write_failures,
             history_unsaved,
+            history_unsaved_bytes,
+            history_refused,
         }
     }
 
@@ -117,6 +133,11 @@ impl HistoryObserver for HistoryMetrics {
 
     fn batch_failed(&self, _rows: usize, error: &BackendError) {
         self.0.history_write_failures.inc();
-        tracing::debug!(%error, "history batch failed; retrying");
+        tracing::debug!(%error, refused = error.refused, "history batch failed");
+    }
+
+    fn message_refused(&self, _message: &Message, _error: &BackendError) {
+        // `append_or_set_aside` has logged it.
+        self.0.history_refused.inc();
     }
 }

@@ -16,6 +16,7 @@ pub mod memory;
 pub mod mysql;
 pub mod reconcile;
 pub mod redis;
+mod split;
 pub mod sqlite;
 
 pub use embedded::EmbeddedMembership;

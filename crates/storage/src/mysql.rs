@@ -7,6 +7,13 @@
 //! reads are range scans of that primary key. `group_id` uses utf8mb4_bin, so
 //! comparisons are case-sensitive and ordinal. Every query has a deadline, so a
 //! database that went away fails requests quickly instead of hanging them.
+//!
+//! Each INSERT is bounded in bytes as well as rows, against the server's
+//! `max_allowed_packet` read at connect (see `statement_max_bytes`): a batch of
+//! long messages becomes several statements in one transaction rather than one
+//! packet the server refuses every time. Errors say whether the database refused
+//! the statement on its merits (`BackendError::refused`, see `refuses_on_merits`)
+//! or failed for a passing reason, so the history writer knows what to retry.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -16,24 +23,86 @@ use async_trait::async_trait;
 use next_chat_core::{
     BackendError, GroupId, HistoryStore, Message, MessageId, MessageText, UserId,
 };
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{ConnectOptions, Connection, MySql, QueryBuilder, Row};
 
 use crate::clock::{millis_of, time_of};
 use crate::health::Health;
 use crate::reconcile::ExistingMessages;
+use crate::split;
 
 const BACKEND: &str = "mysql";
 
-/// Rows per INSERT: 6 parameters each stays far below MySQL's 65535.
+/// Rows per INSERT at most: 6 parameters each stays far below MySQL's 65535.
 const ROWS_PER_INSERT: usize = 500;
 
 /// The longest one query (or waiting for a pooled connection) may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The most bytes one INSERT may take, as `row_size` counts them, however large
+/// the server's packet limit.
+const STATEMENT_MAX_BYTES_CAP: usize = 8 * 1024 * 1024;
+
+/// What the INSERT's own text and the packet header add to its rows.
+const INSERT_OVERHEAD: usize = 256;
+
 fn error(context: &str, error: impl std::fmt::Display) -> BackendError {
     BackendError::new(BACKEND, format!("{context}: {error}"))
+}
+
+/// Whether MySQL/MariaDB refused a statement on its merits, so that sending it
+/// again cannot succeed: a value too long, out of range or not valid in its
+/// column (SQLSTATE class 22), a key or constraint (class 23), a packet over
+/// `max_allowed_packet`. Everything else (a lost connection, the server gone or
+/// shutting down, a lock wait timeout, a deadlock, read-only or locked tables,
+/// too many connections) passes, and so does any error not known here: retrying
+/// an error that would have passed costs time, setting aside a message that a
+/// retry would have stored loses it.
+pub fn refuses_on_merits(number: u16, sqlstate: Option<&str>) -> bool {
+    const PACKET_TOO_LARGE: u16 = 1153;
+    const VALUE_OVER_PACKET: u16 = 1301;
+    matches!(number, PACKET_TOO_LARGE | VALUE_OVER_PACKET)
+        || sqlstate.is_some_and(|state| state.starts_with("22") || state.starts_with("23"))
+}
+
+/// `error` as a `BackendError` that says whether it was a refusal.
+fn classified(context: &str, error: sqlx::Error) -> BackendError {
+    let refused = match &error {
+        sqlx::Error::Database(database) => database
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .is_some_and(|e| refuses_on_merits(e.number(), e.code())),
+        // A value sqlx could not encode will not encode next time either.
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    };
+    if refused {
+        BackendError::refused(BACKEND, format!("{context}: {error}"))
+    } else {
+        self::error(context, error)
+    }
+}
+
+/// An upper bound on the bytes one row adds to an INSERT: the row as the
+/// statement would read with its values written out as literals and every
+/// string byte escaped (two bytes each, the worst case), quotes, 20 digits per
+/// number and separators. The binary protocol sends less (each string once,
+/// with a length); a statement-format binary log or the general log writes the
+/// literal form, which is why that is what is counted.
+fn row_size(message: &Message) -> usize {
+    let strings =
+        message.group.as_str().len() + message.author.as_str().len() + message.text.as_str().len();
+    2 * strings + 3 * 2 + 3 * 20 + 16
+}
+
+/// The most bytes one INSERT may take: half of the server's
+/// `max_allowed_packet`, at most `STATEMENT_MAX_BYTES_CAP`. `row_size` already
+/// counts the worst case for escaping; the other half is margin for what it
+/// does not see (packet and event headers, a replica whose packet limit is
+/// lower, the limit being lowered after it was read). The cap keeps one
+/// statement's memory and lock time modest where the limit is 1 GiB.
+pub fn statement_max_bytes(max_allowed_packet: u64) -> usize {
+    usize::try_from(max_allowed_packet / 2).unwrap_or(usize::MAX).min(STATEMENT_MAX_BYTES_CAP)
 }
 
 fn options(url: &str) -> Result<MySqlConnectOptions, BackendError> {
@@ -80,6 +149,8 @@ pub async fn migrate(url: &str) -> Result<(), BackendError> {
 pub struct MySqlHistory {
     pool: MySqlPool,
     health: Health,
+    /// See `statement_max_bytes`.
+    statement_max_bytes: usize,
 }
 
 /// A text column. sqlx reports utf8mb4_bin columns as binary, so they are
@@ -118,7 +189,18 @@ impl MySqlHistory {
             .connect_with(options(url)?)
             .await
             .map_err(|e| error("cannot connect", e))?;
-        Ok(MySqlHistory { pool, health: Health::new("mysql history") })
+        let packet: u64 = sqlx::query_scalar("SELECT @@max_allowed_packet")
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| error("cannot read max_allowed_packet", e))?;
+        let statement_max_bytes = statement_max_bytes(packet);
+        tracing::debug!(max_allowed_packet = packet, statement_max_bytes, "mysql history");
+        Ok(MySqlHistory { pool, health: Health::new("mysql history"), statement_max_bytes })
+    }
+
+    /// The most bytes one INSERT takes (see `statement_max_bytes`).
+    pub fn statement_bytes(&self) -> usize {
+        self.statement_max_bytes
     }
 
     /// Closes the pool (at shutdown, after the last write).
@@ -134,7 +216,7 @@ impl MySqlHistory {
     ) -> Result<T, BackendError> {
         let result = match tokio::time::timeout(QUERY_TIMEOUT, query).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(error(what, e)),
+            Ok(Err(e)) => Err(classified(what, e)),
             Err(_) => Err(error(what, format!("no answer within {QUERY_TIMEOUT:?}"))),
         };
         match &result {
@@ -151,9 +233,25 @@ impl HistoryStore for MySqlHistory {
         if messages.is_empty() {
             return Ok(());
         }
+        let max_bytes = self.statement_max_bytes.saturating_sub(INSERT_OVERHEAD);
+        let sizes: Vec<usize> = messages.iter().map(row_size).collect();
+        if let Some(at) = sizes.iter().position(|&size| size > max_bytes) {
+            // Refused here rather than by the server, which would also drop the
+            // connection: no statement can carry this message.
+            return Err(BackendError::refused(
+                BACKEND,
+                format!(
+                    "append: message {} takes up to {} bytes in an INSERT, more than the {} \
+                     allowed (half of max_allowed_packet)",
+                    messages[at].id, sizes[at], max_bytes
+                ),
+            ));
+        }
+        let statements = split::by_size(sizes, ROWS_PER_INSERT, max_bytes);
         let write = async {
             let mut tx = self.pool.begin().await?;
-            for chunk in messages.chunks(ROWS_PER_INSERT) {
+            for range in statements {
+                let chunk = &messages[range];
                 let mut insert: QueryBuilder<MySql> = QueryBuilder::new(
                     "INSERT INTO messages \
                      (group_id, id_millis, id_seq, author_id, send_time_ms, text) ",
@@ -241,7 +339,11 @@ impl ExistingMessages for MySqlHistory {
         keys: &[(GroupId, MessageId)],
     ) -> Result<HashSet<(GroupId, MessageId)>, BackendError> {
         let mut found = HashSet::new();
-        for chunk in keys.chunks(ROWS_PER_INSERT) {
+        // Bounded in bytes like the INSERTs: a key is at most two ids and a group id.
+        let sizes = keys.iter().map(|(group, _)| 2 * group.as_str().len() + 2 * 20 + 8);
+        let max_bytes = self.statement_max_bytes.saturating_sub(INSERT_OVERHEAD);
+        for range in split::by_size(sizes, ROWS_PER_INSERT, max_bytes) {
+            let chunk = &keys[range];
             let mut select: QueryBuilder<MySql> = QueryBuilder::new(
                 "SELECT group_id, id_millis, id_seq FROM messages \
                  WHERE (group_id, id_millis, id_seq) IN ",
@@ -259,5 +361,57 @@ impl ExistingMessages for MySqlHistory {
             }
         }
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{refuses_on_merits, statement_max_bytes};
+
+    #[test]
+    fn data_constraint_and_size_errors_are_refusals() {
+        // (number, SQLSTATE) as MariaDB reports them.
+        let refusals = [
+            (1406, "22001"), // data too long for column
+            (1366, "22007"), // incorrect string value
+            (1264, "22003"), // out of range value
+            (1048, "23000"), // column cannot be null
+            (1062, "23000"), // duplicate entry
+            (4025, "23000"), // CHECK constraint failed
+            (1153, "08S01"), // got a packet bigger than max_allowed_packet
+            (1301, "HY000"), // result of a value larger than max_allowed_packet
+        ];
+        for (number, state) in refusals {
+            assert!(refuses_on_merits(number, Some(state)), "{number} {state}");
+        }
+    }
+
+    #[test]
+    fn connection_lock_and_read_only_errors_pass() {
+        let passing = [
+            (1205, "HY000"), // lock wait timeout exceeded
+            (1213, "40001"), // deadlock found
+            (1290, "HY000"), // running with --read-only
+            (1036, "HY000"), // table is read only
+            (1099, "HY000"), // table was locked with a READ lock
+            (1223, "HY000"), // cannot execute while holding a global read lock
+            (1040, "08004"), // too many connections
+            (1053, "08S01"), // server shutdown in progress
+            (1927, "70100"), // connection was killed
+            (2006, "HY000"), // server has gone away
+            (2013, "HY000"), // lost connection during query
+            (1146, "42S02"), // table does not exist (not migrated yet)
+        ];
+        for (number, state) in passing {
+            assert!(!refuses_on_merits(number, Some(state)), "{number} {state}");
+        }
+        assert!(!refuses_on_merits(9999, None), "an unknown error passes");
+    }
+
+    #[test]
+    fn statements_take_half_the_packet_limit_at_most_8_mib() {
+        assert_eq!(statement_max_bytes(16 * 1024 * 1024), 8 * 1024 * 1024);
+        assert_eq!(statement_max_bytes(4 * 1024 * 1024), 2 * 1024 * 1024);
+        assert_eq!(statement_max_bytes(1024 * 1024 * 1024), 8 * 1024 * 1024);
     }
 }

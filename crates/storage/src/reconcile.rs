@@ -6,8 +6,11 @@
 //! from its stored watermark up to entries older than `settle` (younger ones are
 //! still being stored by their instance's history writer), asks the store which
 //! of a batch it already has (one query per batch), appends the rest through the
-//! idempotent `HistoryStore::append`, and advances the watermark. A failure
-//! leaves the watermark where it was, so the next round retries.
+//! idempotent `HistoryStore::append`, and advances the watermark. A message the
+//! store refuses on its own is set aside as the history writer does
+//! (`append_or_set_aside`: logged, counted, the rest stored), so it cannot hold
+//! the watermark back. A passing failure leaves the watermark where it was, so
+//! the next round retries.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -17,7 +20,8 @@ use ::redis::Script;
 use ::redis::aio::ConnectionManager;
 use ::redis::streams::StreamRangeReply;
 use async_trait::async_trait;
-use next_chat_core::{BackendError, GroupId, HistoryStore, Message, MessageId};
+use next_chat_core::history::append_or_set_aside;
+use next_chat_core::{BackendError, GroupId, HistoryObserver, HistoryStore, Message, MessageId};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -70,6 +74,8 @@ pub struct RoundReport {
     pub scanned: usize,
     /// Messages that history lacked and that were appended.
     pub inserted: usize,
+    /// Messages that history lacked and refused; set aside.
+    pub refused: usize,
 }
 
 /// Deletes the lock only if this instance still holds it.
@@ -85,6 +91,7 @@ struct Inner {
     config: ReconcilerConfig,
     connection: ConnectionManager,
     store: Arc<dyn ExistingMessages>,
+    observer: Arc<dyn HistoryObserver>,
     health: Health,
     unlock: Script,
 }
@@ -96,10 +103,12 @@ pub struct StreamHistoryReconciler {
 
 impl StreamHistoryReconciler {
     /// Connects to Redis and starts running a round every `config.interval`.
+    /// `observer` hears of its appends and refusals as the history writer's does.
     pub async fn start(
         redis: RedisConfig,
         config: ReconcilerConfig,
         store: Arc<dyn ExistingMessages>,
+        observer: Arc<dyn HistoryObserver>,
     ) -> Result<StreamHistoryReconciler, BackendError> {
         let connection = redis.manager().await?;
         let inner = Arc::new(Inner {
@@ -107,6 +116,7 @@ impl StreamHistoryReconciler {
             config,
             connection,
             store,
+            observer,
             health: Health::new("history reconciler"),
             unlock: Script::new(UNLOCK_SCRIPT),
         });
@@ -143,8 +153,12 @@ async fn round_loop(inner: Arc<Inner>) {
     loop {
         ticks.tick().await;
         match inner.round().await {
-            Ok(report) if report.inserted > 0 => {
-                info!(inserted = report.inserted, "stored messages that history lacked");
+            Ok(report) if report.inserted > 0 || report.refused > 0 => {
+                info!(
+                    inserted = report.inserted,
+                    refused = report.refused,
+                    "stored messages that history lacked"
+                );
             }
             Ok(_) => {}
             // Logged once per outage by `Health`; this line says what failed.
@@ -261,8 +275,13 @@ impl Inner {
                 .filter(|m| !stored.contains(&(m.group.clone(), m.id)))
                 .collect();
             if !missing.is_empty() {
-                self.store.append(&missing).await?;
-                report.inserted += missing.len();
+                let store: &dyn HistoryStore = self.store.as_ref();
+                let appended = append_or_set_aside(store, &missing, self.observer.as_ref()).await;
+                report.inserted += appended.done - appended.refused.len();
+                report.refused += appended.refused.len();
+                if let Some(error) = appended.error {
+                    return Err(error);
+                }
             }
             run(&self.redis, &self.health, "advance watermark", async {
                 ::redis::cmd("SET")

@@ -5,6 +5,11 @@
 //! embedded in the binary. Every read uses the primary key: a group's messages
 //! are one range of `(group_id, id_millis, id_seq)`. Text columns use SQLite's
 //! BINARY collation, which orders UTF-8 by code point and is case-sensitive.
+//!
+//! Appends are bounded per statement in bytes as well as rows (`STATEMENT_MAX_BYTES`),
+//! and their errors say whether SQLite refused the rows on their merits
+//! (`BackendError::refused`, see `refuses_on_merits`) or failed for a passing
+//! reason (busy, locked, disk full), so the history writer knows what to retry.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,12 +25,20 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::clock::{millis_of, time_of};
+use crate::split;
 
 const BACKEND: &str = "sqlite";
 
 /// Rows per INSERT statement: 6 parameters each stays far below SQLite's limit
 /// of 32766 bound parameters.
 const ROWS_PER_INSERT: usize = 500;
+
+/// Most bytes of bound values in one INSERT. SQLite has no packet to fit in:
+/// its own limits are 1e9 bytes per value and per row (`SQLITE_MAX_LENGTH`, far
+/// above a message), and bound values do not count towards its SQL length limit.
+/// The bound keeps one statement's copies of a batch of long messages small, as
+/// for MySQL; at 4 MiB it still holds 60 rows of the longest messages.
+const STATEMENT_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// How long a statement waits for another connection's write lock before it
 /// fails; the history writer retries after that.
@@ -46,9 +59,42 @@ fn error(context: &str, error: impl std::fmt::Display) -> BackendError {
     BackendError::new(BACKEND, format!("{context}: {error}"))
 }
 
-/// SQLite integers are signed 64-bit; ids and times beyond that cannot be stored.
+/// Whether SQLite refused a statement on its merits (by its extended result
+/// code), so that running it again cannot succeed: a string or row too big
+/// (SQLITE_TOOBIG), a constraint (SQLITE_CONSTRAINT and its extended codes), a
+/// datatype mismatch (SQLITE_MISMATCH), a bound parameter out of range
+/// (SQLITE_RANGE). Busy, locked, read-only, I/O errors and a full disk pass, and
+/// so does anything not known here (see `mysql::refuses_on_merits`).
+pub fn refuses_on_merits(extended_code: i32) -> bool {
+    const TOOBIG: i32 = 18;
+    const CONSTRAINT: i32 = 19;
+    const MISMATCH: i32 = 20;
+    const RANGE: i32 = 25;
+    matches!(extended_code & 0xff, TOOBIG | CONSTRAINT | MISMATCH | RANGE)
+}
+
+/// `error` as a `BackendError` that says whether it was a refusal.
+fn classified(context: &str, error: sqlx::Error) -> BackendError {
+    let refused = match &error {
+        sqlx::Error::Database(database) => {
+            database.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(refuses_on_merits)
+        }
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    };
+    if refused {
+        BackendError::refused(BACKEND, format!("{context}: {error}"))
+    } else {
+        self::error(context, error)
+    }
+}
+
+/// SQLite integers are signed 64-bit; ids and times beyond that cannot be
+/// stored, which no retry changes.
 fn to_i64(value: u64, what: &str) -> Result<i64, BackendError> {
-    i64::try_from(value).map_err(|_| error(what, format!("{value} does not fit in SQLite")))
+    i64::try_from(value).map_err(|_| {
+        BackendError::refused(BACKEND, format!("{what}: {value} does not fit in SQLite"))
+    })
 }
 
 fn to_u64(value: i64, what: &str) -> Result<u64, BackendError> {
@@ -228,22 +274,29 @@ impl HistoryStore for SqliteStore {
                 m.text.as_str(),
             ));
         }
-        if rows.len() <= ROWS_PER_INSERT {
+        // Bound values: the three strings and three 8-byte integers.
+        let sizes = rows.iter().map(|row| row.0.len() + row.3.len() + row.5.len() + 3 * 8);
+        let statements = split::by_size(sizes, ROWS_PER_INSERT, STATEMENT_MAX_BYTES);
+        if let [only] = statements.as_slice() {
             // One statement is its own transaction, all or nothing: no BEGIN and
             // COMMIT round trips to the connection's thread.
-            insert_rows(&rows)
+            insert_rows(&rows[only.clone()])
                 .build()
                 .execute(&self.writer)
                 .await
-                .map_err(|e| error("append", e))?;
+                .map_err(|e| classified("append", e))?;
             return Ok(());
         }
         // One transaction for the batch: one fsync, and all or nothing.
-        let mut tx = self.writer.begin().await.map_err(|e| error("append", e))?;
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            insert_rows(chunk).build().execute(&mut *tx).await.map_err(|e| error("append", e))?;
+        let mut tx = self.writer.begin().await.map_err(|e| classified("append", e))?;
+        for range in statements {
+            insert_rows(&rows[range])
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classified("append", e))?;
         }
-        tx.commit().await.map_err(|e| error("append", e))?;
+        tx.commit().await.map_err(|e| classified("append", e))?;
         Ok(())
     }
 
@@ -302,5 +355,22 @@ impl HistoryStore for SqliteStore {
 
     async fn check(&self) -> Result<(), BackendError> {
         self.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuses_on_merits;
+
+    #[test]
+    fn too_big_constraint_and_mismatch_are_refusals_busy_and_locked_pass() {
+        // Extended result codes as sqlx reports them.
+        for code in [18, 19, 1555, 2067, 275, 20, 25] {
+            assert!(refuses_on_merits(code), "{code}");
+        }
+        // BUSY, BUSY_SNAPSHOT, LOCKED, READONLY, IOERR, IOERR_WRITE, FULL, CANTOPEN.
+        for code in [5, 517, 6, 8, 10, 778, 13, 14] {
+            assert!(!refuses_on_merits(code), "{code}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use next_chat_core::{
     HistoryStore, JoinOutcome, LocalFanout, Membership, Message, MessageId, MessageText, Messaging,
-    NewMessage,
+    NewMessage, NoObserver,
 };
 use next_chat_storage::{
     ExistingMessages, MySqlHistory, ReconcilerConfig, RedisConfig, RedisMembership, RedisMessaging,
@@ -323,10 +323,14 @@ async fn the_reconciler_stores_what_history_lacks_once() {
         batch: 7,
         ..ReconcilerConfig::default()
     };
-    let reconciler =
-        StreamHistoryReconciler::start(names.redis_config(), config.clone(), history.clone())
-            .await
-            .unwrap();
+    let reconciler = StreamHistoryReconciler::start(
+        names.redis_config(),
+        config.clone(),
+        history.clone(),
+        Arc::new(NoObserver),
+    )
+    .await
+    .unwrap();
     // Entries of the current millisecond wait for the next round, so rounds
     // repeat until everything older than now is in.
     let deadline = Instant::now() + Duration::from_secs(5);
