@@ -130,6 +130,11 @@ pub struct Settings {
 
     // ── history and Redis limits settings go here (keep this marker line) ──
 
+    /// Most bytes the Redis streams may hold in all, split over the shards; the
+    /// oldest entries are dropped to stay within it [default: 268435456 (256 MiB)]
+    #[arg(long, env = "NEXT_CHAT_REDIS_STREAM_MAX_BYTES", global = true, value_name = "BYTES")]
+    pub redis_stream_max_bytes: Option<u64>,
+
     // ── chat rules limits settings go here (keep this marker line) ──
 }
 
@@ -172,6 +177,8 @@ impl Settings {
                 // ── HTTP edge limits settings go here (keep this marker line) ──
 
                 // ── history and Redis limits settings go here (keep this marker line) ──
+
+                redis_stream_max_bytes,
 
                 // ── chat rules limits settings go here (keep this marker line) ──
             ]
@@ -274,6 +281,9 @@ pub struct Config {
     // ── HTTP edge limits settings go here (keep this marker line) ──
 
     // ── history and Redis limits settings go here (keep this marker line) ──
+
+    /// See `RedisConfig::stream_max_bytes`; used only with `redis`.
+    pub redis_stream_max_bytes: u64,
 
     // ── chat rules limits settings go here (keep this marker line) ──
 }
@@ -380,6 +390,24 @@ impl Config {
 
             // ── history and Redis limits settings go here (keep this marker line) ──
 
+            redis_stream_max_bytes: {
+                // The storage's least shard budget: a dozen of the largest messages.
+                const MIN_PER_SHARD: u64 = 1024 * 1024;
+                let bytes = s.redis_stream_max_bytes.unwrap_or(256 * 1024 * 1024);
+                let shards = s.redis_stream_shards.unwrap_or(4).max(1) as u64;
+                if bytes / shards < MIN_PER_SHARD {
+                    return Err(bad(
+                        "redis_stream_max_bytes",
+                        format!(
+                            "must be at least {} ({MIN_PER_SHARD} bytes for each of the \
+                             {shards} stream shards)",
+                            MIN_PER_SHARD * shards
+                        ),
+                    ));
+                }
+                bytes
+            },
+
             // ── chat rules limits settings go here (keep this marker line) ──
         })
     }
@@ -416,6 +444,19 @@ mod tests {
         assert_eq!(config.history.save_timeout, Duration::from_millis(500));
         assert_eq!(config.max_message_size, 131072);
         assert!(config.migrate);
+    }
+
+    #[test]
+    fn redis_stream_bytes_default_and_per_shard_minimum() {
+        assert_eq!(parse(&[]).unwrap().redis_stream_max_bytes, 256 * 1024 * 1024);
+        let config = parse(&["--redis-stream-max-bytes", "8388608"]).unwrap();
+        assert_eq!(config.redis_stream_max_bytes, 8 * 1024 * 1024);
+        // 4 shards by default: 3 MiB leaves less than 1 MiB each.
+        let err = parse(&["--redis-stream-max-bytes", "3145728"]).unwrap_err();
+        assert_eq!(err.key, "redis_stream_max_bytes");
+        assert!(err.to_string().contains("at least 4194304"), "{err}");
+        let two = ["--redis-stream-shards", "2", "--redis-stream-max-bytes", "3145728"];
+        assert!(parse(&two).is_ok());
     }
 
     #[test]
