@@ -129,12 +129,10 @@ pub struct Settings {
     // ── HTTP edge limits settings go here (keep this marker line) ──
 
     // ── history and Redis limits settings go here (keep this marker line) ──
-
     /// Most bytes the Redis streams may hold in all, split over the shards; the
     /// oldest entries are dropped to stay within it [default: 268435456 (256 MiB)]
     #[arg(long, env = "NEXT_CHAT_REDIS_STREAM_MAX_BYTES", global = true, value_name = "BYTES")]
     pub redis_stream_max_bytes: Option<u64>,
-
     // ── chat rules limits settings go here (keep this marker line) ──
 }
 
@@ -177,9 +175,7 @@ impl Settings {
                 // ── HTTP edge limits settings go here (keep this marker line) ──
 
                 // ── history and Redis limits settings go here (keep this marker line) ──
-
                 redis_stream_max_bytes,
-
                 // ── chat rules limits settings go here (keep this marker line) ──
             ]
         )
@@ -281,10 +277,8 @@ pub struct Config {
     // ── HTTP edge limits settings go here (keep this marker line) ──
 
     // ── history and Redis limits settings go here (keep this marker line) ──
-
     /// See `RedisConfig::stream_max_bytes`; used only with `redis`.
     pub redis_stream_max_bytes: u64,
-
     // ── chat rules limits settings go here (keep this marker line) ──
 }
 
@@ -389,7 +383,6 @@ impl Config {
             // ── HTTP edge limits settings go here (keep this marker line) ──
 
             // ── history and Redis limits settings go here (keep this marker line) ──
-
             redis_stream_max_bytes: {
                 // The storage's least shard budget: a dozen of the largest messages.
                 const MIN_PER_SHARD: u64 = 1024 * 1024;
@@ -407,7 +400,6 @@ impl Config {
                 }
                 bytes
             },
-
             // ── chat rules limits settings go here (keep this marker line) ──
         })
     }

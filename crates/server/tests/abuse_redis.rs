@@ -72,7 +72,10 @@ async fn readyz_becomes(server: &TestServer, want: u16, within: Duration) -> Str
         if status == want {
             return body;
         }
-        assert!(Instant::now() < deadline, "/readyz is not {want} within {within:?}: {status} {body}");
+        assert!(
+            Instant::now() < deadline,
+            "/readyz is not {want} within {within:?}: {status} {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

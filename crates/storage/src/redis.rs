@@ -1009,7 +1009,9 @@ mod tests {
     #[test]
     fn memory_is_short_only_near_maxmemory_without_eviction() {
         let info = |used: u64, max: u64, policy: &str| {
-            format!("# Memory\r\nused_memory:{used}\r\nused_memory_human:1M\r\nmaxmemory:{max}\r\nmaxmemory_human:0B\r\nmaxmemory_policy:{policy}\r\n")
+            format!(
+                "# Memory\r\nused_memory:{used}\r\nused_memory_human:1M\r\nmaxmemory:{max}\r\nmaxmemory_human:0B\r\nmaxmemory_policy:{policy}\r\n"
+            )
         };
         assert_eq!(memory_short(&info(1 << 20, 0, "noeviction")), None, "no maxmemory");
         assert_eq!(memory_short(&info(1 << 20, 8 << 20, "noeviction")), None, "room");

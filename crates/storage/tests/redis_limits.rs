@@ -118,7 +118,11 @@ async fn a_full_redis_refuses_writes_fast_and_clearly_then_recovers() {
     for i in 0..200 {
         let started = Instant::now();
         let published = messaging.publish(draft("g", &max_size_text(i)), &|_| {}).await;
-        assert!(started.elapsed() < FAIL_FAST, "publish {i} answered fast: {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < FAIL_FAST,
+            "publish {i} answered fast: {:?}",
+            started.elapsed()
+        );
         if let Err(error) = published {
             refused = Some(error);
             break;
@@ -204,7 +208,8 @@ async fn the_entry_count_bound_still_holds() {
     for i in 0..500 {
         messaging.publish(draft("g", &format!("m{i}")), &|_| {}).await.unwrap();
     }
-    let length: u64 = redis.query(redis::cmd("XLEN").arg(format!("{}stream:0", config.key_prefix))).await;
+    let length: u64 =
+        redis.query(redis::cmd("XLEN").arg(format!("{}stream:0", config.key_prefix))).await;
     assert!(length <= 50, "{length} entries, more than 50");
     assert!(length >= 40, "trimming keeps close to the bound, not far below: {length}");
     messaging.shutdown().await;
