@@ -214,3 +214,24 @@ async fn the_entry_count_bound_still_holds() {
     assert!(length >= 40, "trimming keeps close to the bound, not far below: {length}");
     messaging.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_written_before_counting_began_are_counted_and_trimmed() {
+    const BOUND: u64 = 2 * 1024 * 1024;
+    let redis = OwnRedis::start().await;
+    let config = RedisConfig { stream_shards: 1, stream_max_bytes: BOUND, ..redis.config() };
+    // As a version that trimmed by count only left them: no byte count.
+    let key = format!("{}stream:0", config.key_prefix);
+    for i in 0..60 {
+        let mut add = redis::cmd("XADD");
+        add.arg(&key).arg("*").arg("g").arg("g").arg("a").arg("alice");
+        let _: String = redis.query(add.arg("t").arg(max_size_text(i))).await;
+    }
+    assert!(redis.streams_memory(&config).await > 2 * BOUND, "the old entries are over the bound");
+    let fanout = Arc::new(LocalFanout::new());
+    let messaging = RedisMessaging::start(config.clone(), Arc::clone(&fanout)).await.unwrap();
+    messaging.publish(draft("g", "first counted"), &|_| {}).await.unwrap();
+    let memory = redis.streams_memory(&config).await;
+    assert!(memory <= BOUND, "counted and trimmed: {memory} bytes, more than {BOUND}");
+    messaging.shutdown().await;
+}
