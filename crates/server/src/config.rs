@@ -65,7 +65,7 @@ pub struct Settings {
     #[arg(long, env = "NEXT_CHAT_REDIS_STREAM_SHARDS", global = true, value_name = "N")]
     pub redis_stream_shards: Option<usize>,
 
-    /// Approximate length each Redis stream is trimmed to [default: 100000]
+    /// Most entries each Redis stream keeps [default: 100000]
     #[arg(long, env = "NEXT_CHAT_REDIS_STREAM_MAXLEN", global = true, value_name = "N")]
     pub redis_stream_maxlen: Option<usize>,
 
