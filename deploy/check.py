@@ -408,6 +408,8 @@ def check_chart_contract() -> None:
     need("migrate-job.yaml", r"until next-chat-server migrate", "retries until the database is ready")
     need("redis.yaml", r"--appendonly\s*\n\s*- \"yes\"", "Redis AOF persistence")
     need("redis.yaml", r"volumeClaimTemplates:", "a PersistentVolumeClaim for Redis")
+    need("redis.yaml", r"--maxmemory\s*\n\s*- \{\{ \.Values\.redis\.maxmemory \| quote \}\}", "Redis maxmemory from values")
+    need("redis.yaml", r"--maxmemory-policy\s*\n\s*- noeviction", "Redis refuses writes when full rather than evicting")
     need("mysql.yaml", r"kind: StatefulSet", "MySQL as a StatefulSet")
     need("mysql.yaml", r"volumeClaimTemplates:", "a PersistentVolumeClaim for MySQL")
     need("tests/autotest.yaml", r"helm\.sh/hook: test", "a helm test hook")

@@ -20,12 +20,13 @@ fn sqlite_url(path: &std::path::Path) -> String {
     format!("sqlite://{}", path.display())
 }
 
-fn redis_config(settings: &RedisSettings) -> RedisConfig {
+fn redis_config(settings: &RedisSettings, config: &Config) -> RedisConfig {
     RedisConfig {
         url: settings.url.clone(),
         key_prefix: settings.key_prefix.clone(),
         stream_shards: settings.stream_shards,
         stream_maxlen: settings.stream_maxlen,
+        stream_max_bytes: config.redis_stream_max_bytes,
         ..RedisConfig::default()
     }
 }
@@ -53,7 +54,7 @@ pub async fn connect(
             let store = SqliteStore::open(&sqlite_url(path))
                 .await
                 .with_context(|| format!("database: cannot open {}", path.display()))?;
-            let (messaging, membership) = connect_redis(redis, fanout).await?;
+            let (messaging, membership) = connect_redis(redis, config, fanout).await?;
             Ok(Backends { messaging, membership, history: Arc::new(store), reconciler: None })
         }
         (Database::MySql(url), Some(redis)) => {
@@ -62,9 +63,9 @@ pub async fn connect(
                     .await
                     .with_context(|| format!("database: {}", redact_url(url)))?,
             );
-            let (messaging, membership) = connect_redis(redis, fanout).await?;
+            let (messaging, membership) = connect_redis(redis, config, fanout).await?;
             let reconciler = StreamHistoryReconciler::start(
-                redis_config(redis),
+                redis_config(redis, config),
                 ReconcilerConfig::default(),
                 Arc::clone(&history) as _,
                 Arc::clone(observer),
@@ -87,11 +88,12 @@ pub async fn connect(
 
 async fn connect_redis(
     settings: &RedisSettings,
+    config: &Config,
     fanout: &Arc<LocalFanout>,
 ) -> anyhow::Result<(Arc<dyn Messaging>, Arc<dyn Membership>)> {
     let shown = redact_url(&settings.url);
     // One config, so messaging and membership name this instance the same way.
-    let config = redis_config(settings);
+    let config = redis_config(settings, config);
     let messaging = RedisMessaging::start(config.clone(), Arc::clone(fanout))
         .await
         .with_context(|| format!("redis: cannot start messaging on {shown}"))?;

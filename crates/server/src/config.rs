@@ -65,7 +65,7 @@ pub struct Settings {
     #[arg(long, env = "NEXT_CHAT_REDIS_STREAM_SHARDS", global = true, value_name = "N")]
     pub redis_stream_shards: Option<usize>,
 
-    /// Approximate length each Redis stream is trimmed to [default: 100000]
+    /// Most entries each Redis stream keeps [default: 100000]
     #[arg(long, env = "NEXT_CHAT_REDIS_STREAM_MAXLEN", global = true, value_name = "N")]
     pub redis_stream_maxlen: Option<usize>,
 
@@ -202,6 +202,10 @@ pub struct Settings {
     /// SendMessage fails with "history is unavailable" [default: 268435456 (256 MiB)]
     #[arg(long, env = "NEXT_CHAT_HISTORY_UNSAVED_MAX_BYTES", global = true, value_name = "BYTES")]
     pub history_unsaved_max_bytes: Option<usize>,
+    /// Most bytes the Redis streams may hold in all, split over the shards; the
+    /// oldest entries are dropped to stay within it [default: 268435456 (256 MiB)]
+    #[arg(long, env = "NEXT_CHAT_REDIS_STREAM_MAX_BYTES", global = true, value_name = "BYTES")]
+    pub redis_stream_max_bytes: Option<u64>,
     // ── chat rules limits settings go here (keep this marker line) ──
     /// Most bytes of messages in one OnHistory or GetHistory page; a page holds fewer messages rather than exceed it [default: 1048576]
     #[arg(long, env = "NEXT_CHAT_HISTORY_PAGE_MAX_BYTES", global = true, value_name = "BYTES")]
@@ -289,6 +293,7 @@ impl Settings {
                 long_poll_max_response_bytes,
                 // ── history and Redis limits settings go here (keep this marker line) ──
                 history_unsaved_max_bytes,
+                redis_stream_max_bytes,
                 // ── chat rules limits settings go here (keep this marker line) ──
                 history_page_max_bytes,
                 max_groups_per_connection,
@@ -412,6 +417,8 @@ pub struct Config {
     // ── history and Redis limits settings go here (keep this marker line) ──
     /// The history writer's bounds (`history_unsaved_max_bytes`, `save_timeout_ms`).
     pub history: HistoryWriterConfig,
+    /// See `RedisConfig::stream_max_bytes`; used only with `redis`.
+    pub redis_stream_max_bytes: u64,
     // ── chat rules limits settings go here (keep this marker line) ──
 }
 
@@ -638,6 +645,23 @@ impl Config {
                 },
                 ..history
             },
+            redis_stream_max_bytes: {
+                // The storage's least shard budget: a dozen of the largest messages.
+                const MIN_PER_SHARD: u64 = 1024 * 1024;
+                let bytes = s.redis_stream_max_bytes.unwrap_or(256 * 1024 * 1024);
+                let shards = s.redis_stream_shards.unwrap_or(4).max(1) as u64;
+                if bytes / shards < MIN_PER_SHARD {
+                    return Err(bad(
+                        "redis_stream_max_bytes",
+                        format!(
+                            "must be at least {} ({MIN_PER_SHARD} bytes for each of the \
+                             {shards} stream shards)",
+                            MIN_PER_SHARD * shards
+                        ),
+                    ));
+                }
+                bytes
+            },
             // ── chat rules limits settings go here (keep this marker line) ──
         })
     }
@@ -703,6 +727,19 @@ mod tests {
         assert_eq!(err.key, "history_page_max_bytes");
         assert_eq!(parse(&["--user-messages-burst", "0"]).unwrap_err().key, "user_messages_burst");
         assert_eq!(parse(&["--max-groups", "0"]).unwrap_err().key, "max_groups");
+    }
+
+    #[test]
+    fn redis_stream_bytes_default_and_per_shard_minimum() {
+        assert_eq!(parse(&[]).unwrap().redis_stream_max_bytes, 256 * 1024 * 1024);
+        let config = parse(&["--redis-stream-max-bytes", "8388608"]).unwrap();
+        assert_eq!(config.redis_stream_max_bytes, 8 * 1024 * 1024);
+        // 4 shards by default: 3 MiB leaves less than 1 MiB each.
+        let err = parse(&["--redis-stream-max-bytes", "3145728"]).unwrap_err();
+        assert_eq!(err.key, "redis_stream_max_bytes");
+        assert!(err.to_string().contains("at least 4194304"), "{err}");
+        let two = ["--redis-stream-shards", "2", "--redis-stream-max-bytes", "3145728"];
+        assert!(parse(&two).is_ok());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The scale-out messaging and membership, shared by every instance through Redis.
 //!
 //! Messaging uses Redis Streams, not pub/sub: an accepted message is appended
-//! with XADD (approximate MAXLEN trimming), and every instance reads new entries
+//! by a script that also trims the stream to its share of `stream_max_bytes`
+//! and to `stream_maxlen` entries, and every instance reads new entries
 //! with a blocking XREAD on a connection of its own and hands them to its
 //! `LocalFanout`. The stream entry id is the message id, so all members
 //! everywhere see one order. Groups are spread over `stream_shards` streams by a
@@ -24,6 +25,8 @@
 //!   of Redis's clock); the key itself expires with its longest-lived entry, so
 //!   groups whose instances all died leave nothing behind.
 //! - `stream:<shard>`: stream of messages with fields `g` (group), `a` (author), `t` (text).
+//! - `stream-bytes:<shard>`: what the entries of `stream:<shard>` cost, by `entry_cost`
+//!   in `PUBLISH_SCRIPT`; only that script changes it, together with the stream.
 //! - `reconcile:lock`, `reconcile:watermark:<shard>`: see `reconcile`.
 
 use std::collections::{HashMap, HashSet};
@@ -51,6 +54,11 @@ const BACKEND: &str = "redis";
 /// characters, so the split is unambiguous.
 const MEMBER_SEPARATOR: char = '\u{1f}';
 
+/// The least byte budget of one stream shard: a dozen of the largest entries
+/// (16,384 four-byte characters cost about 81 KiB by `entry_cost`), so a new
+/// entry never has to push out everything before it.
+const MIN_SHARD_BYTES: u64 = 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// e.g. `redis://127.0.0.1:6379`.
@@ -59,9 +67,13 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// How many streams the groups are spread over.
     pub stream_shards: usize,
-    /// Approximate length each stream is trimmed to. The streams only need to
-    /// hold what readers and the reconciler have not yet caught up with.
+    /// Most entries each stream keeps. The streams only need to hold what
+    /// readers and the reconciler have not yet caught up with.
     pub stream_maxlen: usize,
+    /// Most bytes all streams together may cost Redis, split evenly over the
+    /// shards; each publish drops a shard's oldest entries to stay within it.
+    /// Entry counts alone bound nothing: an entry may be 16 bytes or 80 KiB.
+    pub stream_max_bytes: u64,
     /// How long a member entry lives without a heartbeat: the most a crashed
     /// instance's members keep their places.
     pub member_ttl: Duration,
@@ -89,6 +101,7 @@ impl Default for RedisConfig {
             key_prefix: "nc:".into(),
             stream_shards: 1,
             stream_maxlen: 100_000,
+            stream_max_bytes: 256 * 1024 * 1024,
             member_ttl: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             command_timeout: Duration::from_secs(2),
@@ -126,6 +139,15 @@ impl RedisConfig {
         (0..self.stream_shards).map(|shard| self.stream_key(shard)).collect()
     }
 
+    fn stream_bytes_key(&self, shard: usize) -> String {
+        format!("{}stream-bytes:{}", self.key_prefix, shard)
+    }
+
+    /// Each shard's share of `stream_max_bytes`.
+    fn shard_max_bytes(&self) -> u64 {
+        self.stream_max_bytes / self.stream_shards as u64
+    }
+
     /// The shard of a group: FNV-1a of its bytes, stable across processes and
     /// versions (std's hasher is neither).
     pub(crate) fn shard_of(&self, group: &GroupId) -> usize {
@@ -140,6 +162,16 @@ impl RedisConfig {
     fn validate(&self) -> Result<(), BackendError> {
         if self.stream_shards == 0 {
             return Err(BackendError::new(BACKEND, "stream_shards must be at least 1"));
+        }
+        if self.shard_max_bytes() < MIN_SHARD_BYTES {
+            return Err(BackendError::new(
+                BACKEND,
+                format!(
+                    "stream_max_bytes must allow at least {MIN_SHARD_BYTES} bytes per stream shard \
+                     ({} shards), so a shard holds several of the largest messages",
+                    self.stream_shards
+                ),
+            ));
         }
         if self.heartbeat_interval >= self.member_ttl {
             return Err(BackendError::new(
@@ -183,6 +215,10 @@ pub(crate) async fn run<T: FromRedisValue>(
 ) -> Result<T, BackendError> {
     let result = match tokio::time::timeout(config.command_timeout, command).await {
         Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) if is_out_of_memory(&e) => Err(BackendError::new(
+            BACKEND,
+            format!("message bus full: Redis is out of memory (maxmemory); {what} refused"),
+        )),
         Ok(Err(e)) => Err(BackendError::new(BACKEND, format!("{what}: {e}"))),
         Err(_) => Err(BackendError::new(
             BACKEND,
@@ -196,10 +232,91 @@ pub(crate) async fn run<T: FromRedisValue>(
     result
 }
 
+/// Redis refused a write because `used_memory` is over `maxmemory` and the
+/// policy (`noeviction`) frees nothing. Reads and deletes still work, so the
+/// streams drain as readers and trimming move on.
+fn is_out_of_memory(error: &::redis::RedisError) -> bool {
+    error.code() == Some("OOM")
+}
+
 // ------------------------------------------------------------------ messaging
+
+/// KEYS[1] the stream, KEYS[2] its byte count; ARGV: max bytes, max entries,
+/// group, author, text. Appends the entry, then drops the oldest entries until
+/// the stream is within both bounds, and returns the new entry's id. One
+/// script, so the count and the stream never disagree, whichever instance
+/// writes. Redis has no byte-based trimming; the cost of an entry is its bytes
+/// plus a quarter (jemalloc's size classes round up by at most that much) plus
+/// 64 for the listpack and id overhead (plus a node's overhead for an entry
+/// that fills one), which measured `MEMORY USAGE` stays below for every entry
+/// size (0.46 to 0.99 of it, 1 to 65,536 bytes of text). Trimming by MINID removes whole entries; a
+/// partly trimmed listpack node (at most 4 KiB, `stream-node-max-bytes`) is
+/// freed once its last entry goes.
+const PUBLISH_SCRIPT: &str = r"
+local function entry_cost(fields)
+  local bytes = 0
+  for i = 2, #fields, 2 do
+    bytes = bytes + #fields[i]
+  end
+  -- An entry over 2 KiB fills a listpack node of its own: add the node's keep.
+  local node = 0
+  if bytes > 2048 then node = 1024 end
+  return bytes + math.ceil(bytes / 4) + 64 + node
+end
+local added = entry_cost({'g', ARGV[3], 'a', ARGV[4], 't', ARGV[5]})
+local id = redis.call('XADD', KEYS[1], '*', 'g', ARGV[3], 'a', ARGV[4], 't', ARGV[5])
+local bytes = redis.call('INCRBY', KEYS[2], added)
+local entries = redis.call('XLEN', KEYS[1])
+if bytes == added and entries > 1 then
+  -- The count is missing (a stream written before counting began, or the key
+  -- was deleted): count the stream once.
+  bytes = 0
+  local from = '-'
+  repeat
+    local batch = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', 1000)
+    for _, entry in ipairs(batch) do
+      bytes = bytes + entry_cost(entry[2])
+      from = '(' .. entry[1]
+    end
+  until #batch < 1000
+  redis.call('SET', KEYS[2], bytes)
+end
+local max_bytes = tonumber(ARGV[1])
+local max_entries = tonumber(ARGV[2])
+if bytes > max_bytes or entries > max_entries then
+  -- Trim a sixty-fourth below the bounds, so trimming (a Lua loop and an
+  -- exact XTRIM, about 60 us) runs once per many publishes, not on each.
+  local target_bytes = max_bytes - math.floor(max_bytes / 64)
+  local target_entries = max_entries - math.floor(max_entries / 64)
+  local freed, removed, keep = 0, 0, nil
+  local from, count = '-', 1
+  while not keep do
+    local batch = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', count)
+    if #batch == 0 then break end
+    for _, entry in ipairs(batch) do
+      if bytes - freed <= target_bytes and entries - removed <= target_entries then
+        keep = entry[1]
+        break
+      end
+      freed = freed + entry_cost(entry[2])
+      removed = removed + 1
+      from = '(' .. entry[1]
+    end
+    count = math.min(count * 2, 512)
+  end
+  if keep then
+    redis.call('XTRIM', KEYS[1], 'MINID', keep)
+    redis.call('DECRBY', KEYS[2], freed)
+  end
+end
+return id
+";
 
 pub struct RedisMessaging {
     config: Arc<RedisConfig>,
+    /// Per shard: the stream and its byte count, named once rather than per message.
+    shard_keys: Vec<(String, String)>,
+    publish_script: Script,
     connection: ConnectionManager,
     health: Health,
     reader_health: Arc<Health>,
@@ -244,8 +361,13 @@ impl RedisMessaging {
             Arc::clone(&reader_health),
             stopped,
         ));
+        let shard_keys = (0..config.stream_shards)
+            .map(|shard| (config.stream_key(shard), config.stream_bytes_key(shard)))
+            .collect();
         Ok(RedisMessaging {
             config,
+            shard_keys,
+            publish_script: Script::new(PUBLISH_SCRIPT),
             connection,
             health,
             reader_health,
@@ -253,6 +375,28 @@ impl RedisMessaging {
             reader: Mutex::new(Some(reader)),
         })
     }
+}
+
+/// Free memory Redis must have for a send to be sure to fit: the largest
+/// message is read into a query buffer (66 KiB) and then stored (81 KiB).
+const WRITE_HEADROOM: u64 = 256 * 1024;
+
+/// Why Redis would refuse a send now, from `INFO memory`: `maxmemory` is set,
+/// the policy evicts nothing, and less than `WRITE_HEADROOM` is left. A
+/// Redis that does not report these fields is taken to have room.
+fn memory_short(info: &str) -> Option<String> {
+    let field = |name: &str| {
+        info.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+    };
+    let used: u64 = field("used_memory")?.parse().ok()?;
+    let max: u64 = field("maxmemory")?.parse().ok()?;
+    if max == 0 || field("maxmemory_policy")? != "noeviction" || used + WRITE_HEADROOM < max {
+        return None;
+    }
+    Some(format!(
+        "message bus full: Redis is out of memory (maxmemory): {used} bytes used of {max}, \
+         sends are refused until memory frees up"
+    ))
 }
 
 /// The id of the first entry of an XRANGE/XREVRANGE reply, if any.
@@ -269,23 +413,19 @@ impl Messaging for RedisMessaging {
         message: NewMessage,
         on_accepted: OnAccepted<'_>,
     ) -> Result<Message, BackendError> {
-        let key = self.config.stream_key(self.config.shard_of(&message.group));
+        let (stream, bytes) = &self.shard_keys[self.config.shard_of(&message.group)];
+        let mut invocation = self.publish_script.prepare_invoke();
+        invocation
+            .key(stream)
+            .key(bytes)
+            .arg(self.config.shard_max_bytes())
+            .arg(self.config.stream_maxlen)
+            .arg(message.group.as_str())
+            .arg(message.author.as_str())
+            .arg(message.text.as_str());
         let mut connection = self.connection.clone();
         let id: String = run(&self.config, &self.health, "publish", async {
-            ::redis::cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.config.stream_maxlen)
-                .arg("*")
-                .arg("g")
-                .arg(message.group.as_str())
-                .arg("a")
-                .arg(message.author.as_str())
-                .arg("t")
-                .arg(message.text.as_str())
-                .query_async(&mut connection)
-                .await
+            invocation.invoke_async(&mut connection).await
         })
         .await?;
         let id: MessageId = id
@@ -306,10 +446,16 @@ impl Messaging for RedisMessaging {
 
     async fn check(&self) -> Result<(), BackendError> {
         let mut connection = self.connection.clone();
-        run(&self.config, &self.health, "ping", async {
-            ::redis::cmd("PING").query_async::<String>(&mut connection).await
+        // PING answers even when Redis is out of memory, and so does a small
+        // write when only the largest messages no longer fit (their own
+        // bytes count while Redis reads them): compare the numbers instead.
+        let info: String = run(&self.config, &self.health, "read memory", async {
+            ::redis::cmd("INFO").arg("memory").query_async(&mut connection).await
         })
         .await?;
+        if let Some(short) = memory_short(&info) {
+            return Err(BackendError::new(BACKEND, short));
+        }
         if self.reader_health.is_down() {
             return Err(BackendError::new(BACKEND, "the stream reader is reconnecting"));
         }
@@ -439,7 +585,18 @@ async fn read_loop(
 
 // ------------------------------------------------------------------ membership
 
-/// The start of both membership scripts: drops the expired entries of the
+/// The first line of the membership scripts (Redis 7): they run even when
+/// Redis is out of memory. Members cost a few bytes each and are bounded by
+/// the member limit, and a heartbeat refused for a while would drop every
+/// member of this instance; a full message bus must not also empty the groups.
+/// What grows with use (messages, new groups) is still refused.
+macro_rules! allow_oom {
+    () => {
+        "#!lua flags=allow-oom\n"
+    };
+}
+
+/// The start of the membership scripts after `allow_oom`: drops the expired entries of the
 /// members set KEYS[1] and defines `live_users(user)`, which counts the distinct
 /// users left and says whether `user` is one of them. Entries are
 /// `user<US>instance`.
@@ -476,6 +633,7 @@ end
 /// this instance already counts the user as a member (then no room check: a
 /// member always gets back in, even if its entry expired during an outage).
 const JOIN_SCRIPT: &str = concat!(
+    allow_oom!(),
     members_prelude!(),
     r"
 local ttl = tonumber(ARGV[4])
@@ -494,6 +652,7 @@ return 1
 
 /// KEYS[1] members set; returns the distinct users whose entries live.
 const COUNT_SCRIPT: &str = concat!(
+    allow_oom!(),
     members_prelude!(),
     r"
 local count = live_users(nil)
@@ -501,16 +660,21 @@ return count
 "
 );
 
-/// KEYS: members sets; ARGV: ttl ms, instance, then per key a count of users
-/// followed by those users. Pushes the expiry of this instance's entries.
-const HEARTBEAT_SCRIPT: &str = r"
+/// KEYS[1] the groups set, then members sets; ARGV: ttl ms, instance, then
+/// per members set its group, a count of users and those users. Pushes the
+/// expiry of this instance's entries and lists their groups again (if Redis
+/// lost its data, this puts back the groups in use).
+const HEARTBEAT_SCRIPT: &str = concat!(
+    allow_oom!(),
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
 local i = 3
-for k = 1, #KEYS do
-  local n = tonumber(ARGV[i])
-  i = i + 1
+for k = 2, #KEYS do
+  redis.call('ZADD', KEYS[1], 'NX', 0, ARGV[i])
+  local n = tonumber(ARGV[i + 1])
+  i = i + 2
   for _ = 1, n do
     redis.call('ZADD', KEYS[k], now + ttl, ARGV[i] .. '\31' .. ARGV[2])
     i = i + 1
@@ -521,7 +685,8 @@ for k = 1, #KEYS do
   end
 end
 return 0
-";
+"
+);
 
 /// Groups per heartbeat script call: bounds the size of one call.
 const HEARTBEAT_GROUPS_PER_CALL: usize = 200;
@@ -629,22 +794,18 @@ impl MembershipInner {
         let ttl_ms = self.config.member_ttl.as_millis() as u64;
         for chunk in snapshot.chunks(HEARTBEAT_GROUPS_PER_CALL) {
             let mut invocation = self.heartbeat_script.prepare_invoke();
+            invocation.key(self.config.groups_key());
             invocation.arg(ttl_ms).arg(&self.config.instance_id);
-            // Groups are cached as known once seen, so joins never list them
-            // again; if Redis lost its data, this puts back the groups in use.
-            let mut relist = ::redis::cmd("ZADD");
-            relist.arg(self.config.groups_key()).arg("NX");
             for (group, users) in chunk {
-                invocation.key(self.config.members_key(group)).arg(users.len()).arg(users);
-                relist.arg(0).arg(group.as_str());
+                invocation
+                    .key(self.config.members_key(group))
+                    .arg(group.as_str())
+                    .arg(users.len())
+                    .arg(users);
             }
             let mut connection = self.connection.clone();
             run(&self.config, &self.health, "heartbeat", async {
                 invocation.invoke_async::<i64>(&mut connection).await
-            })
-            .await?;
-            run(&self.config, &self.health, "heartbeat", async {
-                relist.query_async::<i64>(&mut connection).await
             })
             .await?;
         }
@@ -860,6 +1021,21 @@ impl Membership for RedisMembership {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_is_short_only_near_maxmemory_without_eviction() {
+        let info = |used: u64, max: u64, policy: &str| {
+            format!(
+                "# Memory\r\nused_memory:{used}\r\nused_memory_human:1M\r\nmaxmemory:{max}\r\nmaxmemory_human:0B\r\nmaxmemory_policy:{policy}\r\n"
+            )
+        };
+        assert_eq!(memory_short(&info(1 << 20, 0, "noeviction")), None, "no maxmemory");
+        assert_eq!(memory_short(&info(1 << 20, 8 << 20, "noeviction")), None, "room");
+        assert_eq!(memory_short(&info(8 << 20, 8 << 20, "allkeys-lru")), None, "evicts");
+        let short = memory_short(&info((8 << 20) - 1000, 8 << 20, "noeviction"));
+        assert!(short.is_some_and(|s| s.contains("out of memory (maxmemory)")));
+        assert_eq!(memory_short("garbage"), None);
+    }
 
     #[test]
     fn shards_are_stable_and_in_range() {
