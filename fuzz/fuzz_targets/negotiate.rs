@@ -73,7 +73,8 @@ async fn run(data: &[u8]) {
         let Some(request) = parse_request(text, &token) else {
             continue;
         };
-        let negotiates = request.method() == Method::POST && request.uri().path().ends_with("/negotiate");
+        let negotiates =
+            request.method() == Method::POST && request.uri().path().ends_with("/negotiate");
         let exchange = tokio::spawn(exchange(router.clone(), request));
         if negotiates {
             if let Some(negotiated) = exchange.await.expect("no panic") {
@@ -94,7 +95,8 @@ async fn run(data: &[u8]) {
 
 /// Sends one request and reads the whole response; the token if it negotiated one.
 async fn exchange(router: axum::Router, request: Request<Body>) -> Option<String> {
-    let negotiates = request.method() == Method::POST && request.uri().path().ends_with("/negotiate");
+    let negotiates =
+        request.method() == Method::POST && request.uri().path().ends_with("/negotiate");
     let response = router.oneshot(request).await.expect("the router is infallible");
     let status = response.status();
     assert!(!status.is_server_error(), "answered {status}");

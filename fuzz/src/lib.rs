@@ -99,9 +99,8 @@ fn round_trips(message: &HubMessage) -> bool {
     let exact =
         |value: &Value| values(value).all(|v| !matches!(v, Value::Float(f) if !f.is_finite()));
     match message {
-        HubMessage::Invocation { arguments, .. } | HubMessage::StreamInvocation { arguments, .. } => {
-            arguments.iter().all(exact)
-        }
+        HubMessage::Invocation { arguments, .. }
+        | HubMessage::StreamInvocation { arguments, .. } => arguments.iter().all(exact),
         HubMessage::StreamItem { item, .. } => exact(item),
         HubMessage::Completion { outcome: Outcome::Result(result), .. } => exact(result),
         _ => true,
