@@ -184,7 +184,8 @@ print(f"DB: start {first[2] / 2**20:.1f} MiB, end {last[2] / 2**20:.1f} MiB, "
       f"growth {db_growth / 2**20:.2f} MiB/min ({db_growth_after / 2**20:.2f} MiB/min after warm-up)")
 print(f"bench: exit {bench_status}, sent {load.get('sent')}, delivered {load.get('delivered')} "
       f"of {load.get('expected')}, lost {lost}, p99 {latency.get('p99')} ms, "
-      f"{server.get('cpu_us_per_delivery')} us of server CPU per delivery")
+      f"{server.get('cpu_us_per_delivery')} us of server CPU per delivery, "
+      f"bench peak RSS {(report.get('bench') or {}).get('rss_peak_mib')} MiB")
 verdict = flat and lost == 0 and bench_status == 0
 print(f"RSS flat after warm-up (max <= {fmt_mib(base_rss)} + max(10 %, 16 MiB) = "
       f"{fmt_mib(base_rss + allowance)}): {'yes' if flat else 'NO'}; nothing lost: "
