@@ -11,7 +11,8 @@
 # Settings (environment): OUT (/tmp/next-chat-soak), BIN (target/release),
 # BACKEND (sqlite | mysql), INTERVAL (seconds between samples, 30), WARMUP
 # (seconds, 300, at most a quarter of the run), NICE (niceness of server and
-# bench, 0), PORT (5110).
+# bench, 0), PORT (5110), LOAD (the bench's load flags; S2's by default:
+# "-c 1000 -g 20 -r 1000 -l 200").
 #
 # Writes $OUT/soak.csv (elapsed_s,rss_kib,db_bytes per sample), $OUT/bench.json
 # (next-chat-bench's report) and $OUT/server.log, and prints a summary:
@@ -37,6 +38,7 @@ BACKEND=${BACKEND:-sqlite}
 INTERVAL=${INTERVAL:-30}
 NICE=${NICE:-0}
 PORT=${PORT:-5110}
+read -r -a LOAD <<<"${LOAD:--c 1000 -g 20 -r 1000 -l 200}"
 
 # seconds DURATION: 1800, 90s, 30m, 1h -> seconds.
 seconds() {
@@ -102,9 +104,9 @@ grep -q "^listening on" "$OUT/server.log" || { echo "the server did not start:" 
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$SERVER/status"; }
 
-echo "soak: S2 load for ${DURATION} s against $BACKEND (server pid $SERVER), sampling every ${INTERVAL} s, warm-up ${WARMUP} s; $OUT" >&2
+echo "soak: ${LOAD[*]} for ${DURATION} s against $BACKEND (server pid $SERVER), sampling every ${INTERVAL} s, warm-up ${WARMUP} s; $OUT" >&2
 nice -n "$NICE" "$BIN/next-chat-bench" --quiet --threads 1 --json \
-    --url "http://127.0.0.1:$PORT/next-chat" -c 1000 -g 20 -r 1000 -l 200 -d "$DURATION" -w 3 \
+    --url "http://127.0.0.1:$PORT/next-chat" "${LOAD[@]}" -d "$DURATION" -w 3 \
     --server-pid "$SERVER" >"$OUT/bench.json" &
 BENCH=$!
 
