@@ -124,7 +124,6 @@ pub struct Settings {
     /// Seconds a graceful shutdown may take in all [default: 10]
     #[arg(long, env = "NEXT_CHAT_SHUTDOWN_TIMEOUT_SECS", global = true, value_name = "SECS")]
     pub shutdown_timeout_secs: Option<u64>,
-    // ── connection limits (signalr session) settings go here (keep this marker line) ──
     /// Bytes queued for one connection before it counts as too slow and is closed [default: 4194304]
     #[arg(long, env = "NEXT_CHAT_OUTBOUND_QUEUE_BYTES", global = true, value_name = "BYTES")]
     pub outbound_queue_bytes: Option<usize>,
@@ -149,7 +148,6 @@ pub struct Settings {
     /// Invocations one connection may start at once after a quiet spell [default: 2000]
     #[arg(long, env = "NEXT_CHAT_INVOCATION_BURST", global = true, value_name = "N")]
     pub invocation_burst: Option<u32>,
-    // ── HTTP edge limits settings go here (keep this marker line) ──
     /// Seconds a client has to send a request head, from connecting or from the end
     /// of its previous response (so also the idle keep-alive time) [default: 10]
     #[arg(long, env = "NEXT_CHAT_HTTP_HEADER_TIMEOUT_SECS", global = true, value_name = "SECS")]
@@ -197,7 +195,6 @@ pub struct Settings {
         value_name = "BYTES"
     )]
     pub long_poll_max_response_bytes: Option<usize>,
-    // ── history and Redis limits settings go here (keep this marker line) ──
     /// Most bytes of accepted messages waiting to be stored in history; beyond it
     /// SendMessage fails with "history is unavailable" [default: 268435456 (256 MiB)]
     #[arg(long, env = "NEXT_CHAT_HISTORY_UNSAVED_MAX_BYTES", global = true, value_name = "BYTES")]
@@ -206,7 +203,6 @@ pub struct Settings {
     /// oldest entries are dropped to stay within it [default: 268435456 (256 MiB)]
     #[arg(long, env = "NEXT_CHAT_REDIS_STREAM_MAX_BYTES", global = true, value_name = "BYTES")]
     pub redis_stream_max_bytes: Option<u64>,
-    // ── chat rules limits settings go here (keep this marker line) ──
     /// Most bytes of messages in one OnHistory or GetHistory page; a page holds fewer messages rather than exceed it [default: 1048576]
     #[arg(long, env = "NEXT_CHAT_HISTORY_PAGE_MAX_BYTES", global = true, value_name = "BYTES")]
     pub history_page_max_bytes: Option<usize>,
@@ -275,13 +271,11 @@ impl Settings {
                 client_timeout_secs,
                 startup_timeout_secs,
                 shutdown_timeout_secs,
-                // ── connection limits (signalr session) settings go here (keep this marker line) ──
                 outbound_queue_bytes,
                 max_queued_invocations,
                 max_queued_invocation_bytes,
                 invocations_per_second,
                 invocation_burst,
-                // ── HTTP edge limits settings go here (keep this marker line) ──
                 http_header_timeout_secs,
                 http_max_head_bytes,
                 max_http_connections,
@@ -291,10 +285,8 @@ impl Settings {
                 max_pending_negotiations,
                 max_pending_negotiations_per_user,
                 long_poll_max_response_bytes,
-                // ── history and Redis limits settings go here (keep this marker line) ──
                 history_unsaved_max_bytes,
                 redis_stream_max_bytes,
-                // ── chat rules limits settings go here (keep this marker line) ──
                 history_page_max_bytes,
                 max_groups_per_connection,
                 max_connections_per_user_in_group,
@@ -396,13 +388,11 @@ pub struct Config {
     pub client_timeout: Duration,
     pub startup_timeout: Duration,
     pub shutdown_timeout: Duration,
-    // ── connection limits (signalr session) settings go here (keep this marker line) ──
     pub outbound_queue_bytes: usize,
     pub max_queued_invocations: usize,
     pub max_queued_invocation_bytes: usize,
     pub invocations_per_second: u32,
     pub invocation_burst: u32,
-    // ── HTTP edge limits settings go here (keep this marker line) ──
     pub http_header_timeout: Duration,
     pub http_max_head_bytes: usize,
     /// `None`: derived from the open-file limit when the server starts.
@@ -414,12 +404,10 @@ pub struct Config {
     pub max_pending_negotiations: usize,
     pub max_pending_negotiations_per_user: usize,
     pub long_poll_max_response_bytes: usize,
-    // ── history and Redis limits settings go here (keep this marker line) ──
     /// The history writer's bounds (`history_unsaved_max_bytes`, `save_timeout_ms`).
     pub history: HistoryWriterConfig,
     /// See `RedisConfig::stream_max_bytes`; used only with `redis`.
     pub redis_stream_max_bytes: u64,
-    // ── chat rules limits settings go here (keep this marker line) ──
 }
 
 fn positive(key: &'static str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
@@ -557,7 +545,6 @@ impl Config {
                 None => Duration::from_secs(30),
             },
             shutdown_timeout: seconds("shutdown_timeout_secs", s.shutdown_timeout_secs, 10)?,
-            // ── connection limits (signalr session) settings go here (keep this marker line) ──
             outbound_queue_bytes: positive(
                 "outbound_queue_bytes",
                 s.outbound_queue_bytes,
@@ -583,7 +570,6 @@ impl Config {
                 s.invocation_burst.map(|n| n as usize),
                 2000,
             )? as u32,
-            // ── HTTP edge limits settings go here (keep this marker line) ──
             http_header_timeout: seconds(
                 "http_header_timeout_secs",
                 s.http_header_timeout_secs,
@@ -631,7 +617,6 @@ impl Config {
                 s.long_poll_max_response_bytes,
                 1024 * 1024,
             )?,
-            // ── history and Redis limits settings go here (keep this marker line) ──
             history: HistoryWriterConfig {
                 unsaved_max_bytes: match s.history_unsaved_max_bytes {
                     None => 256 * 1024 * 1024,
@@ -662,7 +647,6 @@ impl Config {
                 }
                 bytes
             },
-            // ── chat rules limits settings go here (keep this marker line) ──
         })
     }
 }
