@@ -17,6 +17,7 @@ pub mod mysql;
 pub mod reconcile;
 pub mod redis;
 mod split;
+mod sql_error;
 pub mod sqlite;
 
 pub use embedded::EmbeddedMembership;

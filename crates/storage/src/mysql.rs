@@ -68,19 +68,11 @@ pub fn refuses_on_merits(number: u16, sqlstate: Option<&str>) -> bool {
 
 /// `error` as a `BackendError` that says whether it was a refusal.
 fn classified(context: &str, error: sqlx::Error) -> BackendError {
-    let refused = match &error {
-        sqlx::Error::Database(database) => database
+    crate::sql_error::classified(BACKEND, context, error, |database| {
+        database
             .try_downcast_ref::<MySqlDatabaseError>()
-            .is_some_and(|e| refuses_on_merits(e.number(), e.code())),
-        // A value sqlx could not encode will not encode next time either.
-        sqlx::Error::Encode(_) => true,
-        _ => false,
-    };
-    if refused {
-        BackendError::refused(BACKEND, format!("{context}: {error}"))
-    } else {
-        self::error(context, error)
-    }
+            .is_some_and(|e| refuses_on_merits(e.number(), e.code()))
+    })
 }
 
 /// An upper bound on the bytes one row adds to an INSERT: the row as the

@@ -75,18 +75,9 @@ pub fn refuses_on_merits(extended_code: i32) -> bool {
 
 /// `error` as a `BackendError` that says whether it was a refusal.
 fn classified(context: &str, error: sqlx::Error) -> BackendError {
-    let refused = match &error {
-        sqlx::Error::Database(database) => {
-            database.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(refuses_on_merits)
-        }
-        sqlx::Error::Encode(_) => true,
-        _ => false,
-    };
-    if refused {
-        BackendError::refused(BACKEND, format!("{context}: {error}"))
-    } else {
-        self::error(context, error)
-    }
+    crate::sql_error::classified(BACKEND, context, error, |database| {
+        database.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(refuses_on_merits)
+    })
 }
 
 /// SQLite integers are signed 64-bit; ids and times beyond that cannot be
