@@ -66,7 +66,11 @@ fn check_chars(
 fn check_identifier(field: &'static str, value: &str, max: usize) -> Result<(), ChatError> {
     check_chars(field, value, max, false)?;
     if let Some((position, c)) =
-        value.chars().enumerate().find(|(_, c)| c.general_category() == GeneralCategory::Format)
+        // No ASCII character is a format character: most ids skip the table.
+        value
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !c.is_ascii() && c.general_category() == GeneralCategory::Format)
     {
         return Err(ChatError::invalid(
             field,

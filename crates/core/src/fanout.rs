@@ -42,6 +42,10 @@ impl Delivery {
 pub trait Recipient: Send + Sync + 'static {
     fn connection_id(&self) -> &ConnectionId;
 
+    /// The user the connection belongs to (`UserId::as_str`), so that fan-out
+    /// can count a user's connections in a group without keeping a count.
+    fn user(&self) -> &str;
+
     /// Queues `OnMessage` without waiting. A recipient whose queue is full
     /// closes its connection with an error rather than letting memory grow.
     fn deliver(&self, delivery: &Delivery);
@@ -85,6 +89,11 @@ pub struct LocalFanout {
     groups: RwLock<HashMap<GroupId, Subscribers>>,
 }
 
+/// `LocalFanout::subscribe_at_most` refused: the user has as many connections
+/// in the group as allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyForUser;
+
 /// Returned by `LocalFanout::subscribe`; `open` sends the history and then the
 /// messages that arrived meanwhile.
 pub struct PendingJoin {
@@ -118,10 +127,30 @@ impl LocalFanout {
     /// `PendingJoin::open`. Subscribing a connection that is already subscribed
     /// to the group keeps the existing subscription and returns `None`.
     pub fn subscribe(&self, group: &GroupId, recipient: Arc<dyn Recipient>) -> Option<PendingJoin> {
+        self.subscribe_at_most(group, recipient, usize::MAX).unwrap_or(None)
+    }
+
+    /// `subscribe`, unless `max_per_user` of the recipient's user's connections
+    /// are subscribed to the group already: then `Err(TooManyForUser)`. The
+    /// count and the subscription happen under one lock, so concurrent joins of
+    /// one user's connections cannot overshoot.
+    pub fn subscribe_at_most(
+        &self,
+        group: &GroupId,
+        recipient: Arc<dyn Recipient>,
+        max_per_user: usize,
+    ) -> Result<Option<PendingJoin>, TooManyForUser> {
         let mut groups = self.groups.write().unwrap_or_else(|poison| poison.into_inner());
         let current = groups.entry(group.clone()).or_default();
         if current.iter().any(|s| s.recipient.connection_id() == recipient.connection_id()) {
-            return None;
+            return Ok(None);
+        }
+        let user = recipient.user();
+        if current.iter().filter(|s| s.recipient.user() == user).count() >= max_per_user {
+            if current.is_empty() {
+                groups.remove(group);
+            }
+            return Err(TooManyForUser);
         }
         let subscription =
             Arc::new(Subscription { recipient, gate: Mutex::new(Gate::Joining(Vec::new())) });
@@ -129,7 +158,7 @@ impl LocalFanout {
         next.extend(current.iter().cloned());
         next.push(Arc::clone(&subscription));
         *current = Arc::new(next);
-        Some(PendingJoin { subscription })
+        Ok(Some(PendingJoin { subscription }))
     }
 
     /// Stops delivering the group's messages to the connection.

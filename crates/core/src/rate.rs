@@ -1,14 +1,15 @@
-//! Per-user rate limits and counts on this instance: token buckets for messages
-//! sent and groups created, and how many of the user's connections joined each
-//! group. One `UserLimits` is shared by all of a user's connections here and
-//! lives while the user has a connection on this instance, so memory is bounded
-//! by the connections (which the HTTP edge caps).
+//! Per-user rate limits on this instance: token buckets for messages sent and
+//! groups created. One `UserLimits` is shared by all of a user's connections
+//! here and lives while the user has a connection on this instance, so memory
+//! is bounded by the connections (which the HTTP edge caps). How many of a
+//! user's connections joined a group is not kept here: fan-out counts it from
+//! its subscriptions (`LocalFanout::subscribe_at_most`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::domain::{GroupId, UserId};
+use crate::domain::UserId;
 
 /// A rate: `per_period` tokens every `period`, at most `burst` saved up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +64,7 @@ impl TokenBucket {
     }
 }
 
-/// One user's buckets and per-group connection counts on this instance.
+/// One user's buckets on this instance.
 #[derive(Debug)]
 pub struct UserLimits {
     state: Mutex<UserState>,
@@ -73,8 +74,6 @@ pub struct UserLimits {
 struct UserState {
     messages: TokenBucket,
     creations: TokenBucket,
-    /// How many of the user's connections here have joined each group.
-    joined: HashMap<GroupId, usize>,
 }
 
 /// Which rate a refused call exceeded.
@@ -90,7 +89,6 @@ impl UserLimits {
             state: Mutex::new(UserState {
                 messages: TokenBucket::full(now, messages),
                 creations: TokenBucket::full(now, creations),
-                joined: HashMap::new(),
             }),
         }
     }
@@ -105,32 +103,6 @@ impl UserLimits {
         match what {
             Limited::Messages => state.messages.take(now, rate),
             Limited::GroupCreations => state.creations.take(now, rate),
-        }
-    }
-
-    /// Counts one more of the user's connections in `group`, unless `max` are
-    /// already there.
-    pub fn reserve_group(&self, group: &GroupId, max: usize) -> bool {
-        let mut state = self.lock();
-        let count = state.joined.entry(group.clone()).or_default();
-        if *count >= max {
-            if *count == 0 {
-                state.joined.remove(group);
-            }
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    /// Undoes one `reserve_group`.
-    pub fn release_group(&self, group: &GroupId) {
-        let mut state = self.lock();
-        if let Some(count) = state.joined.get_mut(group) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                state.joined.remove(group);
-            }
         }
     }
 }
@@ -233,20 +205,5 @@ mod tests {
         assert_eq!(users.len(), 1);
         users.disconnected(&ann);
         assert!(users.is_empty());
-    }
-
-    #[test]
-    fn group_reservations_count_connections() {
-        let limits =
-            UserLimits::new(Instant::now(), &Rate::per_second(1, 1), &Rate::per_minute(1, 1));
-        let g = GroupId::from_trusted("g");
-        assert!(limits.reserve_group(&g, 2));
-        assert!(limits.reserve_group(&g, 2));
-        assert!(!limits.reserve_group(&g, 2));
-        limits.release_group(&g);
-        assert!(limits.reserve_group(&g, 2));
-        limits.release_group(&g);
-        limits.release_group(&g);
-        assert!(limits.lock().joined.is_empty());
     }
 }

@@ -14,7 +14,7 @@ use crate::domain::{
     ConnectionId, GroupId, JoinOutcome, Limits, Message, MessageId, MessageText, NewMessage, UserId,
 };
 use crate::error::ChatError;
-use crate::fanout::{LocalFanout, Recipient};
+use crate::fanout::{LocalFanout, Recipient, TooManyForUser};
 use crate::history::HistoryWriter;
 use crate::rate::{Limited, Rate, UserLimits, Users};
 
@@ -203,7 +203,6 @@ impl ChatService {
             session.joined.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for group in groups {
             self.fanout.unsubscribe(&group, session.connection_id());
-            session.limits.release_group(&group);
             if let Err(error) =
                 self.membership.leave(&group, &session.user, session.connection_id()).await
             {
@@ -308,48 +307,45 @@ impl ChatService {
         group: &str,
     ) -> Result<JoinOutcome, ChatError> {
         let group = self.group(group)?;
-        if session.has_joined(&group) {
-            // Joining again only sends the history again: no new place is taken.
-            return self.join_reserved(session, group).await;
-        }
+        let rejoin = session.has_joined(&group);
         let max_groups = self.config.max_groups_per_connection;
-        if session.joined_count() >= max_groups {
+        if !rejoin && session.joined_count() >= max_groups {
             return Err(ChatError::TooManyGroupsJoined { limit: max_groups });
         }
+        // Subscribe first, before the group's place and its history: a message
+        // sent meanwhile is then either in the history or delivered after it,
+        // never both (`PendingJoin::open`); and the count of the user's
+        // connections in the group is checked and taken in one step.
         let max_connections = self.config.max_connections_per_user_in_group;
-        if !session.limits.reserve_group(&group, max_connections) {
-            return Err(ChatError::TooManyConnectionsInGroup {
+        let pending = self
+            .fanout
+            .subscribe_at_most(&group, Arc::clone(&session.recipient), max_connections)
+            .map_err(|TooManyForUser| ChatError::TooManyConnectionsInGroup {
                 user: session.user.clone(),
-                group,
+                group: group.clone(),
                 limit: max_connections,
-            });
-        }
-        let outcome = self.join_reserved(session, group.clone()).await;
-        if !matches!(outcome, Ok(JoinOutcome::Joined)) {
-            session.limits.release_group(&group);
-        }
-        outcome
-    }
-
-    /// `join_group` once the connection's place in the user's count is taken.
-    async fn join_reserved(
-        &self,
-        session: &Session,
-        group: GroupId,
-    ) -> Result<JoinOutcome, ChatError> {
-        self.ensure_group(session, &group, self.config.auto_create_groups).await?;
-        let outcome = self
-            .membership
-            .join(&group, &session.user, session.connection_id(), self.config.max_members)
-            .await?;
-        if outcome == JoinOutcome::NoRoom {
-            return Ok(JoinOutcome::NoRoom);
-        }
-        // Subscribe before reading history: a message sent meanwhile is then
-        // either in the history or delivered after it, and never both.
-        let pending = self.fanout.subscribe(&group, Arc::clone(&session.recipient));
-        session.set_joined(&group, true);
-        let history = match self.history.read(&group, None, self.config.history_on_join).await {
+            })?;
+        // Joining again (`pending` is `None`) only sends the history again.
+        let joined = self.take_place(session, &group).await;
+        let history = match joined {
+            Ok(JoinOutcome::Joined) => {
+                session.set_joined(&group, true);
+                self.history.read(&group, None, self.config.history_on_join).await
+            }
+            Ok(JoinOutcome::NoRoom) => {
+                if pending.is_some() {
+                    self.fanout.unsubscribe(&group, session.connection_id());
+                }
+                return Ok(JoinOutcome::NoRoom);
+            }
+            Err(error) => {
+                if pending.is_some() {
+                    self.fanout.unsubscribe(&group, session.connection_id());
+                }
+                return Err(error);
+            }
+        };
+        let history = match history {
             Ok(history) => self.fit_page(session, history),
             Err(error) => {
                 if pending.is_some() {
@@ -369,12 +365,24 @@ impl ChatService {
         Ok(JoinOutcome::Joined)
     }
 
+    /// The group's place for the connection (created first if allowed).
+    async fn take_place(
+        &self,
+        session: &Session,
+        group: &GroupId,
+    ) -> Result<JoinOutcome, ChatError> {
+        self.ensure_group(session, group, self.config.auto_create_groups).await?;
+        Ok(self
+            .membership
+            .join(group, &session.user, session.connection_id(), self.config.max_members)
+            .await?)
+    }
+
     #[instrument(level = "debug", skip_all, fields(user = ?session.user, group = ?group))]
     pub async fn leave_group(&self, session: &Session, group: &str) -> Result<(), ChatError> {
         let group = self.group(group)?;
         if session.set_joined(&group, false) {
             self.fanout.unsubscribe(&group, session.connection_id());
-            session.limits.release_group(&group);
             self.membership.leave(&group, &session.user, session.connection_id()).await?;
         }
         Ok(())

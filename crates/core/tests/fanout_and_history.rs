@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use next_chat_core::fanout::TooManyForUser;
 use next_chat_core::history::unsaved_size;
 use next_chat_core::{
     BackendError, ConnectionId, Delivery, GroupId, HistoryObserver, HistoryStore, HistoryWriter,
@@ -32,12 +33,20 @@ enum Seen {
 
 struct Recorder {
     id: ConnectionId,
+    user: String,
     seen: Mutex<Vec<Seen>>,
 }
 
 impl Recorder {
     fn new(id: &str) -> Arc<Recorder> {
-        Arc::new(Recorder { id: ConnectionId::new(id), seen: Mutex::new(Vec::new()) })
+        Recorder::of_user(id, id)
+    }
+    fn of_user(id: &str, user: &str) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            id: ConnectionId::new(id),
+            user: user.to_owned(),
+            seen: Mutex::new(Vec::new()),
+        })
     }
     fn take(&self) -> Vec<Seen> {
         std::mem::take(&mut *self.seen.lock().unwrap())
@@ -48,6 +57,10 @@ impl Recipient for Recorder {
     fn connection_id(&self) -> &ConnectionId {
         &self.id
     }
+
+    fn user(&self) -> &str {
+        &self.user
+    }
     fn deliver(&self, delivery: &Delivery) {
         self.seen.lock().unwrap().push(Seen::Message(delivery.message.id));
     }
@@ -57,6 +70,27 @@ impl Recipient for Recorder {
     fn encoded_size(&self, message: &Message) -> usize {
         message.text.as_str().len()
     }
+}
+
+#[test]
+fn a_user_may_subscribe_at_most_the_given_number_of_connections_to_a_group() {
+    let fanout = LocalFanout::new();
+    let group = GroupId::from_trusted("g");
+    let other = GroupId::from_trusted("h");
+    let ann = [Recorder::of_user("a1", "ann"), Recorder::of_user("a2", "ann")];
+    let third = Recorder::of_user("a3", "ann");
+    for recorder in &ann {
+        assert!(fanout.subscribe_at_most(&group, recorder.clone(), 2).unwrap().is_some());
+    }
+    assert_eq!(fanout.subscribe_at_most(&group, third.clone(), 2).err(), Some(TooManyForUser));
+    // Already subscribed is not one more; other users and other groups do not count.
+    assert!(fanout.subscribe_at_most(&group, ann[0].clone(), 2).unwrap().is_none());
+    assert!(fanout.subscribe_at_most(&group, Recorder::of_user("b1", "bob"), 2).unwrap().is_some());
+    assert!(fanout.subscribe_at_most(&other, third.clone(), 2).unwrap().is_some());
+    // A place freed is a place taken again.
+    fanout.unsubscribe(&group, &ConnectionId::new("a1"));
+    assert!(fanout.subscribe_at_most(&group, third, 2).unwrap().is_some());
+    assert_eq!(fanout.local_subscribers(&group), 3);
 }
 
 #[test]

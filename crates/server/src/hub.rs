@@ -57,6 +57,10 @@ impl Recipient for ConnectionRecipient {
         &self.id
     }
 
+    fn user(&self) -> &str {
+        self.connection.user()
+    }
+
     fn deliver(&self, delivery: &Delivery) {
         let protocol = self.connection.protocol();
         let record = delivery.encoded(protocol.slot(), |message| {

@@ -377,6 +377,11 @@ impl Outbound {
         }
     }
 
+    /// Whether no record is waiting (one may arrive at any time).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
     /// A record available now, without waiting; `None` when there is none (or the
     /// transport should end: see [`Outbound::is_finished`]).
     pub(crate) fn try_next(&mut self) -> Option<Bytes> {

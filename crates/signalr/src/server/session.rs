@@ -435,6 +435,12 @@ impl<'a> Invocations<'a> {
         }
         let call = self.queued.pop_front()?;
         self.queued_bytes -= call.size;
+        if self.queued.is_empty() {
+            // Most connections are idle most of the time: an empty queue
+            // holds no memory (one allocation per burst of calls, not per call
+            // while a client keeps several queued).
+            self.queued = VecDeque::new();
+        }
         match self.rate.acquire(config, Instant::now()) {
             Ok(()) => {
                 self.starting = Some(start_call(hub, session, call));

@@ -142,6 +142,10 @@ async fn write(mut sink: SplitSink<WebSocket, Message>, mut outbound: Outbound, 
                 }
             }
         };
+        if batch.capacity() > 0 && outbound.is_empty() {
+            // An idle connection keeps no batch buffer.
+            batch = Vec::new();
+        }
         if let Err(error) = sent {
             debug!(%error, "WebSocket write failed");
             outbound

@@ -57,6 +57,10 @@ impl Recipient for RecordingRecipient {
         &self.id
     }
 
+    fn user(&self) -> &str {
+        self.id.as_str()
+    }
+
     fn deliver(&self, delivery: &Delivery) {
         let _ = self.messages.send(delivery.message.clone());
     }
