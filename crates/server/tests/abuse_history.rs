@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use next_chat_client::{Client, ClientError, ClientOptions, Event, Events, JoinResult};
-use next_chat_testkit::{ScaleOut, TestServer};
+use next_chat_testkit::{ScaleOut, TestServer, eventually};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -85,20 +85,6 @@ async fn metric(server: &TestServer, name: &str) -> f64 {
     body.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0.0)
-}
-
-/// Polls `condition` until it holds or `within` passes: the writer stores on
-/// its own schedule, so there is no event to wait on from outside the process.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn connect(server: &TestServer, user: impl AsRef<str>) -> (Client, Events) {

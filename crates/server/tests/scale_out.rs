@@ -22,7 +22,7 @@ use futures_util::future::join_all;
 use next_chat_client::{
     Client, ClientError, ClientOptions, Event, Events, JoinResult, Message, Protocol,
 };
-use next_chat_testkit::{MYSQL_ADDR, RedisServer, ScaleOut, TcpProxy, TestServer};
+use next_chat_testkit::{MYSQL_ADDR, RedisServer, ScaleOut, TcpProxy, TestServer, eventually};
 
 /// How long messages may take to reach a member.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -161,22 +161,6 @@ async fn delivered_total(server: &TestServer) -> u64 {
 
 async fn delivered_everywhere(servers: &[TestServer]) -> u64 {
     join_all(servers.iter().map(delivered_total)).await.into_iter().sum()
-}
-
-/// Polls `condition` until it holds or `within` passes, and returns how long it
-/// took; for state that changes on a clock (expiry, reconnection), never to
-/// wait out a race.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !condition().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    started.elapsed()
 }
 
 /// Runs one SQL statement in the test's database; the output rows, tab-separated.

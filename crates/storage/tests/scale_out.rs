@@ -18,6 +18,7 @@ use next_chat_storage::{
     ExistingMessages, MySqlHistory, ReconcilerConfig, RedisConfig, RedisMembership, RedisMessaging,
     StreamHistoryReconciler, mysql,
 };
+use next_chat_testkit::eventually;
 use sqlx::Row;
 
 fn draft(group_name: &str, text: &str) -> NewMessage {
@@ -25,20 +26,6 @@ fn draft(group_name: &str, text: &str) -> NewMessage {
         author: user("alice"),
         group: group(group_name),
         text: MessageText::from_trusted(text),
-    }
-}
-
-/// Polls `condition` until it holds or `within` passes; for state that changes
-/// on a server's clock (expiry, reconnection), not to hide races.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

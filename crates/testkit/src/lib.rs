@@ -61,6 +61,24 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{n:016x}")
 }
 
+/// Polls `condition` every 50 ms until it holds, and returns how long that
+/// took; panics naming `what` when `within` passes first. For state that
+/// changes on a server's own schedule (a history writer, expiry, reconnection),
+/// where there is no event to wait on from outside the process; never to wait
+/// out a race.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = tokio::time::Instant::now();
+    while !condition().await {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
 /// A port nothing listens on right now (another process may take it later).
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
