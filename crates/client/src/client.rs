@@ -184,6 +184,13 @@ impl Client {
         Ok(())
     }
 
+    /// The user ids of `group`'s members now (on every server instance), sorted.
+    /// The client must have joined the group.
+    pub async fn list_members(&self, group: &str) -> Result<Vec<String>, ClientError> {
+        let outcome = self.invoke("ListMembers", vec![group.into()], None).await?;
+        wire::strings(&wire::expect_result("ListMembers", outcome)?, "members")
+    }
+
     /// Sends `text` to `group`; returns once the server accepted it for delivery.
     pub async fn send_message(&self, group: &str, text: &str) -> Result<(), ClientError> {
         let arguments = vec![group.into(), text.into()];

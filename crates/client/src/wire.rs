@@ -74,6 +74,20 @@ pub(crate) fn group_ids(value: &Value) -> Result<Vec<String>, ClientError> {
         .collect()
 }
 
+pub(crate) fn strings(value: &Value, what: &str) -> Result<Vec<String>, ClientError> {
+    let items = value.as_array().ok_or_else(|| {
+        ClientError::Protocol(format!("expected a list of {what}, got {value:?}"))
+    })?;
+    items
+        .iter()
+        .map(|item| {
+            item.as_str().map(str::to_string).ok_or_else(|| {
+                ClientError::Protocol(format!("expected {what} as strings, got {item:?}"))
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn messages(value: &Value) -> Result<Vec<Message>, ClientError> {
     value
         .as_array()

@@ -82,6 +82,10 @@ pub trait Membership: Send + Sync + 'static {
     /// Distinct users in the group now.
     async fn member_count(&self, group: &GroupId) -> Result<usize, BackendError>;
 
+    /// The distinct users in the group now (on every instance), in `str` order.
+    /// At most the group's `max_members` of them, so a page of its own.
+    async fn members(&self, group: &GroupId) -> Result<Vec<UserId>, BackendError>;
+
     async fn check(&self) -> Result<(), BackendError>;
 
     /// Stops background work (heartbeats) and, where it can, frees this

@@ -14,7 +14,7 @@ pub enum ChatError {
     #[error("{message}")]
     Invalid { field: &'static str, message: String },
 
-    #[error("join group '{0}' before sending to it or reading its history")]
+    #[error("join group '{0}' before sending to it, reading its history or listing its members")]
     NotJoined(GroupId),
 
     #[error("group '{0}' does not exist (automatic creation is off: call CreateGroup first)")]

@@ -378,6 +378,21 @@ impl ChatService {
             .await?)
     }
 
+    /// The group's members now (distinct users, on every instance), in `str`
+    /// order. The connection must have joined the group.
+    #[instrument(level = "debug", skip_all, fields(user = ?session.user, group = ?group))]
+    pub async fn list_members(
+        &self,
+        session: &Session,
+        group: &str,
+    ) -> Result<Vec<UserId>, ChatError> {
+        let group = self.group(group)?;
+        if !session.has_joined(&group) {
+            return Err(ChatError::NotJoined(group));
+        }
+        Ok(self.membership.members(&group).await?)
+    }
+
     #[instrument(level = "debug", skip_all, fields(user = ?session.user, group = ?group))]
     pub async fn leave_group(&self, session: &Session, group: &str) -> Result<(), ChatError> {
         let group = self.group(group)?;

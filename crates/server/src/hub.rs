@@ -202,10 +202,11 @@ enum Method {
     LeaveGroup,
     SendMessage,
     GetHistory,
+    ListMembers,
 }
 
 impl Method {
-    const ALL: [Method; 7] = [
+    const ALL: [Method; 8] = [
         Method::CreateGroup,
         Method::ListGroups,
         Method::ListGroupsPage,
@@ -213,6 +214,7 @@ impl Method {
         Method::LeaveGroup,
         Method::SendMessage,
         Method::GetHistory,
+        Method::ListMembers,
     ];
 
     fn name(self) -> &'static str {
@@ -224,6 +226,7 @@ impl Method {
             Method::LeaveGroup => "LeaveGroup",
             Method::SendMessage => "SendMessage",
             Method::GetHistory => "GetHistory",
+            Method::ListMembers => "ListMembers",
         }
     }
 
@@ -285,6 +288,13 @@ impl ChatHub {
                 let args = Arguments::new(name, &["groupId"], values)?;
                 chat.leave_group(session, args.string(0)?).await.map_err(chat_error)?;
                 Ok(Reply::Now(None))
+            }
+            Method::ListMembers => {
+                let args = Arguments::new(name, &["groupId"], values)?;
+                let members =
+                    chat.list_members(session, args.string(0)?).await.map_err(chat_error)?;
+                let members = members.iter().map(|user| Value::Str(user.as_str().into()));
+                Ok(Reply::Now(Some(Value::Array(members.collect()))))
             }
             Method::SendMessage => {
                 let args = Arguments::new(name, &["groupId", "text"], values)?;

@@ -263,12 +263,19 @@ async fn a_group_holds_20_distinct_users_and_freed_places_are_taken_again() {
     assert_eq!(late.join_group("full").await.unwrap(), JoinResult::NoRoom);
     assert_eq!(
         server_error(late.send_message("full", "let me in").await),
-        "join group 'full' before sending to it or reading its history"
+        "join group 'full' before sending to it, reading its history or listing its members"
     );
 
     // A member's second connection is not a new member.
     let (again, _again_events) = connect(&server, "user0").await;
     assert_eq!(again.join_group("full").await.unwrap(), JoinResult::Joined);
+    let mut expected: Vec<String> = (0..20).map(|i| format!("user{i}")).collect();
+    expected.sort();
+    assert_eq!(again.list_members("full").await.unwrap(), expected, "20 members, listed once each");
+    assert_eq!(
+        server_error(late.list_members("full").await),
+        "join group 'full' before sending to it, reading its history or listing its members"
+    );
 
     // user1 leaves: its place is free.
     members[1].0.leave_group("full").await.unwrap();

@@ -131,6 +131,16 @@ impl Membership for EmbeddedMembership {
         Ok(self.members().get(group).map_or(0, HashMap::len))
     }
 
+    async fn members(&self, group: &GroupId) -> Result<Vec<UserId>, BackendError> {
+        let mut users: Vec<UserId> = self
+            .members()
+            .get(group)
+            .map(|members| members.keys().cloned().collect())
+            .unwrap_or_default();
+        users.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(users)
+    }
+
     async fn check(&self) -> Result<(), BackendError> {
         self.store.ping().await
     }

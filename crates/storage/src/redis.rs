@@ -660,6 +660,27 @@ return count
 "
 );
 
+/// KEYS[1] members set; returns the distinct users whose entries live.
+const MEMBERS_SCRIPT: &str = concat!(
+    allow_oom!(),
+    members_prelude!(),
+    r"
+local users = {}
+local seen = {}
+for _, entry in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local cut = string.find(entry, '\31', 1, true)
+  if cut then
+    local name = string.sub(entry, 1, cut - 1)
+    if not seen[name] then
+      seen[name] = true
+      users[#users + 1] = name
+    end
+  end
+end
+return users
+"
+);
+
 /// KEYS[1] the groups set, then members sets; ARGV: ttl ms, instance, then
 /// per members set its group, a count of users and those users. Pushes the
 /// expiry of this instance's entries and lists their groups again (if Redis
@@ -710,6 +731,7 @@ struct MembershipInner {
     member_locks: Vec<tokio::sync::Mutex<()>>,
     join_script: Script,
     count_script: Script,
+    members_script: Script,
     heartbeat_script: Script,
 }
 
@@ -731,6 +753,7 @@ impl RedisMembership {
             member_locks: (0..MEMBER_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             join_script: Script::new(JOIN_SCRIPT),
             count_script: Script::new(COUNT_SCRIPT),
+            members_script: Script::new(MEMBERS_SCRIPT),
             heartbeat_script: Script::new(HEARTBEAT_SCRIPT),
             config,
         });
@@ -982,6 +1005,20 @@ impl Membership for RedisMembership {
         })
         .await?;
         Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    async fn members(&self, group: &GroupId) -> Result<Vec<UserId>, BackendError> {
+        let inner = &self.inner;
+        let mut redis = inner.connection.clone();
+        let mut invocation = inner.members_script.prepare_invoke();
+        invocation.key(inner.config.members_key(group));
+        let names: Vec<String> = run(&inner.config, &inner.health, "list members", async {
+            invocation.invoke_async(&mut redis).await
+        })
+        .await?;
+        let mut users: Vec<UserId> = names.iter().map(|name| UserId::from_trusted(name)).collect();
+        users.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(users)
     }
 
     async fn check(&self) -> Result<(), BackendError> {

@@ -83,10 +83,25 @@ async fn a_user_on_two_connections_counts_once<F: Fixture>() {
         JoinOutcome::Joined
     );
     assert_eq!(membership.member_count(&g).await.unwrap(), 1);
+    assert_eq!(membership.members(&g).await.unwrap(), [alice.clone()]);
+    // Members are listed once each, in code point order.
+    membership.join(&g, &user("Zoe"), &connection("c3"), 20).await.unwrap();
+    membership.join(&g, &user("émile"), &connection("c4"), 20).await.unwrap();
+    membership.join(&g, &user("bob"), &connection("c5"), 20).await.unwrap();
+    assert_eq!(
+        membership.members(&g).await.unwrap(),
+        [user("Zoe"), alice.clone(), user("bob"), user("émile")]
+    );
+    for (name, c) in [("Zoe", "c3"), ("émile", "c4"), ("bob", "c5")] {
+        membership.leave(&g, &user(name), &connection(c)).await.unwrap();
+    }
     membership.leave(&g, &alice, &connection("c1")).await.unwrap();
     assert_eq!(membership.member_count(&g).await.unwrap(), 1, "c2 is still joined");
+    assert_eq!(membership.members(&g).await.unwrap(), [alice.clone()]);
     membership.leave(&g, &alice, &connection("c2")).await.unwrap();
     assert_eq!(membership.member_count(&g).await.unwrap(), 0);
+    assert!(membership.members(&g).await.unwrap().is_empty());
+    assert!(membership.members(&group("nowhere")).await.unwrap().is_empty());
     // Leaving a group one is not in, or one that has no members, is fine.
     membership.leave(&g, &alice, &connection("c2")).await.unwrap();
     membership.leave(&group("other"), &alice, &connection("c1")).await.unwrap();
