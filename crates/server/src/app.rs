@@ -25,6 +25,7 @@ use crate::config::{Config, Database};
 use crate::hub::ChatHub;
 use crate::metrics::{HistoryMetrics, Metrics};
 use crate::serve::HttpLimits;
+use crate::web::WebConfig;
 
 /// The hub's path, fixed by the contract.
 pub const HUB_PATH: &str = "/next-chat";
@@ -138,13 +139,21 @@ impl App {
             hub_config,
         ));
         let shared = Arc::new(Shared { chat, metrics, accepting: AtomicBool::new(true) });
-        let router = hub.router(HUB_PATH).merge(
+        let mut router = hub.router(HUB_PATH).merge(
             Router::new()
                 .route("/healthz", get(|| async { "ok\n" }))
                 .route("/readyz", get(readyz))
                 .route("/metrics", get(metrics_text))
                 .with_state(Arc::clone(&shared)),
         );
+        if config.web_page {
+            router = router.merge(crate::web::router(WebConfig {
+                auth: "header",
+                user_claim: "sub".into(),
+                max_text_chars: config.chat.limits.text_max_chars,
+                max_members: config.chat.max_members,
+            }));
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listen: cannot bind {}", config.listen))?;

@@ -93,6 +93,10 @@ pub struct Settings {
     #[arg(long, env = "NEXT_CHAT_REQUIRE_JOIN_TO_SEND", global = true, value_name = "BOOL")]
     pub require_join_to_send: Option<bool>,
 
+    /// Serve the web chat page at / [default: true]
+    #[arg(long, env = "NEXT_CHAT_WEB_PAGE", global = true, value_name = "BOOL")]
+    pub web_page: Option<bool>,
+
     /// Longest group id in characters [default: 64]
     #[arg(long, env = "NEXT_CHAT_MAX_GROUP_ID_CHARS", global = true, value_name = "N")]
     pub max_group_id_chars: Option<usize>,
@@ -263,6 +267,7 @@ impl Settings {
                 save_timeout_ms,
                 auto_create_groups,
                 require_join_to_send,
+                web_page,
                 max_group_id_chars,
                 max_text_chars,
                 max_message_size,
@@ -382,6 +387,8 @@ pub struct Config {
     pub redis: Option<RedisSettings>,
     pub migrate: bool,
     pub chat: ChatConfig,
+    /// Whether `/` serves the web chat page.
+    pub web_page: bool,
     pub max_message_size: usize,
     pub outbound_queue: usize,
     pub keep_alive: Duration,
@@ -536,6 +543,7 @@ impl Config {
             database,
             redis,
             chat,
+            web_page: s.web_page.unwrap_or(true),
             max_message_size: positive("max_message_size", s.max_message_size, 128 * 1024)?,
             outbound_queue: positive("outbound_queue", s.outbound_queue, 4096)?,
             keep_alive,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod hub;
 pub mod metrics;
 pub mod serve;
+pub mod web;
 
 pub use app::App;
 pub use config::{Cli, Config};
