@@ -42,7 +42,7 @@ async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()> {
     tracing::info!("{}", app::describe(&config));
     let app = App::build(config).await?;
     // Tests and scripts wait for this line to know the port (the address may be :0).
-    println!("listening on http://{}", app.local_addr());
+    println!("listening on {}", app.base_url());
     std::io::stdout().flush()?;
     app.run(shutdown_signal()).await
 }

@@ -142,9 +142,9 @@ pub fn delete_redis_keys(host: &str, port: u16, prefix: &str) {
 
 /// A running `next-chat-server`.
 pub struct TestServer {
-    /// `http://127.0.0.1:PORT/next-chat`, what clients connect to.
+    /// `http://127.0.0.1:PORT/next-chat` (`https://` over TLS), what clients connect to.
     pub url: String,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` over TLS).
     pub base_url: String,
     pub port: u16,
     args: Vec<String>,
@@ -195,7 +195,7 @@ impl TestServer {
         let mut lines = BufReader::new(stdout).lines();
         let address = tokio::time::timeout(START_TIMEOUT, async {
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(address) = line.strip_prefix("listening on http://") {
+                if let Some(address) = line.strip_prefix("listening on ") {
                     return Some(address.trim().to_string());
                 }
             }
@@ -208,14 +208,15 @@ impl TestServer {
         // Keep draining stdout so the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.port = address.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
-        self.base_url = format!("http://{address}");
+        // `http://ADDR`, or `https://ADDR` when the server serves TLS.
+        self.base_url = address;
         self.url = format!("{}/next-chat", self.base_url);
         self.child = Some(child);
     }
 
-    /// `ws://127.0.0.1:PORT/next-chat`.
+    /// `ws://127.0.0.1:PORT/next-chat` (`wss://` over TLS).
     pub fn ws_url(&self) -> String {
-        self.url.replacen("http://", "ws://", 1)
+        self.url.replacen("http", "ws", 1)
     }
 
     /// The server's process id, while it runs.
