@@ -4,13 +4,16 @@
 //!
 //! The binaries are built before the tests run (the README's test command runs
 //! `cargo build --workspace --bins` first); `binary` finds them next to the test
-//! executable. Each server prints `listening on http://ADDR` on stdout once it
+//! executable. Each server prints `listening on http://ADDR` (`https://` with
+//! TLS) on stdout once it
 //! accepts connections, which is what `TestServer::start` waits for.
 //!
 //! For failure tests: `TcpProxy` takes a backend away from one test's servers
 //! (MariaDB, through a port of the test's own), `RedisServer` is a Redis of the
-//! test's own that it can kill and start again.
+//! test's own that it can kill and start again. `identity` mints JWTs and
+//! generates a certificate authority for the tests of `--auth jwt` and TLS.
 
+pub mod identity;
 mod proxy;
 mod redis_server;
 
