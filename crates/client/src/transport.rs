@@ -198,7 +198,7 @@ async fn negotiate(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| ClientError::InvalidOptions(format!("HTTP client: {e}")))?;
-    let failed = |e: reqwest::Error| ClientError::Connection(format!("negotiate: {e}"));
+    let failed = |e: reqwest::Error| ClientError::Connection(format!("negotiate: {}", chain(&e)));
     let mut response = http
         .post(url.as_str())
         .header(AUTHORIZATION, header_value(authorization)?)
@@ -227,6 +227,19 @@ async fn negotiate(
         return Err(ClientError::Connection(error));
     }
     Ok(negotiation)
+}
+
+/// An error and its causes, `: `-separated: reqwest's own text names none of
+/// them (say, the certificate that was not trusted).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn header_value(value: &str) -> Result<HeaderValue, ClientError> {

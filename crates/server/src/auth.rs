@@ -212,11 +212,12 @@ impl JwtVerifier {
                 return Err(format!("the token has no '{}' claim (the user id)", self.user_claim));
             }
         };
-        // Valid until the leeway past `exp` runs out: the moment it would be refused.
+        // The moment the token would be refused: validation compares whole
+        // seconds and refuses once `exp + leeway` is in the past.
         let expires_at = claims
             .get("exp")
             .and_then(serde_json::Value::as_u64)
-            .map(|exp| SystemTime::UNIX_EPOCH + Duration::from_secs(exp) + self.leeway);
+            .map(|exp| SystemTime::UNIX_EPOCH + Duration::from_secs(exp + 1) + self.leeway);
         Ok(Identity { user, expires_at })
     }
 
@@ -360,7 +361,7 @@ mod tests {
         assert_eq!(identity.user, "alice");
         assert_eq!(
             identity.expires_at,
-            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp + 30)),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp + 1 + 30)),
             "valid until the leeway past exp runs out"
         );
     }
