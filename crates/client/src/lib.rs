@@ -38,3 +38,4 @@ pub use client::{Client, Events};
 pub use error::ClientError;
 pub use model::{Event, JoinResult, Message};
 pub use options::{ClientOptions, Protocol, ReconnectPolicy};
+pub use tls::client_config as tls_client_config;

@@ -23,8 +23,9 @@ fn native_roots() -> &'static [CertificateDer<'static>] {
     })
 }
 
-/// A rustls client configuration trusting the system's roots and `ca_file`'s.
-pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, ClientError> {
+/// A rustls client configuration trusting the system's roots and `ca_file`'s,
+/// as the client connects with; for tools that open their own sockets.
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, ClientError> {
     let mut roots = RootCertStore::empty();
     // A system root rustls cannot parse is skipped, as browsers do.
     roots.add_parsable_certificates(native_roots().iter().cloned());

@@ -125,6 +125,37 @@ impl Authenticator {
     }
 }
 
+/// An HS256 token for `user` that the server configured with `auth` accepts,
+/// valid for `valid_for_secs`, with the configured issuer and audience.
+pub fn mint_token(auth: &AuthConfig, user: &str, valid_for_secs: u64) -> anyhow::Result<String> {
+    let AuthConfig::Jwt(JwtConfig {
+        keys: KeySource::Secret(secret),
+        issuer,
+        audience,
+        user_claim,
+        ..
+    }) = auth
+    else {
+        anyhow::bail!(
+            "mint-token needs --auth jwt with an HS256 secret (NEXT_CHAT_JWT_SECRET or \
+             --jwt-secret-file): with a public key or a JWKS, tokens come from the identity provider"
+        );
+    };
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
+    let mut claims = serde_json::Map::new();
+    claims.insert(user_claim.clone(), user.into());
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), (now + valid_for_secs).into());
+    if let Some(issuer) = issuer {
+        claims.insert("iss".into(), issuer.as_str().into());
+    }
+    if let Some(audience) = audience {
+        claims.insert("aud".into(), audience.as_str().into());
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(secret);
+    Ok(jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)?)
+}
+
 /// A 401 with an RFC 6750 challenge naming the problem.
 fn invalid_token(description: String) -> Refused {
     // A quoted-string may not hold `"` or `\` unescaped; the texts are ours, but

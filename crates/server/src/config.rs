@@ -32,6 +32,16 @@ pub struct Cli {
 pub enum Command {
     /// Apply the history database's schema migrations and exit (the Helm hook runs this).
     Migrate,
+    /// Print an HS256 token this server accepts (needs --auth jwt and its secret);
+    /// for trying things out and tests, not a replacement for an identity provider.
+    MintToken {
+        /// The user id (the jwt_user_claim claim).
+        #[arg(long)]
+        user: String,
+        /// Seconds until the token expires.
+        #[arg(long, default_value_t = 3600)]
+        valid_for_secs: u64,
+    },
 }
 
 /// Every setting, optional: unset ones come from the file, then the defaults.

@@ -34,10 +34,20 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()> {
-    if let Some(Command::Migrate) = command {
-        app::migrate(&config).await?;
-        eprintln!("next-chat-server: migrations applied to {}", config.database.redacted());
-        return Ok(());
+    match command {
+        Some(Command::Migrate) => {
+            app::migrate(&config).await?;
+            eprintln!("next-chat-server: migrations applied to {}", config.database.redacted());
+            return Ok(());
+        }
+        Some(Command::MintToken { user, valid_for_secs }) => {
+            println!(
+                "{}",
+                next_chat_server::auth::mint_token(&config.auth, &user, valid_for_secs)?
+            );
+            return Ok(());
+        }
+        None => {}
     }
     tracing::info!("{}", app::describe(&config));
     let app = App::build(config).await?;

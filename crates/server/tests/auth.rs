@@ -362,3 +362,39 @@ fn jwt_settings_are_checked_at_start_naming_the_setting() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn mint_token_prints_a_token_the_same_settings_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), TEST_SECRET);
+    let settings: Vec<String> = [
+        "--auth",
+        "jwt",
+        "--jwt-secret-file",
+        secret.to_str().unwrap(),
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-audience",
+        AUDIENCE,
+    ]
+    .map(String::from)
+    .to_vec();
+    let output = std::process::Command::new(next_chat_testkit::binary("next-chat-server"))
+        .args(["mint-token", "--user", "ann", "--valid-for-secs", "60"])
+        .args(&settings)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let server = TestServer::start(settings).await;
+    let answer = negotiate(&server, &token).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+
+    // Without a secret there is nothing to sign with.
+    let output = std::process::Command::new(next_chat_testkit::binary("next-chat-server"))
+        .args(["mint-token", "--user", "ann"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("mint-token needs --auth jwt"));
+}
