@@ -73,8 +73,9 @@ async fn scenarios_pass_against_a_jwt_server_over_tls() {
         autotest(&server.url, &[&flags[..], &["--jwt-audience", "next-chat"]].concat()).await;
     assert_eq!(report.summary(), format!("{SCENARIOS} passed, 0 failed"));
     assert!(report.status.success(), "exit status {}", report.status);
-    // Without the audience the server checks, every connection is refused.
-    let report = autotest(&server.url, &flags).await;
+    // With an audience the server does not accept, every connection is refused.
+    let report =
+        autotest(&server.url, &[&flags[..], &["--jwt-audience", "other-app"]].concat()).await;
     assert!(!report.status.success());
     assert!(report.stdout.contains("wrong audience"), "{}", report.stdout);
 }

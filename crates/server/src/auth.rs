@@ -219,7 +219,11 @@ impl JwtVerifier {
         let mut validation = Validation::new(algorithm);
         validation.algorithms = vec![algorithm];
         validation.leeway = self.leeway.as_secs();
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured `iss` or `aud` must be present, not merely right when present.
+        let mut required = vec!["exp"];
+        required.extend(self.issuer.as_ref().map(|_| "iss"));
+        required.extend(self.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         validation.validate_exp = true;
         validation.validate_nbf = true;
         match &self.audience {
@@ -423,6 +427,14 @@ mod tests {
             (
                 hs256(json!({"sub": "a", "iss": "https://idp", "aud": "next-chat"}), b"s3cret"),
                 "no 'exp' claim",
+            ),
+            (
+                hs256(json!({"sub": "a", "exp": now() + 600, "iss": "https://idp"}), b"s3cret"),
+                "no 'aud' claim",
+            ),
+            (
+                hs256(json!({"sub": "a", "exp": now() + 600, "aud": "next-chat"}), b"s3cret"),
+                "no 'iss' claim",
             ),
             ("eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIn0.".to_owned(), "'none' is never accepted"),
             ("garbage".to_owned(), "malformed"),
