@@ -160,3 +160,16 @@ async fn js_jwt_over_tls() {
     ];
     run_suite_with(Suite::JavaScriptAuth, &server.url, &envs).await;
 }
+
+/// The Python client against `--auth jwt`: each connection's credential a JWT
+/// (by header and by `access_token_factory`), its `sub` the author of what it sends.
+#[tokio::test]
+async fn python_jwt() {
+    use next_chat_testkit::identity::{TEST_SECRET, secret_file};
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["--auth".to_owned(), "jwt".to_owned(), "--jwt-secret-file".to_owned()];
+    args.push(secret_file(dir.path(), TEST_SECRET).display().to_string());
+    let server = TestServer::start(args).await;
+    run_suite_with(Suite::Python, &server.url, &[("NEXT_CHAT_JWT_SECRET", TEST_SECRET.to_owned())])
+        .await;
+}
