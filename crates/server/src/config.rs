@@ -979,6 +979,59 @@ mod tests {
     }
 
     #[test]
+    fn auth_settings_name_the_key() {
+        assert!(matches!(parse(&[]).unwrap().auth, AuthConfig::Header));
+        assert_eq!(parse(&["--auth", "oauth"]).unwrap_err().key, "auth");
+        let err = parse(&["--auth", "jwt"]).unwrap_err();
+        assert_eq!(err.key, "auth");
+        assert!(err.to_string().contains("jwt needs keys"), "{err}");
+        let both = ["--auth", "jwt", "--jwt-public-key", "k.pem", "--jwks", "https://idp/jwks"];
+        let err = parse(&both).unwrap_err();
+        assert!(err.to_string().contains("not jwt_public_key and jwks"), "{err}");
+        let jwks = parse(&["--auth", "jwt", "--jwks", "https://idp/jwks", "--jwt-issuer", "i"]);
+        let AuthConfig::Jwt(jwt) = jwks.unwrap().auth else { panic!("jwt") };
+        assert!(
+            matches!(&jwt.keys, KeySource::Jwks(JwksSource::Url(u)) if u == "https://idp/jwks")
+        );
+        assert_eq!(jwt.issuer.as_deref(), Some("i"));
+        assert_eq!(jwt.leeway, Duration::from_secs(30));
+        assert_eq!(jwt.user_claim, "sub");
+        assert_eq!(
+            parse(&["--auth", "jwt", "--jwks", "j.json", "--jwt-leeway-secs", "7200"])
+                .unwrap_err()
+                .key,
+            "jwt_leeway_secs"
+        );
+        assert_eq!(parse(&["--jwks", "j.json"]).unwrap_err().key, "jwks");
+        assert_eq!(parse(&["--tls-cert", "c.pem"]).unwrap_err().key, "tls_key");
+        assert_eq!(parse(&["--tls-key", "k.pem"]).unwrap_err().key, "tls_cert");
+        let tls = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap().tls;
+        assert_eq!(tls, Some(TlsFiles { cert: "c.pem".into(), key: "k.pem".into() }));
+    }
+
+    #[test]
+    fn the_secret_comes_from_the_environment_or_a_file_never_a_flag() {
+        assert!(Cli::try_parse_from(["s", "--jwt-secret", "x"]).is_err(), "no such flag");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let args = ["--auth", "jwt", "--jwt-secret-file", file.to_str().unwrap()];
+        let AuthConfig::Jwt(jwt) = parse(&args).unwrap().auth else { panic!("jwt") };
+        assert!(
+            matches!(&jwt.keys, KeySource::Secret(s) if s == b"0123456789abcdef0123456789abcdef"),
+            "the trailing newline is not part of the secret"
+        );
+        std::fs::write(&file, "short").unwrap();
+        assert_eq!(parse(&args).unwrap_err().key, "jwt_secret_file");
+        // The environment's secret (set here on the settings, as `load` does).
+        let mut settings = Cli::try_parse_from(["s", "--auth", "jwt"]).unwrap().settings;
+        settings.jwt_secret = Some("0123456789abcdef0123456789abcdef".into());
+        assert!(Config::from_settings(&settings).is_ok());
+        settings.jwt_secret = Some("short".into());
+        assert_eq!(Config::from_settings(&settings).unwrap_err().key, "NEXT_CHAT_JWT_SECRET");
+    }
+
+    #[test]
     fn migrate_flag_and_subcommand() {
         let cli =
             Cli::try_parse_from(["s", "migrate", "--database", "mysql://u:p@h:3306/db"]).unwrap();
