@@ -398,3 +398,34 @@ async fn mint_token_prints_a_token_the_same_settings_accept() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("mint-token needs --auth jwt"));
 }
+
+/// In header mode on an address others can reach, the server says at start that
+/// anyone can be anyone, and how to change that.
+#[tokio::test]
+async fn header_mode_on_a_public_address_warns_naming_auth_jwt() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = tokio::process::Command::new(next_chat_testkit::binary("next-chat-server"))
+        .args(["--listen", "0.0.0.0:0", "--database", "sqlite://warn.db"])
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    let warning = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("auth is header") {
+                return line;
+            }
+        }
+        panic!("the server's stderr ended without the warning");
+    })
+    .await
+    .expect("the warning within 10 s");
+    assert!(warning.contains("WARN") && warning.contains("--auth jwt"), "{warning}");
+    server.kill().await.unwrap();
+}
