@@ -114,6 +114,23 @@ impl Authenticator {
         }
     }
 
+    /// How to refuse a request without any credential: in `jwt` mode a bare
+    /// `Bearer` challenge (RFC 6750: no error code when nothing was sent).
+    pub fn unauthenticated(&self) -> Refused {
+        match self {
+            Authenticator::Header => Refused::from(
+                "no identity: send an Authorization header or an access_token query parameter"
+                    .to_owned(),
+            ),
+            Authenticator::Jwt(_) => Refused {
+                reason: "no token: send Authorization: Bearer JWT or an access_token query \
+                         parameter"
+                    .to_owned(),
+                challenge: Some("Bearer".to_owned()),
+            },
+        }
+    }
+
     /// How to refuse a user id the chat rules do not accept.
     pub fn refuse_user(&self, reason: String) -> Refused {
         match self {

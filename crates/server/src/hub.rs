@@ -328,6 +328,10 @@ impl Hub for ChatHub {
         Ok(Identity { user: user.as_str().to_owned(), ..identity })
     }
 
+    fn unauthenticated(&self) -> Refused {
+        self.authenticator.unauthenticated()
+    }
+
     async fn connected(&self, connection: Connection) -> Result<ChatSession, String> {
         let user = self.chat.parse_user(connection.user()).map_err(|e| e.to_string())?;
         let labels = ConnectionLabels {

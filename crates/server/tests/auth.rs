@@ -179,6 +179,14 @@ async fn every_bad_token_is_refused_with_401_and_a_challenge_on_negotiate_and_we
         assert_eq!(answer.status, 401, "{case}: WebSocket {answer:?}");
         assert!(answer.challenge.contains(reason), "{case}: WebSocket {answer:?}");
     }
+    // No token at all: a bare challenge.
+    let response = reqwest::Client::new()
+        .post(format!("{}/negotiate?negotiateVersion=1", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
     // The same server takes a good token, by negotiate and by WebSocket.
     let good = key.sign(&claims(Some("ann"), 600));
     assert_eq!(negotiate(&server, &good).await.status, 200);

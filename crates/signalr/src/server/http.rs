@@ -170,12 +170,8 @@ async fn identify<H: Hub>(
     headers: &HeaderMap,
     params: &[(String, String)],
 ) -> Result<Identity, Refusal> {
-    let token = credential(headers, params).ok_or_else(|| {
-        Refusal::Unauthorized(Refused::from(
-            "no identity: send an Authorization header or an access_token query parameter"
-                .to_owned(),
-        ))
-    })?;
+    let token = credential(headers, params)
+        .ok_or_else(|| Refusal::Unauthorized(server.hub.unauthenticated()))?;
     server.hub.authenticate(token).await.map_err(|refused| {
         debug!(reason = %refused.reason, "credential refused");
         Refusal::Unauthorized(refused)

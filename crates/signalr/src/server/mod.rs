@@ -43,6 +43,14 @@ pub trait Hub: Send + Sync + 'static {
     /// Called on negotiate and on every transport request.
     fn authenticate(&self, token: &str) -> impl Future<Output = Result<Identity, Refused>> + Send;
 
+    /// The refusal (401) of a request that carries no credential at all.
+    fn unauthenticated(&self) -> Refused {
+        Refused::from(
+            "no identity: send an Authorization header or an access_token query parameter"
+                .to_owned(),
+        )
+    }
+
     /// A connection completed its handshake. `Err` closes it with that error.
     fn connected(
         &self,
