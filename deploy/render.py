@@ -9,10 +9,12 @@ prints the manifests as one YAML stream (hooks and the test Pod included).
     .venv/bin/python deploy/render.py --server-env [--set ...]
 
 prints, as JSON, what the server container and the migration Job get: the
-config file the ConfigMap holds and each container's command and environment
+config file the ConfigMap holds and each container's (the helm test Pod's
+too) command and environment
 (secret references as {"secret": NAME, "key": KEY}). With --write-dir DIR
 it writes the same as files instead: config.yaml, server.env and migrate.env
-(NAME=VALUE lines; a secret reference as NAME=@secret:NAME:KEY), migrate.sh
+(NAME=VALUE lines; a secret reference as NAME=@secret:NAME:KEY), the helm
+test Pod's autotest.env and autotest.args (one argument a line), migrate.sh
 (the Job's script) and timing.env (PRE_STOP_SECONDS, GRACE_SECONDS). The test
 crates/autotest/tests/chart_config.rs starts a real server that way.
 """
@@ -78,6 +80,9 @@ def main() -> int:
         "pre_stop": server["lifecycle"]["preStop"]["exec"]["command"],
         "termination_grace_period_seconds": deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
     }
+    test_pod = next(d for d in docs if d["kind"] == "Pod" and d["metadata"]["name"].endswith("-autotest"))
+    autotest = test_pod["spec"]["containers"][0]
+    result["autotest"] = {"command": autotest["command"], "args": autotest["args"], "env": env_of(autotest)}
     job = next((d for d in docs if d["kind"] == "Job"), None)
     if job:
         migrate = job["spec"]["template"]["spec"]["containers"][0]
@@ -98,6 +103,8 @@ def write_dir(out: Path, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(result["config_yaml"])
     (out / "server.env").write_text(env_lines(result["server"]["env"]))
+    (out / "autotest.env").write_text(env_lines(result["autotest"]["env"]))
+    (out / "autotest.args").write_text("".join(f"{arg}\n" for arg in result["autotest"]["args"]))
     if "migrate" in result:
         (out / "migrate.env").write_text(env_lines(result["migrate"]["env"]))
         (out / "migrate.sh").write_text(result["migrate"]["args"][0])

@@ -18,7 +18,9 @@ use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 use next_chat_signalr::Value;
 use next_chat_signalr::negotiate::NegotiateResponse;
-use next_chat_signalr::server::{Connection, Hub, HubConfig, HubServer, Invoked};
+use next_chat_signalr::server::{
+    Connection, Hub, HubConfig, HubServer, Identity, Invoked, Refused,
+};
 use tower::ServiceExt;
 
 /// Enough for negotiate, start, handshake, a few sends, a poll and a delete.
@@ -33,11 +35,11 @@ struct EchoHub;
 impl Hub for EchoHub {
     type Session = Connection;
 
-    fn authenticate(&self, token: &str) -> Result<String, String> {
+    async fn authenticate(&self, token: &str) -> Result<Identity, Refused> {
         if token.is_empty() || token == "invalid" {
-            Err(format!("invalid user '{token}'"))
+            Err(format!("invalid user '{token}'").into())
         } else {
-            Ok(token.to_owned())
+            Ok(token.to_owned().into())
         }
     }
 

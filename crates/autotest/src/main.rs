@@ -8,13 +8,14 @@
 mod load;
 mod scenarios;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use next_chat_client::Protocol;
 
-use crate::scenarios::{Run, Scenario};
+use crate::scenarios::{Credentials, Run, Scenario};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,9 +24,22 @@ use crate::scenarios::{Run, Scenario};
     about = "Black-box tests of a running Next Chat hub: exits 0 when every scenario passes."
 )]
 struct Args {
-    /// The hub URL, e.g. http://127.0.0.1:5000/next-chat.
+    /// The hub URL, e.g. http://127.0.0.1:5000/next-chat or https://….
     #[arg(long)]
     url: String,
+    /// A PEM file of CA certificates to trust besides the system's (https://).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// The server runs --auth jwt with the HS256 secret in this file: each test
+    /// user's token is minted with it. Or set NEXT_CHAT_JWT_SECRET.
+    #[arg(long, env = "NEXT_CHAT_JWT_SECRET_FILE", value_name = "FILE")]
+    jwt_secret_file: Option<PathBuf>,
+    /// The `iss` the server checks, put in each minted token.
+    #[arg(long, env = "NEXT_CHAT_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// The `aud` the server checks, put in each minted token.
+    #[arg(long, env = "NEXT_CHAT_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
     /// The hub protocol the test clients speak.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Json)]
     protocol: ProtocolArg,
@@ -67,13 +81,43 @@ fn main() -> ExitCode {
     runtime.block_on(run(args))
 }
 
+/// The secret from `--jwt-secret-file`, else `NEXT_CHAT_JWT_SECRET`; none: `--auth header`.
+fn credentials(args: &Args) -> Result<Credentials, String> {
+    let secret = match &args.jwt_secret_file {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| format!("--jwt-secret-file {}: {e}", path.display()))?;
+            let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+            Some(bytes[..end].to_vec())
+        }
+        None => std::env::var("NEXT_CHAT_JWT_SECRET").ok().map(String::into_bytes),
+    };
+    Ok(match secret {
+        None => Credentials::UserId,
+        Some(secret) => Credentials::Jwt {
+            secret,
+            issuer: args.jwt_issuer.clone(),
+            audience: args.jwt_audience.clone(),
+        },
+    })
+}
+
 async fn run(args: Args) -> ExitCode {
+    let credentials = match credentials(&args) {
+        Ok(credentials) => credentials,
+        Err(error) => {
+            eprintln!("next-chat-autotest: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let run = Run::new(
         args.url.clone(),
         match args.protocol {
             ProtocolArg::Json => Protocol::Json,
             ProtocolArg::Messagepack => Protocol::MessagePack,
         },
+        credentials,
+        args.ca_file.clone(),
     );
     let mut scenarios = scenarios::all(args.max_members);
     if !args.skip_load {

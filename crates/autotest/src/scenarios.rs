@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,20 +44,62 @@ const CONCURRENT_DEADLINE: Duration = Duration::from_secs(5);
 /// Messages sent before a newcomer joins in the history scenario.
 const HISTORY_MESSAGES: usize = 5;
 
-/// What every scenario of one run shares: where to connect and the run's
-/// unique suffix.
+/// What every scenario of one run shares: where to connect, how to prove who
+/// each user is, and the run's unique suffix.
 #[derive(Clone)]
 pub struct Run {
     url: String,
     protocol: Protocol,
     suffix: String,
+    credentials: Credentials,
+    ca_file: Option<PathBuf>,
+}
+
+/// How a scenario's user proves its id: the scenarios need many users, so with
+/// `--auth jwt` the runner mints each one's token with the server's HS256 secret.
+#[derive(Clone)]
+pub enum Credentials {
+    /// The server runs `--auth header`: the user id is the credential.
+    UserId,
+    /// The server runs `--auth jwt` with this HS256 secret, and checks these claims.
+    Jwt { secret: Vec<u8>, issuer: Option<String>, audience: Option<String> },
+}
+
+/// How long a minted token is valid: longer than any run.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+impl Credentials {
+    fn for_user(&self, user: &str) -> anyhow::Result<String> {
+        let Credentials::Jwt { secret, issuer, audience } = self else {
+            return Ok(user.to_owned());
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let mut claims = serde_json::json!({
+            "sub": user,
+            "iat": now,
+            "exp": now + TOKEN_LIFETIME.as_secs(),
+        });
+        if let Some(issuer) = issuer {
+            claims["iss"] = issuer.as_str().into();
+        }
+        if let Some(audience) = audience {
+            claims["aud"] = audience.as_str().into();
+        }
+        let key = jsonwebtoken::EncodingKey::from_secret(secret);
+        Ok(jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)?)
+    }
 }
 
 impl Run {
-    pub fn new(url: String, protocol: Protocol) -> Run {
+    pub fn new(
+        url: String,
+        protocol: Protocol,
+        credentials: Credentials,
+        ca_file: Option<PathBuf>,
+    ) -> Run {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
         let suffix = format!("{:x}", (nanos as u64) ^ (u64::from(std::process::id()) << 40));
-        Run { url, protocol, suffix }
+        Run { url, protocol, suffix, credentials, ca_file }
     }
 
     /// A group id of this run, e.g. `autotest-history-18c2...`.
@@ -70,8 +113,9 @@ impl Run {
     }
 
     pub async fn connect(&self, user: &str) -> anyhow::Result<Member> {
-        let mut options = ClientOptions::new(self.url.clone(), user);
+        let mut options = ClientOptions::new(self.url.clone(), self.credentials.for_user(user)?);
         options.protocol = self.protocol;
+        options.ca_file = self.ca_file.clone();
         let (client, events) = Client::connect(options)
             .await
             .with_context(|| format!("{user} cannot connect to {}", self.url))?;

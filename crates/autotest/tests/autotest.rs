@@ -52,6 +52,34 @@ async fn every_scenario_and_the_load_phase_pass_against_a_redis_mysql_server() {
     assert!(report.status.success(), "exit status {}", report.status);
 }
 
+/// As `helm test` runs it against a chart with `auth.mode: jwt` and TLS: every
+/// scenario user's token minted with the server's secret, the test CA trusted.
+#[tokio::test]
+async fn scenarios_pass_against_a_jwt_server_over_tls() {
+    use next_chat_testkit::identity::{TEST_SECRET, TestCa, secret_file};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::create(dir.path(), "autotest");
+    let secret = secret_file(dir.path(), TEST_SECRET);
+    let secret = secret.to_str().unwrap();
+    let mut args = ca.server_args();
+    args.extend(
+        ["--auth", "jwt", "--jwt-secret-file", secret, "--jwt-audience", "next-chat"]
+            .map(String::from),
+    );
+    let server = TestServer::start(args).await;
+    let ca_file = ca.ca_file.to_str().unwrap();
+    let flags = ["--skip-load", "--ca-file", ca_file, "--jwt-secret-file", secret];
+    let report =
+        autotest(&server.url, &[&flags[..], &["--jwt-audience", "next-chat"]].concat()).await;
+    assert_eq!(report.summary(), format!("{SCENARIOS} passed, 0 failed"));
+    assert!(report.status.success(), "exit status {}", report.status);
+    // With an audience the server does not accept, every connection is refused.
+    let report =
+        autotest(&server.url, &[&flags[..], &["--jwt-audience", "other-app"]].concat()).await;
+    assert!(!report.status.success());
+    assert!(report.stdout.contains("wrong audience"), "{}", report.stdout);
+}
+
 #[tokio::test]
 async fn scenarios_pass_over_messagepack() {
     let server = TestServer::embedded().await;

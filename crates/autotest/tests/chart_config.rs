@@ -205,3 +205,84 @@ async fn a_server_configured_as_the_chart_does_passes_helm_test_and_drains_in_ti
     assert!(status.success(), "the server exited with {status} after SIGTERM");
     println!("drained in {:?}", stopping.elapsed());
 }
+
+/// `auth.mode: jwt` with an HS256 secret in a Secret of the operator's: the
+/// server gets the key and the claims to check from the Deployment's
+/// environment, and the helm test Pod gets the same Secret and mints each test
+/// user's token with it, so `helm test` passes against a JWT release.
+#[tokio::test]
+async fn a_jwt_release_passes_helm_test_with_tokens_the_test_pod_mints() {
+    use next_chat_testkit::identity::TEST_SECRET;
+    let rendered = Rendered::render(&[
+        "auth.mode=jwt",
+        "auth.jwt.existingSecret=chat-auth",
+        "auth.jwt.issuer=https://idp.test",
+        "auth.jwt.audience=next-chat",
+        "replicaCount=1",
+        "redis.enabled=false",
+        "mysql.enabled=false",
+        "migrations.enabled=false",
+        "externalDatabase.url=sqlite://chart-jwt.db",
+    ]);
+    let secrets = BTreeMap::from([
+        ("database-url", format!("sqlite://{}", rendered.dir.join("chart.db").display())),
+        ("jwt-secret", TEST_SECRET.to_owned()),
+    ]);
+    let mut env = rendered.env("server.env");
+    resolve_secrets(&mut env, &secrets);
+    assert_eq!(env.get("NEXT_CHAT_AUTH").map(String::as_str), Some("jwt"));
+    let config_mount =
+        Path::new(&env["NEXT_CHAT_CONFIG"]).file_name().expect("a file name").to_owned();
+    env.insert("NEXT_CHAT_CONFIG".into(), rendered.dir.join(config_mount).display().to_string());
+    env.insert("NEXT_CHAT_LISTEN".into(), "127.0.0.1:0".into());
+    // The chart turned the migration Job off: the server applies the schema.
+    env.insert("NEXT_CHAT_MIGRATE".into(), "true".into());
+    let mut server = Command::new(binary("next-chat-server"))
+        .envs(&env)
+        .current_dir(&rendered.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("next-chat-server starts");
+    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
+    let address = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(address) = line.strip_prefix("listening on http://") {
+                return address.trim().to_string();
+            }
+        }
+        panic!("next-chat-server exited before listening");
+    })
+    .await
+    .expect("next-chat-server listens within 60 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    // The test Pod's own environment and arguments, the Service URL replaced
+    // by this server's address.
+    let mut autotest_env = rendered.env("autotest.env");
+    resolve_secrets(&mut autotest_env, &secrets);
+    let args: Vec<String> = rendered
+        .read("autotest.args")
+        .lines()
+        .map(|arg| {
+            if arg.starts_with("http://") {
+                format!("http://{address}/next-chat")
+            } else {
+                arg.to_owned()
+            }
+        })
+        .collect();
+    let report = Command::new(env!("CARGO_BIN_EXE_next-chat-autotest"))
+        .args(&args)
+        .arg("--skip-load")
+        .env_clear()
+        .envs(&autotest_env)
+        .output()
+        .await
+        .expect("next-chat-autotest runs");
+    let stdout = String::from_utf8_lossy(&report.stdout);
+    print!("{stdout}");
+    assert!(report.status.success(), "next-chat-autotest failed:\n{stdout}");
+    server.kill().await.expect("stop the server");
+}

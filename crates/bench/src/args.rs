@@ -100,6 +100,13 @@ pub struct Args {
     /// How long a connect (TCP, upgrade, handshake) or a hub call may take, seconds.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
+    /// A PEM file of CA certificates to trust besides the system's (https:// URLs).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// The servers run --auth jwt with the HS256 secret in this file: each
+    /// connection's token is minted with it. Or set NEXT_CHAT_JWT_SECRET.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,6 +126,19 @@ impl ProtocolArg {
 }
 
 impl Args {
+    /// `--jwt-secret-file`'s secret, else `NEXT_CHAT_JWT_SECRET`; none: `--auth header`.
+    pub fn jwt_secret(&self) -> Result<Option<Vec<u8>>, String> {
+        match &self.jwt_secret_file {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| format!("--jwt-secret-file {}: {e}", path.display()))?;
+                let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+                Ok(Some(bytes[..end].to_vec()))
+            }
+            None => Ok(std::env::var("NEXT_CHAT_JWT_SECRET").ok().map(String::into_bytes)),
+        }
+    }
+
     /// Refuses combinations that cannot run, with a message naming the flag.
     pub fn validate(&self) -> Result<(), String> {
         if self.connections == 0 {

@@ -23,11 +23,11 @@ use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::payload::{self, Header, Phase};
 use crate::stats::Stats;
@@ -45,7 +45,7 @@ pub const MEASURED: u8 = 1;
 pub const ACCEPTED: u8 = 2;
 pub const FAILED: u8 = 4;
 
-type Socket = WebSocketStream<TcpStream>;
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Who a connection is and what it does.
 #[derive(Debug, Clone)]
@@ -69,6 +69,27 @@ pub struct Settings {
     pub protocol: Protocol,
     pub length: usize,
     pub timeout: Duration,
+    /// For `wss://` URLs.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The server runs `--auth jwt` with this HS256 secret: each connection's
+    /// token is minted with it, its `sub` the connection's user.
+    pub jwt_secret: Option<Vec<u8>>,
+}
+
+/// How long a minted token is valid: longer than any bench run.
+const TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
+
+/// What a connection sends as `Authorization: Bearer …`.
+fn credential(user: &str, settings: &Settings) -> Result<String, String> {
+    let Some(secret) = &settings.jwt_secret else { return Ok(user.to_owned()) };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let claims = serde_json::json!({ "sub": user, "exp": now + TOKEN_LIFETIME_SECS });
+    let key = jsonwebtoken::EncodingKey::from_secret(secret);
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
+        .map_err(|e| format!("cannot mint a token: {e}"))
 }
 
 /// When the senders send, fixed by the orchestrator once everyone has joined.
@@ -190,11 +211,13 @@ async fn connect(plan: &Plan, settings: &Settings) -> Result<(Socket, Vec<u8>), 
     let url = &plan.ws_url;
     let mut request =
         url.as_str().into_client_request().map_err(|e| format!("{url}: not a usable URL: {e}"))?;
-    let authorization = HeaderValue::from_str(&format!("Bearer {}", plan.user))
-        .map_err(|_| format!("{:?} cannot be sent as a user id", plan.user))?;
+    let authorization =
+        HeaderValue::from_str(&format!("Bearer {}", credential(&plan.user, settings)?))
+            .map_err(|_| format!("{:?} cannot be sent as a user id", plan.user))?;
     request.headers_mut().insert("authorization", authorization);
     let host = request.uri().host().unwrap_or_default().trim_matches(['[', ']']).to_string();
-    let port = request.uri().port_u16().unwrap_or(80);
+    let secure = request.uri().scheme_str() == Some("wss");
+    let port = request.uri().port_u16().unwrap_or(if secure { 443 } else { 80 });
     let tcp = TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| format!("cannot reach {host}:{port}: {e}{}", hint(&e)))?;
@@ -202,10 +225,14 @@ async fn connect(plan: &Plan, settings: &Settings) -> Result<(Socket, Vec<u8>), 
     tcp.set_nodelay(true).map_err(|e| format!("{host}:{port}: {e}"))?;
     // Small buffers: 10,000 idle connections must not cost the bench gigabytes.
     let config = WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(0);
-    let (mut socket, _response) =
-        tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
-            .await
-            .map_err(|e| upgrade_error(url, e))?;
+    let (mut socket, _response) = tokio_tungstenite::client_async_tls_with_config(
+        request,
+        tcp,
+        Some(config),
+        settings.tls.clone().map(Connector::Rustls),
+    )
+    .await
+    .map_err(|e| upgrade_error(url, e))?;
 
     let protocol = settings.protocol;
     let handshake = HandshakeRequest::new(protocol, HUB_PROTOCOL_VERSION).encode();

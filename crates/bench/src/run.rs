@@ -54,10 +54,20 @@ pub async fn run(args: Args, threads: usize) -> Result<Finished, String> {
     let senders = plans.iter().filter(|p| p.sender_rank.is_some()).count();
     let seconds = (args.warmup + args.duration + args.drain).ceil() as usize + 10;
     let stats = Arc::new(Stats::new(seconds));
+    let tls = if args.urls.iter().any(|u| u.starts_with("https://") || u.starts_with("wss://")) {
+        Some(
+            next_chat_client::tls_client_config(args.ca_file.as_deref())
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
     let settings = Arc::new(Settings {
         protocol: args.protocol.wire(),
         length: args.length,
         timeout: args.timeout(),
+        tls,
+        jwt_secret: args.jwt_secret()?,
     });
     let progress = progress_bar(&args);
 
@@ -273,14 +283,16 @@ fn plans(args: &Args, prefix: &str) -> Result<Vec<Plan>, String> {
         .collect())
 }
 
-/// `http://h:p/next-chat` → `ws://h:p/next-chat` (ws:// passes through).
+/// `http(s)://h:p/next-chat` → `ws(s)://h:p/next-chat` (ws:// and wss:// pass through).
 fn ws_url(url: &str) -> Result<String, String> {
     if let Some(rest) = url.strip_prefix("http://") {
         Ok(format!("ws://{rest}"))
-    } else if url.starts_with("ws://") {
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        Ok(format!("wss://{rest}"))
+    } else if url.starts_with("ws://") || url.starts_with("wss://") {
         Ok(url.to_string())
     } else {
-        Err(format!("--url {url}: use http://HOST:PORT/next-chat or ws://… (TLS is not supported)"))
+        Err(format!("--url {url}: use http(s)://HOST:PORT/next-chat or ws(s)://…"))
     }
 }
 

@@ -72,3 +72,20 @@ async fn an_unreachable_server_is_a_clear_error() {
     assert!(!output.status.success());
     assert!(stderr.contains("cannot reach") && stderr.contains("running"), "{stderr}");
 }
+
+/// Over `wss://` with `--auth jwt`: each connection's token minted with the
+/// server's secret, the test CA trusted by `--ca-file`.
+#[tokio::test]
+async fn a_run_over_tls_with_jwt_counts_add_up() {
+    use next_chat_testkit::identity::{TEST_SECRET, TestCa, secret_file};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::create(dir.path(), "bench");
+    let secret = secret_file(dir.path(), TEST_SECRET);
+    let secret = secret.to_str().unwrap();
+    let mut args = ca.server_args();
+    args.extend(["--auth", "jwt", "--jwt-secret-file", secret].map(String::from));
+    let server = TestServer::start(args).await;
+    assert!(server.url.starts_with("https://"));
+    let flags = ["--ca-file", ca.ca_file.to_str().unwrap(), "--jwt-secret-file", secret];
+    assert_counts_add_up(&bench(&server, &flags).await);
+}

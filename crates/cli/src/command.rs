@@ -65,8 +65,8 @@ pub const DEFAULT_HISTORY_COUNT: u32 = 20;
 pub const COMMANDS: &[CommandHelp] = &[
     CommandHelp {
         name: "connect",
-        usage: "connect URI USER",
-        summary: "connect to a server as USER, e.g. connect http://127.0.0.1:5000/next-chat ann",
+        usage: "connect URI USER|TOKEN",
+        summary: "connect to a server as USER (or with a JWT when it runs --auth jwt), e.g. connect https://chat.example.com/next-chat ann",
     },
     CommandHelp { name: "list", usage: "list", summary: "list the groups on the server" },
     CommandHelp { name: "create", usage: "create GROUP", summary: "create a group" },

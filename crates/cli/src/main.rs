@@ -9,6 +9,7 @@ mod session;
 mod terminal;
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
@@ -26,12 +27,23 @@ use crate::terminal::Editor;
     about = "The Next Chat console client. Type help for the commands."
 )]
 struct Args {
-    /// Connect at start to this hub URL, e.g. http://127.0.0.1:5000/next-chat.
-    #[arg(long, requires = "user")]
+    /// Connect at start to this hub URL, e.g. https://chat.example.com/next-chat
+    /// (with --user, --token or --token-file).
+    #[arg(long)]
     url: Option<String>,
-    /// Connect at start as this user.
-    #[arg(long, requires = "url")]
+    /// Connect at start as this user (a server running --auth header).
+    #[arg(long, requires = "url", conflicts_with_all = ["token", "token_file"])]
     user: Option<String>,
+    /// Connect at start with this JWT (a server running --auth jwt).
+    #[arg(long, env = "NEXT_CHAT_TOKEN", requires = "url", hide_env_values = true)]
+    token: Option<String>,
+    /// Connect at start with the JWT in this file.
+    #[arg(long, requires = "url", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust besides the system's, for
+    /// https:// servers with a private CA.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// The hub protocol.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Json)]
     protocol: ProtocolArg,
@@ -78,7 +90,24 @@ async fn run(args: Args) -> ExitCode {
         skip_negotiation: args.skip_negotiation,
         max_members: args.max_members,
         reconnect: !args.no_reconnect,
+        ca_file: args.ca_file.clone(),
     };
+    let credential = match (&args.user, &args.token, &args.token_file) {
+        (Some(user), _, _) => Some(user.clone()),
+        (None, Some(token), _) => Some(token.trim().to_owned()),
+        (None, None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(token) => Some(token.trim().to_owned()),
+            Err(e) => {
+                eprintln!("next-chat: --token-file {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        (None, None, None) => None,
+    };
+    if args.url.is_some() && credential.is_none() {
+        eprintln!("next-chat: --url needs --user, --token, --token-file or NEXT_CHAT_TOKEN");
+        return ExitCode::from(2);
+    }
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let editor = if interactive { Editor::start().await.ok() } else { None };
     let (sink, style, editor) = match editor {
@@ -90,8 +119,8 @@ async fn run(args: Args) -> ExitCode {
     let printer = Printer::start(sink, style);
     let mut session = Session::new(settings, printer.clone());
     let mut failed = false;
-    if let (Some(url), Some(user)) = (args.url, args.user) {
-        failed |= session.connect(url, user).await.is_err();
+    if let (Some(url), Some(credential)) = (args.url, credential) {
+        failed |= session.connect(url, credential).await.is_err();
     }
     match editor {
         Some(mut editor) => {

@@ -1,6 +1,7 @@
 //! What each console command does: one connection at most, each command's
 //! result or a one-line friendly error, printed through the [`Printer`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use next_chat_client::{Client, ClientError, ClientOptions, JoinResult, Protocol, ReconnectPolicy};
@@ -17,6 +18,8 @@ pub struct Settings {
     /// (the hub's NoRoom answer does not carry it).
     pub max_members: u32,
     pub reconnect: bool,
+    /// `--ca-file`: trusted besides the system's roots for https:// servers.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Whether to read another command.
@@ -77,14 +80,17 @@ impl Session {
         self.printer.flush().await;
     }
 
-    pub async fn connect(&mut self, url: String, user: String) -> Result<(), Failed> {
+    /// Connects with `credential`: a user id, or a JWT.
+    pub async fn connect(&mut self, url: String, credential: String) -> Result<(), Failed> {
         if let Some(client) = self.client.as_ref().filter(|c| !c.is_closed()) {
             return self.fail(&format!(
                 "you are connected already, as {}; type bye to quit first",
-                client.user()
+                display_user(client.user())
             ));
         }
-        let mut options = ClientOptions::new(url.clone(), user.clone());
+        let user = display_user(&credential);
+        let mut options = ClientOptions::new(url.clone(), credential);
+        options.ca_file = self.settings.ca_file.clone();
         options.protocol = self.settings.protocol;
         options.skip_negotiation = self.settings.skip_negotiation;
         if self.settings.reconnect {
@@ -208,7 +214,41 @@ impl Session {
 
 fn connect_error(error: &ClientError) -> String {
     match error {
-        ClientError::Http { status: 401, .. } => "the server refused the user id".into(),
+        ClientError::Http { status: 401, message } => {
+            format!("the server refused the user id or token: {message}")
+        }
         other => other.to_string(),
+    }
+}
+
+/// Who a credential names, for messages: a JWT's `sub` (read, not verified:
+/// the server does that), else the credential itself, a user id.
+fn display_user(credential: &str) -> String {
+    use base64::Engine;
+    let mut parts = credential.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return credential.to_owned();
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+        .and_then(|claims| claims.get("sub").and_then(|sub| sub.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "the token's user".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jwt_is_shown_as_its_sub() {
+        // {"alg":"HS256"} . {"sub":"ann","exp":1} . signature
+        let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbm4iLCJleHAiOjF9.c2ln";
+        assert_eq!(display_user(token), "ann");
+        assert_eq!(display_user("bob"), "bob");
+        assert_eq!(display_user("a.b.c"), "the token's user");
     }
 }

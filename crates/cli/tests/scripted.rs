@@ -195,3 +195,56 @@ async fn messagepack_without_negotiation_works_too() {
     let (code, rest) = ann.finish().await;
     assert_eq!(code, Some(0), "{rest:#?}");
 }
+
+/// `connect URL TOKEN` and `--token-file` against a server serving HTTPS with
+/// `--auth jwt`, trusting the test's CA by `--ca-file`; a refused token says why.
+#[tokio::test]
+async fn connects_by_https_with_a_jwt() {
+    use next_chat_testkit::identity::{TEST_SECRET, TestCa, hs256_token, secret_file};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::create(dir.path(), "cli");
+    let mut args = ca.server_args();
+    args.extend(["--auth", "jwt", "--jwt-secret-file"].map(String::from));
+    args.push(secret_file(dir.path(), TEST_SECRET).display().to_string());
+    let server = TestServer::start(args).await;
+    assert!(server.url.starts_with("https://"));
+    let ca_file = ca.ca_file.to_str().unwrap();
+
+    let token = hs256_token(TEST_SECRET, "ann", 600);
+    let script = format!("connect {} {token}\njoin g\nsay g over tls\nbye\n", server.url);
+    let (code, lines) = run_script(&["--strict", "--ca-file", ca_file], &script).await;
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert_clean(&lines);
+    assert!(
+        lines.contains(&Line::Out(format!("connected to {} as ann", server.url))),
+        "{lines:#?}"
+    );
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, hs256_token(TEST_SECRET, "bob", 600)).unwrap();
+    let mut bob = Cli::spawn(&[
+        "--url",
+        &server.url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--ca-file",
+        ca_file,
+    ]);
+    bob.expect_out(&format!("connected to {} as bob", server.url)).await;
+    // Joining shows the group's history: ann's message, by ann.
+    bob.send("join g").await;
+    bob.expect_message("g", "ann", "over tls").await;
+    bob.send("bye").await;
+    bob.finish().await;
+
+    let forged = hs256_token("not the server's secret, 32 bytes", "cy", 600);
+    let script = format!("connect {} {forged}\n", server.url);
+    let (code, lines) = run_script(&["--strict", "--ca-file", ca_file], &script).await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l
+            .text()
+            .contains("refused the user id or token: invalid token: bad signature")),
+        "{lines:#?}"
+    );
+}

@@ -20,7 +20,7 @@
 //! ```
 //!
 //! Module map: `options` (what to connect to and how), `transport` (negotiate,
-//! WebSocket, handshake), `connection` (one live WebSocket: calls, pings,
+//! WebSocket, handshake), `tls` (the roots `https://` is checked against), `connection` (one live WebSocket: calls, pings,
 //! callbacks), `delivery` (each message once, in order), `client` (the handle,
 //! reconnecting), `wire` (the seam to the codec in `next-chat-signalr`).
 
@@ -30,6 +30,7 @@ mod delivery;
 mod error;
 mod model;
 mod options;
+mod tls;
 mod transport;
 mod wire;
 
@@ -37,3 +38,4 @@ pub use client::{Client, Events};
 pub use error::ClientError;
 pub use model::{Event, JoinResult, Message};
 pub use options::{ClientOptions, Protocol, ReconnectPolicy};
+pub use tls::client_config as tls_client_config;

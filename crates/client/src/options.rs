@@ -1,6 +1,7 @@
 //! What a caller decides before connecting: where, as whom, in which encoding,
 //! how long calls may take, and whether and how to reconnect.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The hub protocol encoding the connection speaks after the handshake.
@@ -17,8 +18,12 @@ pub enum Protocol {
 pub struct ClientOptions {
     /// The hub URL, `http(s)://host:port/next-chat` or `ws(s)://host:port/next-chat`.
     pub url: String,
-    /// The user id, sent as the `Authorization` header.
+    /// The credential, sent as `Authorization: Bearer …`: the user id itself when
+    /// the server runs `--auth header`, a JWT when it runs `--auth jwt`.
     pub user: String,
+    /// A PEM file of CA certificates trusted besides the system's, for
+    /// `https://`/`wss://` servers with a private CA.
+    pub ca_file: Option<PathBuf>,
     pub protocol: Protocol,
     /// Connect straight to the WebSocket, without `POST .../negotiate` first.
     pub skip_negotiation: bool,
@@ -49,6 +54,7 @@ impl ClientOptions {
             keep_alive_interval: Duration::from_secs(15),
             server_timeout: Duration::from_secs(30),
             reconnect: None,
+            ca_file: None,
         }
     }
 }

@@ -1,17 +1,17 @@
 //! Opens one WebSocket to the hub: negotiate (v1) unless skipped, the upgrade
-//! with the user id in the `Authorization` header, and the hub handshake.
+//! with the credential in the `Authorization` header, and the hub handshake,
+//! over TLS for `https://` and `wss://`.
 
-use bytes::Bytes;
+use std::sync::Arc;
+
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Empty};
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, HeaderValue};
-use hyper_util::rt::TokioIo;
+use http::header::{AUTHORIZATION, HeaderValue};
 use next_chat_signalr::handshake::{self, HandshakeRequest, HandshakeResponse};
 use next_chat_signalr::negotiate::{self, NegotiateResponse};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use url::Url;
 
 use crate::error::ClientError;
@@ -32,6 +32,9 @@ pub(crate) struct Transport {
 /// hops are followed, as the JavaScript client does.
 const MAX_REDIRECTS: usize = 10;
 
+/// The largest negotiate response read; real ones are a few hundred bytes.
+const MAX_NEGOTIATE_BYTES: usize = 64 * 1024;
+
 pub(crate) async fn open(options: &ClientOptions) -> Result<Transport, ClientError> {
     tokio::time::timeout(options.connect_timeout, open_within(options)).await.map_err(|_| {
         ClientError::Connection(format!(
@@ -46,6 +49,7 @@ async fn open_within(options: &ClientOptions) -> Result<Transport, ClientError> 
         return Err(ClientError::InvalidOptions("the user id must not be empty".into()));
     }
     let mut endpoint = hub_url(&options.url)?;
+    let tls = crate::tls::client_config(options.ca_file.as_deref())?;
     // The server removes one leading `Bearer `, so this is right also for a user
     // whose name itself starts with `Bearer `.
     let mut authorization = format!("Bearer {}", options.user);
@@ -53,7 +57,7 @@ async fn open_within(options: &ClientOptions) -> Result<Transport, ClientError> 
     if !options.skip_negotiation {
         let mut redirects = 0;
         loop {
-            let negotiation = negotiate(&endpoint, &authorization).await?;
+            let negotiation = negotiate(&endpoint, &authorization, &tls).await?;
             if let Some(url) = negotiation.url {
                 redirects += 1;
                 if redirects > MAX_REDIRECTS {
@@ -84,9 +88,11 @@ async fn open_within(options: &ClientOptions) -> Result<Transport, ClientError> 
         .into_client_request()
         .map_err(|e| ClientError::InvalidOptions(format!("{ws_url}: {e}")))?;
     request.headers_mut().insert(AUTHORIZATION, header_value(&authorization)?);
-    let (mut socket, _response) = tokio_tungstenite::connect_async_with_config(request, None, true)
-        .await
-        .map_err(upgrade_error)?;
+    let connector = Connector::Rustls(tls);
+    let (mut socket, _response) =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector))
+            .await
+            .map_err(upgrade_error)?;
 
     let request =
         HandshakeRequest::new(wire::wire_protocol(options.protocol), wire::HUB_PROTOCOL_VERSION);
@@ -176,53 +182,39 @@ fn check_websockets_offered(
     }
 }
 
-/// `POST {hub}/negotiate?negotiateVersion=1`, over plain HTTP/1.1.
-async fn negotiate(endpoint: &Url, authorization: &str) -> Result<NegotiateResponse, ClientError> {
-    if endpoint.scheme() != "http" {
-        return Err(ClientError::InvalidOptions(format!(
-            "{endpoint}: this client speaks plain http:// and ws:// only"
-        )));
-    }
+/// `POST {hub}/negotiate?negotiateVersion=1`.
+async fn negotiate(
+    endpoint: &Url,
+    authorization: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<NegotiateResponse, ClientError> {
     let mut url = endpoint.clone();
     let path = format!("{}/negotiate", url.path().trim_end_matches('/'));
     url.set_path(&path);
     url.query_pairs_mut().append_pair("negotiateVersion", "1");
-    let host = url.host_str().unwrap_or_default().to_string();
-    let port = url.port_or_known_default().unwrap_or(80);
-    let authority = match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.clone(),
-    };
-    let path_and_query = match url.query() {
-        Some(query) => format!("{}?{query}", url.path()),
-        None => url.path().to_string(),
-    };
-
-    let stream = TcpStream::connect((host.trim_matches(['[', ']']), port))
-        .await
-        .map_err(|e| ClientError::Connection(format!("{authority}: {e}")))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ClientError::Connection(format!("{authority}: {e}")))?;
-    // Drives the HTTP connection; it ends with the response.
-    tokio::spawn(connection);
-    let request = hyper::Request::post(path_and_query)
-        .header(HOST, header_value(&authority)?)
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(rustls::ClientConfig::clone(tls))
+        // A negotiate redirect is a 200 with a `url`, followed above.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| ClientError::InvalidOptions(format!("HTTP client: {e}")))?;
+    let failed = |e: reqwest::Error| ClientError::Connection(format!("negotiate: {}", chain(&e)));
+    let mut response = http
+        .post(url.as_str())
         .header(AUTHORIZATION, header_value(authorization)?)
-        .header(CONTENT_LENGTH, 0)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| ClientError::InvalidOptions(format!("negotiate request: {e}")))?;
-    let response = sender
-        .send_request(request)
+        .send()
         .await
-        .map_err(|e| ClientError::Connection(format!("negotiate: {e}")))?;
+        .map_err(failed)?;
     let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| ClientError::Connection(format!("negotiate: {e}")))?
-        .to_bytes();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(failed)? {
+        if body.len() + chunk.len() > MAX_NEGOTIATE_BYTES {
+            return Err(ClientError::Protocol(format!(
+                "the negotiate response is larger than {MAX_NEGOTIATE_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
     if !status.is_success() {
         return Err(ClientError::Http {
             status: status.as_u16(),
@@ -235,6 +227,19 @@ async fn negotiate(endpoint: &Url, authorization: &str) -> Result<NegotiateRespo
         return Err(ClientError::Connection(error));
     }
     Ok(negotiation)
+}
+
+/// An error and its causes, `: `-separated: reqwest's own text names none of
+/// them (say, the certificate that was not trusted).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn header_value(value: &str) -> Result<HeaderValue, ClientError> {

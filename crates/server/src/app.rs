@@ -19,8 +19,11 @@ use next_chat_core::{
 };
 use next_chat_signalr::server::{HubConfig, HubServer};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
+use crate::auth::AuthConfig;
+use crate::auth::Authenticator;
 use crate::config::{Config, Database};
 use crate::hub::ChatHub;
 use crate::metrics::{HistoryMetrics, Metrics};
@@ -93,6 +96,7 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     http: HttpLimits,
+    tls: Option<TlsAcceptor>,
     hub: Arc<HubServer<ChatHub>>,
     shared: Arc<Shared>,
     reconciler: Option<next_chat_storage::StreamHistoryReconciler>,
@@ -134,8 +138,18 @@ impl App {
             long_poll_max_response_bytes: config.long_poll_max_response_bytes,
             ..HubConfig::default()
         };
+        let authenticator = Authenticator::start(&config.auth).await?;
+        if matches!(authenticator, Authenticator::Header) && !config.listen.ip().is_loopback() {
+            warn!(
+                listen = %config.listen,
+                "auth is header: the Authorization header (or access_token) is trusted as the \
+                 user id, so any client can be any user; use --auth jwt when others can reach \
+                 this address"
+            );
+        }
+        let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
         let hub = Arc::new(HubServer::new(
-            Arc::new(ChatHub::new(Arc::clone(&chat), Arc::clone(&metrics))),
+            Arc::new(ChatHub::new(Arc::clone(&chat), Arc::clone(&metrics), authenticator)),
             hub_config,
         ));
         let shared = Arc::new(Shared { chat, metrics, accepting: AtomicBool::new(true) });
@@ -147,9 +161,13 @@ impl App {
                 .with_state(Arc::clone(&shared)),
         );
         if config.web_page {
+            let (auth, user_claim) = match &config.auth {
+                AuthConfig::Header => ("header", "sub".to_string()),
+                AuthConfig::Jwt(jwt) => ("jwt", jwt.user_claim.clone()),
+            };
             router = router.merge(crate::web::router(WebConfig {
-                auth: "header",
-                user_claim: "sub".into(),
+                auth,
+                user_claim,
                 max_text_chars: config.chat.limits.text_max_chars,
                 max_members: config.chat.max_members,
             }));
@@ -158,11 +176,17 @@ impl App {
             .await
             .with_context(|| format!("listen: cannot bind {}", config.listen))?;
         let http = http_limits(&config);
-        Ok(App { config, listener, router, http, hub, shared, reconciler })
+        Ok(App { config, listener, router, http, tls, hub, shared, reconciler })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// `http://ADDR`, or `https://ADDR` when the server serves TLS.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr())
     }
 
     /// Serves until `shutdown` resolves, then closes every connection with
@@ -172,9 +196,9 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let App { config, listener, router, http, hub, shared, reconciler } = self;
+        let App { config, listener, router, http, tls, hub, shared, reconciler } = self;
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = crate::serve::serve(listener, router, http, async move {
+        let server = crate::serve::serve(listener, router, http, tls, async move {
             let _ = http_stopped.await;
         });
         let mut server = tokio::spawn(server);
@@ -306,8 +330,13 @@ pub fn describe(config: &Config) -> String {
         Database::MySql(_) => "mysql",
     };
     let messaging = if config.redis.is_some() { "redis" } else { "in-process" };
+    let auth = match &config.auth {
+        crate::auth::AuthConfig::Header => "header".to_owned(),
+        crate::auth::AuthConfig::Jwt(jwt) => format!("jwt ({:?})", jwt.keys),
+    };
+    let tls = if config.tls.is_some() { "on" } else { "off" };
     format!(
-        "history={history} ({}), messaging and membership={messaging}",
+        "history={history} ({}), messaging and membership={messaging}, auth={auth}, tls={tls}",
         config.database.redacted()
     )
 }

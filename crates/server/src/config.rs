@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use next_chat_core::{ChatConfig, HistoryWriterConfig, Limits, Rate};
 use serde::Deserialize;
 
+use crate::auth::{AuthConfig, JwksSource, JwtConfig, KeySource};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "next-chat-server",
@@ -30,6 +32,16 @@ pub struct Cli {
 pub enum Command {
     /// Apply the history database's schema migrations and exit (the Helm hook runs this).
     Migrate,
+    /// Print an HS256 token this server accepts (needs --auth jwt and its secret);
+    /// for trying things out and tests, not a replacement for an identity provider.
+    MintToken {
+        /// The user id (the jwt_user_claim claim).
+        #[arg(long)]
+        user: String,
+        /// Seconds until the token expires.
+        #[arg(long, default_value_t = 3600)]
+        valid_for_secs: u64,
+    },
 }
 
 /// Every setting, optional: unset ones come from the file, then the defaults.
@@ -239,12 +251,72 @@ pub struct Settings {
     /// Most groups the server holds; creating another is refused [default: 100000]
     #[arg(long, env = "NEXT_CHAT_MAX_GROUPS", global = true, value_name = "N")]
     pub max_groups: Option<usize>,
+
+    /// How a connection's user is known: `header` (the Authorization header or
+    /// access_token is the user id; development only) or `jwt` (a signed JWT)
+    /// [default: header]
+    #[arg(long, env = "NEXT_CHAT_AUTH", global = true, value_name = "header|jwt")]
+    pub auth: Option<String>,
+
+    /// File holding the HS256 secret (at least 32 bytes); or set NEXT_CHAT_JWT_SECRET
+    #[arg(long, env = "NEXT_CHAT_JWT_SECRET_FILE", global = true, value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// PEM file with the public key tokens are signed for (RS256, ES256, EdDSA, ...)
+    #[arg(long, env = "NEXT_CHAT_JWT_PUBLIC_KEY", global = true, value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// The identity provider's JWKS: a file, or an https:// URL fetched again
+    /// periodically and when a token names an unknown kid
+    #[arg(long, env = "NEXT_CHAT_JWKS", global = true, value_name = "FILE|URL")]
+    pub jwks: Option<String>,
+
+    /// The `iss` a token must carry [default: not checked]
+    #[arg(long, env = "NEXT_CHAT_JWT_ISSUER", global = true, value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The `aud` a token must carry [default: not checked]
+    #[arg(long, env = "NEXT_CHAT_JWT_AUDIENCE", global = true, value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Seconds of clock skew allowed on `exp` and `nbf` [default: 30]
+    #[arg(long, env = "NEXT_CHAT_JWT_LEEWAY_SECS", global = true, value_name = "SECS")]
+    pub jwt_leeway_secs: Option<u64>,
+
+    /// The claim that holds the user id [default: sub]
+    #[arg(long, env = "NEXT_CHAT_JWT_USER_CLAIM", global = true, value_name = "CLAIM")]
+    pub jwt_user_claim: Option<String>,
+
+    /// Seconds between fetches of a JWKS URL [default: 300]
+    #[arg(long, env = "NEXT_CHAT_JWKS_REFRESH_SECS", global = true, value_name = "SECS")]
+    pub jwks_refresh_secs: Option<u64>,
+
+    /// Least seconds between two JWKS fetches, however many unknown kids arrive [default: 10]
+    #[arg(long, env = "NEXT_CHAT_JWKS_MIN_REFETCH_SECS", global = true, value_name = "SECS")]
+    pub jwks_min_refetch_secs: Option<u64>,
+
+    /// PEM certificate chain: serve HTTPS and WSS (with --tls-key); re-read when it changes
+    #[arg(long, env = "NEXT_CHAT_TLS_CERT", global = true, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert; re-read when it changes
+    #[arg(long, env = "NEXT_CHAT_TLS_KEY", global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The HS256 secret, from NEXT_CHAT_JWT_SECRET only: never a flag (`ps` shows
+    /// flags) nor a file key.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub jwt_secret: Option<String>,
 }
 
 /// Takes each setting from `$high` where set, else from `$low`.
 macro_rules! overlay {
     ($high:expr, $low:expr, [$($field:ident),* $(,)?]) => {
-        Settings { config: $high.config.clone(), $($field: $high.$field.clone().or($low.$field.clone()),)* }
+        Settings {
+            config: $high.config.clone(),
+            jwt_secret: $high.jwt_secret.clone(),
+            $($field: $high.$field.clone().or($low.$field.clone()),)* }
     };
 }
 
@@ -299,6 +371,18 @@ impl Settings {
                 user_messages_burst,
                 groups_created_per_minute,
                 max_groups,
+                auth,
+                jwt_secret_file,
+                jwt_public_key,
+                jwks,
+                jwt_issuer,
+                jwt_audience,
+                jwt_leeway_secs,
+                jwt_user_claim,
+                jwks_refresh_secs,
+                jwks_min_refetch_secs,
+                tls_cert,
+                tls_key,
             ]
         )
     }
@@ -415,6 +499,121 @@ pub struct Config {
     pub history: HistoryWriterConfig,
     /// See `RedisConfig::stream_max_bytes`; used only with `redis`.
     pub redis_stream_max_bytes: u64,
+    /// `auth` and the `jwt_*` settings.
+    pub auth: AuthConfig,
+    /// `tls_cert` and `tls_key`: serve HTTPS and WSS.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The certificate chain and private key the server serves TLS with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The least HS256 secret: 256 bits, as RFC 7518 requires of an HS256 key.
+const MIN_SECRET_BYTES: usize = 32;
+
+fn auth_config(s: &Settings) -> Result<AuthConfig, ConfigError> {
+    let jwt = match s.auth.as_deref().unwrap_or("header") {
+        "header" => false,
+        "jwt" => true,
+        other => return Err(bad("auth", format!("'{other}' is not header or jwt"))),
+    };
+    if !jwt {
+        let jwt_only = [
+            ("jwt_secret_file", s.jwt_secret_file.is_some()),
+            ("jwt_public_key", s.jwt_public_key.is_some()),
+            ("jwks", s.jwks.is_some()),
+            ("jwt_issuer", s.jwt_issuer.is_some()),
+            ("jwt_audience", s.jwt_audience.is_some()),
+            ("jwt_user_claim", s.jwt_user_claim.is_some()),
+        ];
+        if let Some((key, _)) = jwt_only.iter().find(|(_, set)| *set) {
+            return Err(bad(key, "is set but auth is header: add --auth jwt"));
+        }
+        return Ok(AuthConfig::Header);
+    }
+    let secret = match (&s.jwt_secret, &s.jwt_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "jwt_secret_file",
+                "NEXT_CHAT_JWT_SECRET is set too: give the secret one way",
+            ));
+        }
+        (Some(secret), None) => Some(("NEXT_CHAT_JWT_SECRET", secret.as_bytes().to_vec())),
+        (None, Some(path)) => {
+            let bytes = std::fs::read(path).map_err(|e| {
+                bad("jwt_secret_file", format!("cannot read {}: {e}", path.display()))
+            })?;
+            // A file written by `echo` ends in a newline that is not part of the secret.
+            let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+            Some(("jwt_secret_file", bytes[..end].to_vec()))
+        }
+        (None, None) => None,
+    };
+    if let Some((key, secret)) = &secret
+        && secret.len() < MIN_SECRET_BYTES
+    {
+        return Err(bad(
+            key,
+            format!("the secret must be at least {MIN_SECRET_BYTES} bytes (256 bits)"),
+        ));
+    }
+    let mut sources = Vec::new();
+    if let Some((_, secret)) = secret {
+        sources.push(("the secret", KeySource::Secret(secret)));
+    }
+    if let Some(path) = &s.jwt_public_key {
+        sources.push(("jwt_public_key", KeySource::PublicKey(path.clone())));
+    }
+    if let Some(jwks) = &s.jwks {
+        if jwks.is_empty() {
+            return Err(bad("jwks", "must be a file or an https:// URL"));
+        }
+        sources.push(("jwks", KeySource::Jwks(JwksSource::parse(jwks))));
+    }
+    let keys = match sources.len() {
+        0 => {
+            return Err(bad(
+                "auth",
+                "jwt needs keys: NEXT_CHAT_JWT_SECRET, jwt_secret_file, jwt_public_key or jwks",
+            ));
+        }
+        1 => sources.remove(0).1,
+        _ => {
+            let names: Vec<_> = sources.iter().map(|(name, _)| *name).collect();
+            return Err(bad("auth", format!("give one kind of key, not {}", names.join(" and "))));
+        }
+    };
+    let user_claim = s.jwt_user_claim.clone().unwrap_or_else(|| "sub".to_owned());
+    if user_claim.is_empty() {
+        return Err(bad("jwt_user_claim", "must name a claim"));
+    }
+    Ok(AuthConfig::Jwt(JwtConfig {
+        keys,
+        issuer: s.jwt_issuer.clone().filter(|issuer| !issuer.is_empty()),
+        audience: s.jwt_audience.clone().filter(|audience| !audience.is_empty()),
+        leeway: Duration::from_secs(match s.jwt_leeway_secs {
+            Some(secs) if secs > 3600 => {
+                return Err(bad("jwt_leeway_secs", "must be at most 3600"));
+            }
+            secs => secs.unwrap_or(30),
+        }),
+        user_claim,
+        jwks_refresh: seconds("jwks_refresh_secs", s.jwks_refresh_secs, 300)?,
+        jwks_min_refetch: seconds("jwks_min_refetch_secs", s.jwks_min_refetch_secs, 10)?,
+    }))
+}
+
+fn tls_files(s: &Settings) -> Result<Option<TlsFiles>, ConfigError> {
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert: cert.clone(), key: key.clone() })),
+        (Some(_), None) => Err(bad("tls_key", "is needed with tls_cert")),
+        (None, Some(_)) => Err(bad("tls_cert", "is needed with tls_key")),
+        (None, None) => Ok(None),
+    }
 }
 
 fn positive(key: &'static str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
@@ -445,10 +644,13 @@ impl Config {
     /// Reads the file the settings name (if any), lays the settings over it and
     /// validates the result.
     pub fn load(settings: &Settings) -> Result<Config, ConfigError> {
-        let merged = match &settings.config {
+        let mut merged = match &settings.config {
             Some(path) => settings.over(&read_file(path)?),
             None => settings.clone(),
         };
+        if merged.jwt_secret.is_none() {
+            merged.jwt_secret = std::env::var("NEXT_CHAT_JWT_SECRET").ok();
+        }
         Config::from_settings(&merged)
     }
 
@@ -537,7 +739,11 @@ impl Config {
         if client_timeout <= keep_alive {
             return Err(bad("client_timeout_secs", "must be longer than keep_alive_secs"));
         }
+        let auth = auth_config(s)?;
+        let tls = tls_files(s)?;
         Ok(Config {
+            auth,
+            tls,
             listen,
             migrate: s.migrate.unwrap_or(matches!(database, Database::Sqlite(_))),
             database,
@@ -778,6 +984,59 @@ mod tests {
         let err = parse(&["--config", f]).unwrap_err();
         assert_eq!(err.key, "config");
         assert!(err.to_string().contains("max_memebers"), "{err}");
+    }
+
+    #[test]
+    fn auth_settings_name_the_key() {
+        assert!(matches!(parse(&[]).unwrap().auth, AuthConfig::Header));
+        assert_eq!(parse(&["--auth", "oauth"]).unwrap_err().key, "auth");
+        let err = parse(&["--auth", "jwt"]).unwrap_err();
+        assert_eq!(err.key, "auth");
+        assert!(err.to_string().contains("jwt needs keys"), "{err}");
+        let both = ["--auth", "jwt", "--jwt-public-key", "k.pem", "--jwks", "https://idp/jwks"];
+        let err = parse(&both).unwrap_err();
+        assert!(err.to_string().contains("not jwt_public_key and jwks"), "{err}");
+        let jwks = parse(&["--auth", "jwt", "--jwks", "https://idp/jwks", "--jwt-issuer", "i"]);
+        let AuthConfig::Jwt(jwt) = jwks.unwrap().auth else { panic!("jwt") };
+        assert!(
+            matches!(&jwt.keys, KeySource::Jwks(JwksSource::Url(u)) if u == "https://idp/jwks")
+        );
+        assert_eq!(jwt.issuer.as_deref(), Some("i"));
+        assert_eq!(jwt.leeway, Duration::from_secs(30));
+        assert_eq!(jwt.user_claim, "sub");
+        assert_eq!(
+            parse(&["--auth", "jwt", "--jwks", "j.json", "--jwt-leeway-secs", "7200"])
+                .unwrap_err()
+                .key,
+            "jwt_leeway_secs"
+        );
+        assert_eq!(parse(&["--jwks", "j.json"]).unwrap_err().key, "jwks");
+        assert_eq!(parse(&["--tls-cert", "c.pem"]).unwrap_err().key, "tls_key");
+        assert_eq!(parse(&["--tls-key", "k.pem"]).unwrap_err().key, "tls_cert");
+        let tls = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap().tls;
+        assert_eq!(tls, Some(TlsFiles { cert: "c.pem".into(), key: "k.pem".into() }));
+    }
+
+    #[test]
+    fn the_secret_comes_from_the_environment_or_a_file_never_a_flag() {
+        assert!(Cli::try_parse_from(["s", "--jwt-secret", "x"]).is_err(), "no such flag");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let args = ["--auth", "jwt", "--jwt-secret-file", file.to_str().unwrap()];
+        let AuthConfig::Jwt(jwt) = parse(&args).unwrap().auth else { panic!("jwt") };
+        assert!(
+            matches!(&jwt.keys, KeySource::Secret(s) if s == b"0123456789abcdef0123456789abcdef"),
+            "the trailing newline is not part of the secret"
+        );
+        std::fs::write(&file, "short").unwrap();
+        assert_eq!(parse(&args).unwrap_err().key, "jwt_secret_file");
+        // The environment's secret (set here on the settings, as `load` does).
+        let mut settings = Cli::try_parse_from(["s", "--auth", "jwt"]).unwrap().settings;
+        settings.jwt_secret = Some("0123456789abcdef0123456789abcdef".into());
+        assert!(Config::from_settings(&settings).is_ok());
+        settings.jwt_secret = Some("short".into());
+        assert_eq!(Config::from_settings(&settings).unwrap_err().key, "NEXT_CHAT_JWT_SECRET");
     }
 
     #[test]

@@ -11,20 +11,26 @@ use next_chat_core::{
     ChatError, ChatService, ConnectionId, Delivery, GroupId, JoinOutcome, Message, Recipient,
     Session,
 };
-use next_chat_signalr::server::{Connection, Hub, Invoked};
+use next_chat_signalr::server::{Connection, Hub, Identity, Invoked, Refused};
 use next_chat_signalr::{HubMessage, Value};
 use tracing::{debug, warn};
 
+use crate::auth::Authenticator;
 use crate::metrics::{ConnectionLabels, Metrics};
 
 pub struct ChatHub {
     chat: Arc<ChatService>,
     metrics: Arc<Metrics>,
+    authenticator: Authenticator,
 }
 
 impl ChatHub {
-    pub fn new(chat: Arc<ChatService>, metrics: Arc<Metrics>) -> ChatHub {
-        ChatHub { chat, metrics }
+    pub fn new(
+        chat: Arc<ChatService>,
+        metrics: Arc<Metrics>,
+        authenticator: Authenticator,
+    ) -> ChatHub {
+        ChatHub { chat, metrics, authenticator }
     }
 }
 
@@ -326,8 +332,18 @@ impl ChatHub {
 impl Hub for ChatHub {
     type Session = ChatSession;
 
-    fn authenticate(&self, token: &str) -> Result<String, String> {
-        self.chat.parse_user(token).map(|u| u.as_str().to_string()).map_err(|e| e.to_string())
+    async fn authenticate(&self, token: &str) -> Result<Identity, Refused> {
+        let identity = self.authenticator.authenticate(token).await?;
+        // The same user-id rules whoever vouches for the id.
+        let user = self
+            .chat
+            .parse_user(&identity.user)
+            .map_err(|e| self.authenticator.refuse_user(e.to_string()))?;
+        Ok(Identity { user: user.as_str().to_owned(), ..identity })
+    }
+
+    fn unauthenticated(&self) -> Refused {
+        self.authenticator.unauthenticated()
     }
 
     async fn connected(&self, connection: Connection) -> Result<ChatSession, String> {

@@ -34,15 +34,25 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()> {
-    if let Some(Command::Migrate) = command {
-        app::migrate(&config).await?;
-        eprintln!("next-chat-server: migrations applied to {}", config.database.redacted());
-        return Ok(());
+    match command {
+        Some(Command::Migrate) => {
+            app::migrate(&config).await?;
+            eprintln!("next-chat-server: migrations applied to {}", config.database.redacted());
+            return Ok(());
+        }
+        Some(Command::MintToken { user, valid_for_secs }) => {
+            println!(
+                "{}",
+                next_chat_server::auth::mint_token(&config.auth, &user, valid_for_secs)?
+            );
+            return Ok(());
+        }
+        None => {}
     }
     tracing::info!("{}", app::describe(&config));
     let app = App::build(config).await?;
     // Tests and scripts wait for this line to know the port (the address may be :0).
-    println!("listening on http://{}", app.local_addr());
+    println!("listening on {}", app.base_url());
     std::io::stdout().flush()?;
     app.run(shutdown_signal()).await
 }

@@ -5,7 +5,9 @@
 //! the number of TCP connections open at once. Beyond the last, a new connection
 //! is answered 503 and closed, so file descriptors never run out. WebSocket
 //! upgrades, TCP_NODELAY, the client's address (axum's `ConnectInfo`, for the
-//! per-address cap) and graceful shutdown work as they did.
+//! per-address cap) and graceful shutdown work as they did. With a TLS acceptor
+//! each connection is HTTPS (and its upgrades WSS); its handshake must finish
+//! within the request-head timeout.
 
 use std::future::Future;
 use std::io;
@@ -23,6 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 use tracing::{debug, info, warn};
 
@@ -83,6 +86,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let (open, mut open_rx) = watch::channel(0usize);
@@ -113,13 +117,22 @@ pub async fn serve(
             warn!(%error, "cannot set TCP_NODELAY");
         }
         let io = Counted::new(tcp, open.clone());
-        tokio::spawn(serve_connection(
-            io,
-            peer,
-            router.clone(),
-            limits.clone(),
-            stopping_rx.clone(),
-        ));
+        let (router, limits, stopping) = (router.clone(), limits.clone(), stopping_rx.clone());
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(io, peer, router, limits, stopping));
+            }
+            Some(acceptor) => {
+                let handshake = acceptor.accept(io);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(limits.header_timeout, handshake).await {
+                        Ok(Ok(io)) => serve_connection(io, peer, router, limits, stopping).await,
+                        Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     stopping.send_replace(true);
@@ -128,7 +141,7 @@ pub async fn serve(
 }
 
 async fn serve_connection(
-    io: Counted,
+    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     peer: SocketAddr,
     router: Router,
     limits: HttpLimits,

@@ -24,6 +24,8 @@ const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Clone, Copy)]
 enum Suite {
     JavaScript,
+    /// tests/interop/js/auth.js: `--auth jwt` with an accessTokenFactory.
+    JavaScriptAuth,
     Python,
 }
 
@@ -37,7 +39,7 @@ impl Suite {
     /// that scripts/test installed what it needs.
     fn command(self, root: &Path, url: &str) -> (PathBuf, Vec<String>) {
         match self {
-            Suite::JavaScript => {
+            Suite::JavaScript | Suite::JavaScriptAuth => {
                 let installed =
                     root.join("tests/interop/js/node_modules/@microsoft/signalr/package.json");
                 assert!(
@@ -46,7 +48,10 @@ impl Suite {
                      run scripts/test, which runs `npm ci` in tests/interop/js",
                     installed.display()
                 );
-                let script = root.join("tests/interop/js/interop.js");
+                let script = root.join(match self {
+                    Suite::JavaScriptAuth => "tests/interop/js/auth.js",
+                    _ => "tests/interop/js/interop.js",
+                });
                 (PathBuf::from("node"), vec![script.display().to_string(), url.to_string()])
             }
             Suite::Python => {
@@ -66,10 +71,16 @@ impl Suite {
 
 /// Runs `suite` against the server at `url` and fails with its output unless it exits 0.
 async fn run_suite(suite: Suite, url: &str) {
+    run_suite_with(suite, url, &[]).await;
+}
+
+/// The same, with these environment variables set for the suite.
+async fn run_suite_with(suite: Suite, url: &str, envs: &[(&str, String)]) {
     let root = repo_root();
     let (program, args) = suite.command(&root, url);
     let child = Command::new(&program)
         .args(&args)
+        .envs(envs.iter().map(|(name, value)| (name, value)))
         .current_dir(&root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -127,4 +138,38 @@ async fn python_scaleout() {
     let scale = ScaleOut::create();
     let server = TestServer::start(scale.args()).await;
     run_suite(Suite::Python, &server.url).await;
+}
+
+/// The stock JavaScript client over HTTPS/WSS (the test's CA given to node by
+/// NODE_EXTRA_CA_CERTS) against `--auth jwt`, its accessTokenFactory minting
+/// 2-second tokens: the server closes each connection as its token expires and
+/// the client comes back with a new one.
+#[tokio::test]
+async fn js_jwt_over_tls() {
+    use next_chat_testkit::identity::{TEST_SECRET, TestCa, secret_file};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::create(dir.path(), "js");
+    let mut args = ca.server_args();
+    args.extend(["--auth", "jwt", "--jwt-leeway-secs", "0", "--jwt-secret-file"].map(String::from));
+    args.push(secret_file(dir.path(), TEST_SECRET).display().to_string());
+    let server = TestServer::start(args).await;
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let envs = [
+        ("NEXT_CHAT_JWT_SECRET", TEST_SECRET.to_owned()),
+        ("NODE_EXTRA_CA_CERTS", ca.ca_file.display().to_string()),
+    ];
+    run_suite_with(Suite::JavaScriptAuth, &server.url, &envs).await;
+}
+
+/// The Python client against `--auth jwt`: each connection's credential a JWT
+/// (by header and by `access_token_factory`), its `sub` the author of what it sends.
+#[tokio::test]
+async fn python_jwt() {
+    use next_chat_testkit::identity::{TEST_SECRET, secret_file};
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["--auth".to_owned(), "jwt".to_owned(), "--jwt-secret-file".to_owned()];
+    args.push(secret_file(dir.path(), TEST_SECRET).display().to_string());
+    let server = TestServer::start(args).await;
+    run_suite_with(Suite::Python, &server.url, &[("NEXT_CHAT_JWT_SECRET", TEST_SECRET.to_owned())])
+        .await;
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use next_chat_signalr::Value;
-use next_chat_signalr::server::{Connection, Hub, HubConfig, HubServer, Invoked};
+use next_chat_signalr::server::{
+    Connection, Hub, HubConfig, HubServer, Identity, Invoked, Refused,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -21,8 +23,8 @@ struct IdleHub;
 impl Hub for IdleHub {
     type Session = Connection;
 
-    fn authenticate(&self, token: &str) -> Result<String, String> {
-        Ok(token.to_owned())
+    async fn authenticate(&self, token: &str) -> Result<Identity, Refused> {
+        Ok(token.to_owned().into())
     }
 
     async fn connected(&self, connection: Connection) -> Result<Connection, String> {

@@ -419,3 +419,35 @@ async fn hub_outcome_values_round_trip_in_messagepack() {
         vec![HubMessage::Completion { invocation_id: "1".into(), outcome: Outcome::Void }]
     );
 }
+
+#[tokio::test]
+async fn a_refusal_with_a_challenge_answers_401_with_www_authenticate() {
+    let test = spawn(HubConfig::default()).await;
+    let response = http(
+        test.addr,
+        "POST",
+        "/hub/negotiate?negotiateVersion=1",
+        &[("Authorization", "Bearer challenged")],
+        b"",
+    )
+    .await;
+    assert_eq!(response.status, 401);
+    assert_eq!(response.header("www-authenticate"), Some("Bearer error=\"invalid_token\""));
+    assert_eq!(response.text(), "the token is no good");
+    assert_eq!(ws_connect(test.addr, "", Some("challenged")).await.err(), Some(401));
+}
+
+#[tokio::test]
+async fn an_expiring_credential_closes_the_connection_with_allow_reconnect() {
+    let test = spawn(HubConfig::default()).await;
+    let mut ws = ws_json(test.addr, "alice~300").await;
+    let close = ws_next(&mut ws).await.expect("a Close message");
+    assert_eq!(
+        decode_all(Protocol::Json, &close),
+        vec![HubMessage::Close {
+            error: Some(next_chat_signalr::server::CREDENTIAL_EXPIRED.to_owned()),
+            allow_reconnect: true,
+        }]
+    );
+    assert_eq!(ws_next(&mut ws).await, None, "then the socket closes");
+}

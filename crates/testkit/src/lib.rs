@@ -4,13 +4,16 @@
 //!
 //! The binaries are built before the tests run (the README's test command runs
 //! `cargo build --workspace --bins` first); `binary` finds them next to the test
-//! executable. Each server prints `listening on http://ADDR` on stdout once it
+//! executable. Each server prints `listening on http://ADDR` (`https://` with
+//! TLS) on stdout once it
 //! accepts connections, which is what `TestServer::start` waits for.
 //!
 //! For failure tests: `TcpProxy` takes a backend away from one test's servers
 //! (MariaDB, through a port of the test's own), `RedisServer` is a Redis of the
-//! test's own that it can kill and start again.
+//! test's own that it can kill and start again. `identity` mints JWTs and
+//! generates a certificate authority for the tests of `--auth jwt` and TLS.
 
+pub mod identity;
 mod proxy;
 mod redis_server;
 
@@ -160,9 +163,9 @@ pub fn delete_redis_keys(host: &str, port: u16, prefix: &str) {
 
 /// A running `next-chat-server`.
 pub struct TestServer {
-    /// `http://127.0.0.1:PORT/next-chat`, what clients connect to.
+    /// `http://127.0.0.1:PORT/next-chat` (`https://` over TLS), what clients connect to.
     pub url: String,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` over TLS).
     pub base_url: String,
     pub port: u16,
     args: Vec<String>,
@@ -213,7 +216,7 @@ impl TestServer {
         let mut lines = BufReader::new(stdout).lines();
         let address = tokio::time::timeout(START_TIMEOUT, async {
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(address) = line.strip_prefix("listening on http://") {
+                if let Some(address) = line.strip_prefix("listening on ") {
                     return Some(address.trim().to_string());
                 }
             }
@@ -226,14 +229,15 @@ impl TestServer {
         // Keep draining stdout so the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.port = address.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
-        self.base_url = format!("http://{address}");
+        // `http://ADDR`, or `https://ADDR` when the server serves TLS.
+        self.base_url = address;
         self.url = format!("{}/next-chat", self.base_url);
         self.child = Some(child);
     }
 
-    /// `ws://127.0.0.1:PORT/next-chat`.
+    /// `ws://127.0.0.1:PORT/next-chat` (`wss://` over TLS).
     pub fn ws_url(&self) -> String {
-        self.url.replacen("http://", "ws://", 1)
+        self.url.replacen("http", "ws", 1)
     }
 
     /// The server's process id, while it runs.

@@ -3,6 +3,9 @@ tests/requirements.txt), unchanged, against a running Next Chat server.
 
     .venv/bin/python tests/interop/python/interop.py http://127.0.0.1:PORT/next-chat
 
+With NEXT_CHAT_JWT_SECRET set, the server is taken to run `--auth jwt` with that
+HS256 secret, and each client's credential is a JWT whose sub is its user.
+
 Runs the chat scenario over WebSockets with the client's default (negotiated)
 connection and handshake, once with JSON and once with MessagePack, prints one
 PASS/FAIL line per combination and exits non-zero if any failed. Every wait is
@@ -10,7 +13,11 @@ an event with a deadline. signalrcore delivers callbacks on its receive thread,
 so each connection keeps an ordered, lock-protected log of what arrived.
 """
 
+import base64
 import collections
+import hashlib
+import hmac
+import json
 import logging
 import os
 import re
@@ -27,6 +34,19 @@ from signalrcore.types import HttpTransportType, HubProtocolEncoding
 TIMEOUT_S = float(os.environ.get("INTEROP_TIMEOUT_MS", "15000")) / 1000
 TEXT_LIMIT = 16384
 RUN_ID = f"{int(time.time() * 1000):x}-{uuid.uuid4().hex[:6]}"
+# Set when the server runs `--auth jwt` with this HS256 secret.
+JWT_SECRET = os.environ.get("NEXT_CHAT_JWT_SECRET", "").encode()
+
+
+def mint_jwt(sub, lifetime_s=600):
+    """An HS256 JWT for `sub`, as an identity provider would mint it."""
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = b64(json.dumps({"sub": sub, "exp": int(time.time()) + lifetime_s}).encode())
+    signature = hmac.new(JWT_SECRET, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64(signature)}"
 
 
 class CheckError(Exception):
@@ -63,12 +83,15 @@ class Client:
         self.events = []
         self.cond = threading.Condition()
         self.pending = {}
+        # Against `--auth jwt` the credential is a JWT whose sub is the user.
+        credential = mint_jwt(user) if JWT_SECRET else user
         if identity == "header":
-            # Identity in a header the application sets: `Authorization: <user>`.
-            options = {"headers": {"Authorization": user}}
+            # Identity in a header the application sets: `Authorization: <user>`
+            # (`Bearer <jwt>` against `--auth jwt`).
+            options = {"headers": {"Authorization": f"Bearer {credential}" if JWT_SECRET else user}}
         else:
-            # Identity from a token factory: `Authorization: Bearer <user>`.
-            options = {"access_token_factory": lambda: user}
+            # Identity from a token factory: `Authorization: Bearer <credential>`.
+            options = {"access_token_factory": lambda: credential}
         options["transport"] = HttpTransportType.web_sockets
         builder = HubConnectionBuilder().with_url(url, options=options)
         if protocol == "messagepack":

@@ -20,7 +20,7 @@ use super::connection::{CloseRequest, Connection};
 use super::long_polling::{self, PollState};
 use super::registry::{Admission, LimitReached, Negotiated, NegotiatedState, lock};
 use super::session::{self, Inbound, Liveness};
-use super::{Hub, ServerState, sse, websocket};
+use super::{Hub, Identity, Refused, ServerState, sse, websocket};
 use crate::negotiate::{NegotiateResponse, Transport, answer_version, new_random_id};
 
 /// POST bodies waiting for the session; a small bound gives back-pressure.
@@ -30,7 +30,7 @@ type Params = Query<Vec<(String, String)>>;
 
 /// A refusal, turned into a response in one place.
 enum Refusal {
-    Unauthorized(String),
+    Unauthorized(Refused),
     Forbidden,
     MissingId,
     UnknownConnection,
@@ -92,7 +92,20 @@ fn limit_refusal(limit: LimitReached) -> (StatusCode, String) {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let (status, text) = match self {
-            Refusal::Unauthorized(reason) => (StatusCode::UNAUTHORIZED, reason),
+            Refusal::Unauthorized(Refused { reason, challenge: Some(challenge) }) => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [
+                        (header::CONTENT_TYPE, "text/plain".to_owned()),
+                        (header::WWW_AUTHENTICATE, challenge),
+                    ],
+                    reason,
+                )
+                    .into_response();
+            }
+            Refusal::Unauthorized(Refused { reason, challenge: None }) => {
+                (StatusCode::UNAUTHORIZED, reason)
+            }
             Refusal::Forbidden => {
                 (StatusCode::FORBIDDEN, "this connection was negotiated by another user".to_owned())
             }
@@ -152,18 +165,17 @@ fn credential<'a>(headers: &'a HeaderMap, params: &'a [(String, String)]) -> Opt
     param(params, "access_token")
 }
 
-fn identify<H: Hub>(
+async fn identify<H: Hub>(
     server: &ServerState<H>,
     headers: &HeaderMap,
     params: &[(String, String)],
-) -> Result<String, Refusal> {
-    let token = credential(headers, params).ok_or_else(|| {
-        Refusal::Unauthorized(
-            "no identity: send an Authorization header or an access_token query parameter"
-                .to_owned(),
-        )
-    })?;
-    server.hub.authenticate(token).map_err(Refusal::Unauthorized)
+) -> Result<Identity, Refusal> {
+    let token = credential(headers, params)
+        .ok_or_else(|| Refusal::Unauthorized(server.hub.unauthenticated()))?;
+    server.hub.authenticate(token).await.map_err(|refused| {
+        debug!(reason = %refused.reason, "credential refused");
+        Refusal::Unauthorized(refused)
+    })
 }
 
 /// The client's address, when the server was started with it (axum's
@@ -212,10 +224,11 @@ pub(crate) async fn negotiate<H: Hub>(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Response {
-    let user = match ensure_not_shutting_down(&server)
-        .and_then(|()| identify(&server, &headers, &params))
-    {
-        Ok(user) => user,
+    if let Err(refusal) = ensure_not_shutting_down(&server) {
+        return refusal.into_response();
+    }
+    let user = match identify(&server, &headers, &params).await {
+        Ok(identity) => identity.user,
         Err(refusal) => return refusal.into_response(),
     };
     let body = match answer_version(param(&params, "negotiateVersion")) {
@@ -266,17 +279,17 @@ pub(crate) async fn connect<H: Hub>(
     request: Request,
 ) -> Response {
     let headers = request.headers();
-    let user = match identify(&server, headers, &params) {
-        Ok(user) => user,
+    let identity = match identify(&server, headers, &params).await {
+        Ok(identity) => identity,
         Err(refusal) => return refusal.into_response(),
     };
     let ip = client_ip(&request);
     let result = if is_websocket(headers) {
-        connect_websocket(server, params, user, ip, request).await
+        connect_websocket(server, params, identity, ip, request).await
     } else if accepts_event_stream(headers) {
-        connect_sse(server, &params, user, ip)
+        connect_sse(server, &params, identity, ip)
     } else {
-        long_poll(server, &params, user, ip).await
+        long_poll(server, &params, identity, ip).await
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
@@ -304,10 +317,11 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
 async fn connect_websocket<H: Hub>(
     server: Arc<ServerState<H>>,
     params: Vec<(String, String)>,
-    user: String,
+    identity: Identity,
     ip: Option<IpAddr>,
     request: Request,
 ) -> Result<Response, Refusal> {
+    let Identity { user, expires_at } = identity;
     ensure_enabled(&server, Transport::WebSockets)?;
     ensure_not_shutting_down(&server)?;
     let (mut parts, _body) = request.into_parts();
@@ -326,7 +340,8 @@ async fn connect_websocket<H: Hub>(
         // skipNegotiation: the connection starts here.
         None => new_random_id(),
     };
-    Ok(websocket::upgrade(server, upgrade, connection_id, user, negotiated, admission))
+    let started = websocket::Started { connection_id, user, expires_at, negotiated, admission };
+    Ok(websocket::upgrade(server, upgrade, started))
 }
 
 /// A place under the connection caps, taken before the transport starts so that
@@ -369,9 +384,10 @@ fn posted_bodies(rx: mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item = 
 fn connect_sse<H: Hub>(
     server: Arc<ServerState<H>>,
     params: &[(String, String)],
-    user: String,
+    identity: Identity,
     ip: Option<IpAddr>,
 ) -> Result<Response, Refusal> {
+    let Identity { user, expires_at } = identity;
     ensure_enabled(&server, Transport::ServerSentEvents)?;
     ensure_not_shutting_down(&server)?;
     let negotiated = find(&server, params, &user)?;
@@ -394,7 +410,8 @@ fn connect_sse<H: Hub>(
     let response = sse::response(outbound, live.clone());
     let liveness = Liveness::ClientTimeout(config.client_timeout);
     tokio::spawn(async move {
-        session::run(server.clone(), connection, posted_bodies(rx), liveness, live).await;
+        session::run(server.clone(), connection, posted_bodies(rx), liveness, live, expires_at)
+            .await;
         server.registry.remove_negotiated(&negotiated.token);
     });
     Ok(response)
@@ -403,9 +420,10 @@ fn connect_sse<H: Hub>(
 async fn long_poll<H: Hub>(
     server: Arc<ServerState<H>>,
     params: &[(String, String)],
-    user: String,
+    identity: Identity,
     ip: Option<IpAddr>,
 ) -> Result<Response, Refusal> {
+    let Identity { user, expires_at } = identity;
     ensure_enabled(&server, Transport::LongPolling)?;
     let negotiated = find(&server, params, &user)?;
     let existing = match &*lock(&negotiated.state) {
@@ -438,8 +456,16 @@ async fn long_poll<H: Hub>(
     let disconnect_timeout = config.long_poll_disconnect_timeout;
     let liveness = Liveness::Polling(polls.clone(), disconnect_timeout);
     tokio::spawn(async move {
-        session::run(server.clone(), connection.clone(), posted_bodies(rx), liveness, live.clone())
-            .await;
+        let inbound = posted_bodies(rx);
+        session::run(
+            server.clone(),
+            connection.clone(),
+            inbound,
+            liveness,
+            live.clone(),
+            expires_at,
+        )
+        .await;
         // Let the client fetch what is left (the Close message); the connection is
         // no longer live once it has. Its id is kept until a poll has been told 204
         // (as ASP.NET does), so one more poll ends cleanly rather than with 404.
@@ -466,7 +492,7 @@ pub(crate) async fn send<H: Hub>(
     body: Body,
 ) -> Response {
     let result = async {
-        let user = identify(&server, &headers, &params)?;
+        let user = identify(&server, &headers, &params).await?.user;
         let negotiated = find(&server, &params, &user)?;
         let (inbound, connection) = match &*lock(&negotiated.state) {
             NegotiatedState::Pending { .. } => return Err(Refusal::NotStarted),
@@ -569,8 +595,8 @@ pub(crate) async fn delete<H: Hub>(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Response {
-    let result = (|| {
-        let user = identify(&server, &headers, &params)?;
+    let result = async {
+        let user = identify(&server, &headers, &params).await?.user;
         let negotiated = find(&server, &params, &user)?;
         match &*lock(&negotiated.state) {
             NegotiatedState::LongPolling { connection, .. } => {
@@ -582,7 +608,8 @@ pub(crate) async fn delete<H: Hub>(
             }
             _ => Err(Refusal::DeleteNotLongPolling),
         }
-    })();
+    }
+    .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
 

@@ -19,13 +19,14 @@ mod websocket;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::routing::{get, post};
 use futures_util::future::BoxFuture;
 
 pub use connection::{Connection, SendError};
+pub use session::CREDENTIAL_EXPIRED;
 
 use crate::negotiate::Transport;
 use crate::value::Value;
@@ -38,8 +39,17 @@ pub trait Hub: Send + Sync + 'static {
 
     /// Maps a credential to a user. The token is the `Authorization` header value
     /// with a leading `Bearer ` removed, else the `access_token` query parameter (the
-    /// header wins). `Err` answers 401 with the reason.
-    fn authenticate(&self, token: &str) -> Result<String, String>;
+    /// header wins). `Err` answers 401 with the reason (and its challenge, if any).
+    /// Called on negotiate and on every transport request.
+    fn authenticate(&self, token: &str) -> impl Future<Output = Result<Identity, Refused>> + Send;
+
+    /// The refusal (401) of a request that carries no credential at all.
+    fn unauthenticated(&self) -> Refused {
+        Refused::from(
+            "no identity: send an Authorization header or an access_token query parameter"
+                .to_owned(),
+        )
+    }
 
     /// A connection completed its handshake. `Err` closes it with that error.
     fn connected(
@@ -59,6 +69,37 @@ pub trait Hub: Send + Sync + 'static {
 
     /// The connection is gone; called exactly once for every successful `connected`.
     fn disconnected(&self, session: Self::Session) -> impl Future<Output = ()> + Send;
+}
+
+/// Who a credential belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    /// When the credential stops being valid. A connection started with it is
+    /// closed then, with an error saying so and `allowReconnect: true`, so that a
+    /// stock client reconnects with a fresh one.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl From<String> for Identity {
+    /// A credential that does not expire.
+    fn from(user: String) -> Self {
+        Identity { user, expires_at: None }
+    }
+}
+
+/// Why a credential was refused: answered 401 with `reason` as the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: String,
+    /// The `WWW-Authenticate` header value, e.g. `Bearer error="invalid_token"`.
+    pub challenge: Option<String>,
+}
+
+impl From<String> for Refused {
+    fn from(reason: String) -> Self {
+        Refused { reason, challenge: None }
+    }
 }
 
 /// What an invocation returns. A result is `Ok(None)` to complete without a

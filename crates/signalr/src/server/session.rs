@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -45,6 +45,9 @@ pub(crate) enum Liveness {
     Polling(Arc<PollState>, Duration),
 }
 
+/// The Close message's error when the user's credential expires.
+pub const CREDENTIAL_EXPIRED: &str = "the access token expired: reconnect with a fresh one";
+
 /// The error text when an incoming frame or record is over the limit.
 pub(crate) fn too_large(size: Option<usize>, limit: usize) -> String {
     match size {
@@ -55,12 +58,15 @@ pub(crate) fn too_large(size: Option<usize>, limit: usize) -> String {
 
 /// Runs the connection to its end. Returns once `disconnected` has run (if
 /// `connected` had succeeded); the transport's writer may still be draining.
+/// At `expires_at` (the user's credential expires) the connection is closed
+/// with an error saying so and `allowReconnect: true`.
 pub(crate) async fn run<H: Hub>(
     server: Arc<ServerState<H>>,
     connection: Connection,
     inbound: impl Stream<Item = Inbound> + Send,
     liveness: Liveness,
     live: LiveGuard,
+    expires_at: Option<SystemTime>,
 ) {
     let span = info_span!(
         "signalr_connection",
@@ -68,7 +74,25 @@ pub(crate) async fn run<H: Hub>(
         user = connection.user(),
         transport = connection.transport().name(),
     );
-    run_inner(server, connection, inbound, liveness).instrument(span).await;
+    let session = run_inner(server, connection.clone(), inbound, liveness).instrument(span);
+    match expires_at {
+        None => session.await,
+        Some(at) => {
+            let mut session = pin!(session);
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::select! {
+                () = session.as_mut() => {}
+                () = tokio::time::sleep(left) => {
+                    debug!(connection_id = connection.id(), "the credential expired: closing");
+                    connection.request_close(CloseRequest {
+                        allow_reconnect: true,
+                        ..CloseRequest::with_error(CREDENTIAL_EXPIRED)
+                    });
+                    session.await;
+                }
+            }
+        }
+    }
     drop(live);
 }
 

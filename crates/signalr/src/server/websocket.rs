@@ -4,7 +4,7 @@
 //! Ping, because some clients (signalrcore) take ping frames for data.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
@@ -25,23 +25,31 @@ const MAX_WRITE_BATCH_BYTES: usize = 16 * 1024;
 /// How long a write may take once the connection is being torn down.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Completes the upgrade and runs the connection. `negotiated` is `None` for a client
-/// that skipped negotiation; `admission` is its place under the connection caps,
-/// given back when the connection ends or the upgrade never happens.
+/// A WebSocket connection about to start.
+pub(crate) struct Started {
+    pub(crate) connection_id: String,
+    pub(crate) user: String,
+    /// When the user's credential expires; the session closes then.
+    pub(crate) expires_at: Option<SystemTime>,
+    /// `None` for a client that skipped negotiation.
+    pub(crate) negotiated: Option<Arc<Negotiated>>,
+    /// Its place under the connection caps, given back when the connection ends
+    /// or the upgrade never happens.
+    pub(crate) admission: Admission,
+}
+
+/// Completes the upgrade and runs the connection.
 pub(crate) fn upgrade<H: Hub>(
     server: Arc<ServerState<H>>,
     upgrade: WebSocketUpgrade,
-    connection_id: String,
-    user: String,
-    negotiated: Option<Arc<Negotiated>>,
-    admission: Admission,
+    started: Started,
 ) -> Response {
     let config = &server.config;
     // Frames up to twice the limit are read so that the session can close an
     // oversized message with an error naming the limit; beyond that tungstenite
     // refuses them itself.
     let read_limit = config.max_batch_size.saturating_mul(2).max(1024);
-    let failed_token = negotiated.as_ref().map(|n| n.token.clone());
+    let failed_token = started.negotiated.as_ref().map(|n| n.token.clone());
     let failed_registry = server.registry.clone();
     upgrade
         .read_buffer_size(config.ws_read_buffer_size)
@@ -55,17 +63,11 @@ pub(crate) fn upgrade<H: Hub>(
                 failed_registry.remove_negotiated(&token);
             }
         })
-        .on_upgrade(move |socket| run(server, socket, connection_id, user, negotiated, admission))
+        .on_upgrade(move |socket| run(server, socket, started))
 }
 
-async fn run<H: Hub>(
-    server: Arc<ServerState<H>>,
-    socket: WebSocket,
-    connection_id: String,
-    user: String,
-    negotiated: Option<Arc<Negotiated>>,
-    admission: Admission,
-) {
+async fn run<H: Hub>(server: Arc<ServerState<H>>, socket: WebSocket, started: Started) {
+    let Started { connection_id, user, expires_at, negotiated, admission } = started;
     let config = &server.config;
     let (connection, outbound) = Connection::new(
         connection_id,
@@ -94,6 +96,7 @@ async fn run<H: Hub>(
         inbound,
         Liveness::ClientTimeout(config.client_timeout),
         live,
+        expires_at,
     )
     .await;
     if let Some(negotiated) = negotiated {

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use next_chat_signalr::server::{Connection, Hub, HubConfig, HubServer, Invoked};
+use next_chat_signalr::server::{
+    Connection, Hub, HubConfig, HubServer, Identity, Invoked, Refused,
+};
 use next_chat_signalr::{HubMessage, Protocol, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,11 +35,30 @@ pub struct EchoSession {
 impl Hub for EchoHub {
     type Session = EchoSession;
 
-    fn authenticate(&self, token: &str) -> Result<String, String> {
+    /// `USER~MS`: `USER`, whose credential expires in `MS` milliseconds;
+    /// `challenged` is refused with a `WWW-Authenticate` challenge.
+    async fn authenticate(&self, token: &str) -> Result<Identity, Refused> {
+        if token == "challenged" {
+            return Err(Refused {
+                reason: "the token is no good".to_owned(),
+                challenge: Some("Bearer error=\"invalid_token\"".to_owned()),
+            });
+        }
         if token.is_empty() || token == "invalid" {
-            Err(format!("invalid user '{token}'"))
-        } else {
-            Ok(token.to_owned())
+            return Err(format!("invalid user '{token}'").into());
+        }
+        match token.split_once('~') {
+            Some((user, ms)) => Ok(Identity {
+                user: user.to_owned(),
+                expires_at: Some(
+                    std::time::SystemTime::now()
+                        + std::time::Duration::from_millis(
+                            ms.parse()
+                                .map_err(|_| Refused::from(format!("bad expiry in '{token}'")))?,
+                        ),
+                ),
+            }),
+            None => Ok(token.to_owned().into()),
         }
     }
 

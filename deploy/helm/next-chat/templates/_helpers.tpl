@@ -138,7 +138,40 @@ secretKeyRef:
 {{- end }}
 
 {{/* Refuses value combinations that would deploy something broken. */}}
+{{- /* The secretKeyRef of the JWT key (auth.jwt.existingSecret). */ -}}
+{{- define "next-chat.jwtKeySource" -}}
+secretKeyRef:
+  name: {{ .Values.auth.jwt.existingSecret }}
+  key: {{ .Values.auth.jwt.existingSecretKey }}
+{{- end }}
+
+{{- /* NEXT_CHAT_JWT_ISSUER and _AUDIENCE when set: the server checks them and the test Pod puts them in its tokens. */ -}}
+{{- define "next-chat.jwtClaimsEnv" -}}
+{{- if .Values.auth.jwt.issuer }}
+- name: NEXT_CHAT_JWT_ISSUER
+  value: {{ .Values.auth.jwt.issuer | quote }}
+{{- end }}
+{{- if .Values.auth.jwt.audience }}
+- name: NEXT_CHAT_JWT_AUDIENCE
+  value: {{ .Values.auth.jwt.audience | quote }}
+{{- end }}
+{{- end }}
+
+{{- /* Non-empty when the JWT public key is mounted from auth.jwt.existingSecret. */ -}}
+{{- define "next-chat.jwtPublicKeyMounted" -}}
+{{- if and (eq .Values.auth.mode "jwt") (not .Values.auth.jwt.jwksUrl) (eq .Values.auth.jwt.keyType "publicKey") }}true{{- end }}
+{{- end }}
+
 {{- define "next-chat.validate" -}}
+{{- if not (or (eq .Values.auth.mode "header") (eq .Values.auth.mode "jwt")) }}
+{{- fail (printf "auth.mode must be header or jwt, not %s" .Values.auth.mode) }}
+{{- end }}
+{{- if and (eq .Values.auth.mode "jwt") (not .Values.auth.jwt.jwksUrl) (not .Values.auth.jwt.existingSecret) }}
+{{- fail "auth.mode jwt needs a key: auth.jwt.existingSecret (with keyType secret or publicKey) or auth.jwt.jwksUrl" }}
+{{- end }}
+{{- if not (or (eq .Values.auth.jwt.keyType "secret") (eq .Values.auth.jwt.keyType "publicKey")) }}
+{{- fail (printf "auth.jwt.keyType must be secret or publicKey, not %s" .Values.auth.jwt.keyType) }}
+{{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not (include "next-chat.hasRedis" .)) }}
 {{- fail "replicaCount > 1 needs Redis: set redis.enabled=true, externalRedis.url or externalRedis.existingSecret" }}
 {{- end }}
