@@ -15,7 +15,10 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
-const [base, fullGroup, longGroup, longCountText] = process.argv.slice(2);
+// `--jwt BASE TOKEN USER` runs only the token sign-in test, against a server
+// started with --auth jwt (TOKEN is valid for USER).
+const jwt = process.argv[2] === "--jwt" ? { base: process.argv[3], token: process.argv[4], user: process.argv[5] } : null;
+const [base, fullGroup, longGroup, longCountText] = jwt ? [jwt.base] : process.argv.slice(2);
 const longCount = Number(longCountText);
 const root = join(dirname(fileURLToPath(import.meta.url)), "../..");
 const failures = join(root, "target/web-test-failures");
@@ -174,8 +177,32 @@ const tests = {
   },
 };
 
+const jwtTests = {
+  async "a token signs in, names its user and a bad token is refused in words"() {
+    const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+    const page = await context.newPage();
+    page.setDefaultTimeout(STEP_MS);
+    pages.push({ name: "token", page });
+    await page.goto(base);
+    await page.waitForFunction(() => document.querySelector("#identity-label").textContent === "Access token");
+    await page.fill("#identity", "not-a-token");
+    await page.click("#sign-in button[type=submit]");
+    await page.waitForFunction(() => document.querySelector("#sign-in-error").textContent.length > 0);
+    assert(await page.locator("#chat-view").isHidden(), "a refused token does not open the chat");
+    await page.fill("#identity", jwt.token);
+    await page.click("#sign-in button[type=submit]");
+    await connected(page);
+    assert((await page.locator("#me").textContent()) === `Signed in as ${jwt.user}`, "the token's user is shown");
+    const group = unique("jwt");
+    await createAndOpen(page, group);
+    await send(page, "signed with a token");
+    await page.waitForSelector(".message.mine .text");
+    assert((await page.locator(".message.mine .author").textContent()) === jwt.user, "authorId is the token's sub");
+  },
+};
+
 let failed = 0;
-for (const [name, test] of Object.entries(tests)) {
+for (const [name, test] of Object.entries(jwt ? jwtTests : tests)) {
   const started = Date.now();
   try {
     await test();

@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use next_chat_client::{Client, ClientOptions, Events, JoinResult};
+use next_chat_testkit::identity::{TEST_SECRET, hs256_token, secret_file};
 use next_chat_testkit::{TestServer, unique};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
@@ -28,9 +29,8 @@ async fn connect(server: &TestServer, user: &str) -> (Client, Events) {
         .unwrap_or_else(|e| panic!("{user} connects: {e}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_web_page_works_in_chromium() {
-    let root = repo_root();
+/// Chromium, after checking that it and playwright-core are installed.
+fn chromium(root: &Path) -> String {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists(),
@@ -40,6 +40,47 @@ async fn the_web_page_works_in_chromium() {
         root.join("tests/web/node_modules/playwright-core/package.json").exists(),
         "playwright-core is not installed: run scripts/test, which runs `npm ci` in tests/web"
     );
+    chromium
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_signs_in_with_a_token_in_jwt_mode() {
+    let root = repo_root();
+    let chromium = chromium(&root);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), TEST_SECRET);
+    let server = TestServer::start(vec![
+        "--auth".into(),
+        "jwt".into(),
+        "--jwt-secret-file".into(),
+        secret.display().to_string(),
+    ])
+    .await;
+    let user = unique("tina-");
+    let token = hs256_token(TEST_SECRET, &user, 600);
+    let output = tokio::time::timeout(
+        SUITE_TIMEOUT,
+        Command::new("node")
+            .arg(root.join("tests/web/page.test.js"))
+            .args(["--jwt", &server.base_url, &token, &user])
+            .env("CHROMIUM", &chromium)
+            .current_dir(&root)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser suite finishes")
+    .expect("node runs tests/web/page.test.js");
+    let text = String::from_utf8_lossy(&output.stdout);
+    println!("{text}");
+    assert!(output.status.success(), "the browser suite failed:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_works_in_chromium() {
+    let root = repo_root();
+    let chromium = chromium(&root);
     let mut server = TestServer::embedded().await;
 
     // A group of 20 members, and one with a long history.
