@@ -105,6 +105,16 @@ pub trait HistoryStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Message>, BackendError>;
 
+    /// The group's first `limit` messages with ids above `after`, oldest
+    /// first: paging forward from a message a client saw last. `after` need
+    /// not be a stored message's id; it is a position.
+    async fn read_after(
+        &self,
+        group: &GroupId,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<Message>, BackendError>;
+
     /// Whether `id` is one of the group's stored messages.
     async fn contains(&self, group: &GroupId, id: MessageId) -> Result<bool, BackendError>;
 

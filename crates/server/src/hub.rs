@@ -202,10 +202,11 @@ enum Method {
     LeaveGroup,
     SendMessage,
     GetHistory,
+    GetMessagesAfter,
 }
 
 impl Method {
-    const ALL: [Method; 7] = [
+    const ALL: [Method; 8] = [
         Method::CreateGroup,
         Method::ListGroups,
         Method::ListGroupsPage,
@@ -213,6 +214,7 @@ impl Method {
         Method::LeaveGroup,
         Method::SendMessage,
         Method::GetHistory,
+        Method::GetMessagesAfter,
     ];
 
     fn name(self) -> &'static str {
@@ -224,6 +226,7 @@ impl Method {
             Method::LeaveGroup => "LeaveGroup",
             Method::SendMessage => "SendMessage",
             Method::GetHistory => "GetHistory",
+            Method::GetMessagesAfter => "GetMessagesAfter",
         }
     }
 
@@ -305,6 +308,14 @@ impl ChatHub {
                         args.optional_string(1)?,
                         args.integer(2)?,
                     )
+                    .await
+                    .map_err(chat_error)?;
+                Ok(Reply::Now(Some(Value::Array(messages.iter().map(message_value).collect()))))
+            }
+            Method::GetMessagesAfter => {
+                let args = Arguments::new(name, &["groupId", "afterId", "limit"], values)?;
+                let messages = chat
+                    .get_messages_after(session, args.string(0)?, args.string(1)?, args.integer(2)?)
                     .await
                     .map_err(chat_error)?;
                 Ok(Reply::Now(Some(Value::Array(messages.iter().map(message_value).collect()))))
