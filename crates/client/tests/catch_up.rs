@@ -175,11 +175,23 @@ async fn a_client_moved_to_another_instance_after_the_first_died_misses_nothing(
     send_all(&cy_b, &on_b).await;
     proxy.retarget(&format!("127.0.0.1:{}", b.port));
     proxy.restore();
+    // And B goes on taking messages while ann comes back.
+    let live = numbered("live", 0..50);
+    let sender = {
+        let cy_b = cy_b.clone();
+        let live = live.clone();
+        tokio::spawn(async move { send_all(&cy_b, &live).await })
+    };
 
-    let back = collect(&mut events, on_a.len() + on_b.len()).await;
-    let expected: Vec<String> = on_a.iter().chain(&on_b).cloned().collect();
+    let back = collect(&mut events, on_a.len() + on_b.len() + live.len()).await;
+    sender.await.expect("cy sent");
+    let expected: Vec<String> = on_a.iter().chain(&on_b).chain(&live).cloned().collect();
     assert_eq!(back.texts, expected, "every message sent on A and B once, in order");
-    assert_eq!(back.caught_up, [("g".to_string(), 300, true)]);
+    let [(group, missed, complete)] = back.caught_up.as_slice() else {
+        panic!("one CaughtUp: {:?}", back.caught_up)
+    };
+    assert_eq!((group.as_str(), *complete), ("g", true));
+    assert!((300..=350).contains(missed), "caught up on {missed}");
     cy_b.send_message("g", "after").await.expect("sends");
     assert_eq!(next_message(&mut events).await.text, "after");
     ann.close().await;
