@@ -2,7 +2,7 @@
 //! functions with raw arguments; they validate, apply the rules and talk to the
 //! backends through their traits. Nothing here knows about sockets or codecs.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -478,7 +478,9 @@ impl ChatService {
     }
 
     /// `GetMessagesAfter`: up to `limit` of the group's messages after `after`,
-    /// oldest first, as many as fit in one page (at least one). For a client
+    /// oldest first, as many as fit in one page (at least one); those another
+    /// instance accepted and has not stored yet included, as far as
+    /// `Messaging::recent_after` reaches. For a client
     /// catching up after a reconnect: it pages on from the last id it got
     /// until a page is empty. `after` is a position, not necessarily a message
     /// this instance knows yet (the client may have seen it on another
@@ -502,7 +504,21 @@ impl ChatService {
             }
             other => other,
         })?;
-        let page = self.history.read_after(&group, after, limit).await?;
+        // History (stored, and this instance's unsaved), and the log's newest
+        // entries for what other instances accepted and have not stored yet;
+        // merged by id, the first `limit`.
+        let stored = self.history.read_after(&group, after, limit).await?;
+        let recent = self.messaging.recent_after(&group, after).await?;
+        let page = if recent.is_empty() {
+            stored
+        } else {
+            let mut merged: BTreeMap<MessageId, Message> =
+                stored.into_iter().map(|m| (m.id, m)).collect();
+            merged.extend(
+                recent.into_iter().filter(|m| m.id > after && m.group == group).map(|m| (m.id, m)),
+            );
+            merged.into_values().take(limit).collect()
+        };
         let budget = self.config.history_page_max_bytes.saturating_sub(PAGE_ENVELOPE_BYTES);
         Ok(oldest_within(page, budget, |m| session.recipient.encoded_size(m)))
     }

@@ -20,6 +20,9 @@ use next_chat_core::{
 struct Counter {
     fanout: Arc<LocalFanout>,
     next: Mutex<u64>,
+    /// What `recent_after` finds in the log: messages another instance
+    /// accepted and has not stored yet.
+    elsewhere: Mutex<Vec<Message>>,
 }
 
 #[async_trait]
@@ -44,6 +47,14 @@ impl Messaging for Counter {
     }
     async fn check(&self) -> Result<(), BackendError> {
         Ok(())
+    }
+    async fn recent_after(
+        &self,
+        group: &GroupId,
+        after: MessageId,
+    ) -> Result<Vec<Message>, BackendError> {
+        let elsewhere = self.elsewhere.lock().unwrap();
+        Ok(elsewhere.iter().filter(|m| &m.group == group && m.id > after).cloned().collect())
     }
 }
 
@@ -163,6 +174,7 @@ impl Recipient for Quiet {
 struct Fixture {
     chat: ChatService,
     store: Arc<Store>,
+    messaging: Arc<Counter>,
     ann: Session,
 }
 
@@ -172,11 +184,15 @@ fn fixture(config: ChatConfig) -> Fixture {
     let writer_config =
         HistoryWriterConfig { save_timeout: Duration::from_secs(10), ..Default::default() };
     let history = HistoryWriter::start(store.clone(), writer_config, Arc::new(NoObserver));
-    let messaging = Arc::new(Counter { fanout: fanout.clone(), next: Mutex::new(0) });
-    let chat = ChatService::new(config, messaging, Arc::new(Open), history, fanout);
+    let messaging = Arc::new(Counter {
+        fanout: fanout.clone(),
+        next: Mutex::new(0),
+        elsewhere: Mutex::new(Vec::new()),
+    });
+    let chat = ChatService::new(config, messaging.clone(), Arc::new(Open), history, fanout);
     let ann =
         chat.open_session(UserId::from_trusted("ann"), Arc::new(Quiet(ConnectionId::new("c1"))));
-    Fixture { chat, store, ann }
+    Fixture { chat, store, messaging, ann }
 }
 
 impl Fixture {
@@ -253,6 +269,35 @@ async fn messages_not_yet_stored_are_included_in_order() {
     assert_eq!(f.after("0-0", 500).await.unwrap(), texts(1..7));
     assert_eq!(f.after("2-0", 3).await.unwrap(), texts(3..6), "the limit spans both");
     assert_eq!(f.after("4-0", 500).await.unwrap(), texts(5..7));
+}
+
+#[tokio::test]
+async fn messages_another_instance_has_not_stored_yet_are_found_in_the_log() {
+    let f = fixture(ChatConfig::default());
+    f.chat.join_group(&f.ann, "g").await.unwrap();
+    f.send(texts(1..6)).await;
+    let from_c = |group: &str, millis, seq, text: &str| Message {
+        id: MessageId::new(millis, seq),
+        author: UserId::from_trusted("cy"),
+        group: GroupId::from_trusted(group),
+        send_time: SystemTime::UNIX_EPOCH,
+        text: next_chat_core::MessageText::from_trusted(text),
+    };
+    // Accepted on another instance between 3-0 and 4-0, and one after the
+    // last; the log also holds one already stored here, and another group's.
+    *f.messaging.elsewhere.lock().unwrap() = vec![
+        from_c("g", 3, 1, "from C"),
+        from_c("g", 5, 0, "m005"),
+        from_c("h", 5, 1, "other group"),
+        from_c("g", 9, 0, "late from C"),
+    ];
+    let mut all = texts(1..6);
+    all.insert(3, "from C".into());
+    all.push("late from C".into());
+    assert_eq!(f.after("0-0", 500).await.unwrap(), all, "merged by id, each once");
+    assert_eq!(f.after("0-0", 3).await.unwrap(), all[..3], "the limit applies to the merge");
+    assert_eq!(f.after("3-0", 2).await.unwrap(), all[3..5]);
+    assert_eq!(f.after("5-0", 500).await.unwrap(), ["late from C"]);
 }
 
 #[tokio::test]

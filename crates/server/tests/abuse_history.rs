@@ -224,14 +224,16 @@ async fn a_full_unsaved_set_refuses_sends_and_delivers_nothing_for_them() {
     .await;
 }
 
-/// `GetMessagesAfter` finds the messages this instance accepted while MySQL
-/// could not store them: a client catching up while history is behind misses
-/// none of them.
+/// `GetMessagesAfter` finds the messages accepted while MySQL could not store
+/// them: on the instance that accepted them (its writer's queue) and on
+/// another one (the Redis stream's newest entries). A client catching up while
+/// history is behind, wherever it reconnects, misses none of them.
 #[tokio::test]
-async fn messages_after_an_id_include_those_not_yet_stored() {
+async fn messages_after_an_id_include_those_not_yet_stored_on_any_instance() {
     let scale = ScaleOut::create();
-    let server = TestServer::start(scale.args()).await;
-    let (ann, _events) = connect(&server, "ann").await;
+    let a = TestServer::start(scale.args()).await;
+    let b = TestServer::start(scale.args()).await;
+    let (ann, _events) = connect(&a, "ann").await;
     assert_eq!(ann.join_group(GROUP).await, Ok(JoinResult::Joined));
     for i in 0..3 {
         ann.send_message(GROUP, &format!("stored {i}")).await.unwrap();
@@ -251,13 +253,17 @@ async fn messages_after_an_id_include_those_not_yet_stored() {
         page.into_iter().map(|m| m.text).collect()
     };
     let unsaved: Vec<String> = (0..4).map(|i| format!("unsaved {i}")).collect();
-    let after_stored = ann.get_messages_after(GROUP, &last_stored.id, 500).await.unwrap();
-    assert_eq!(texts(after_stored), unsaved);
-    let all = texts(ann.get_messages_after(GROUP, "0-0", 500).await.unwrap());
-    assert_eq!(all[..3], ["stored 0", "stored 1", "stored 2"]);
-    assert_eq!(all[3..], unsaved);
-    let two = texts(ann.get_messages_after(GROUP, "0-0", 5).await.unwrap());
-    assert_eq!(two, all[..5], "the limit spans stored and unsaved");
+    let (bob, _bob_events) = connect(&b, "bob").await;
+    assert_eq!(bob.join_group(GROUP).await, Ok(JoinResult::Joined));
+    for (instance, client) in [("A", &ann), ("B", &bob)] {
+        let after_stored = client.get_messages_after(GROUP, &last_stored.id, 500).await.unwrap();
+        assert_eq!(texts(after_stored), unsaved, "on {instance}");
+        let all = texts(client.get_messages_after(GROUP, "0-0", 500).await.unwrap());
+        assert_eq!(all[..3], ["stored 0", "stored 1", "stored 2"], "on {instance}");
+        assert_eq!(all[3..], unsaved, "on {instance}");
+        let five = texts(client.get_messages_after(GROUP, "0-0", 5).await.unwrap());
+        assert_eq!(five, all[..5], "on {instance}: the limit spans stored and unsaved");
+    }
     lock.release().await;
     eventually(Duration::from_secs(30), "all 7 rows stored", || async {
         stored_rows(&scale.database).await == 7
