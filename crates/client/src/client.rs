@@ -500,7 +500,17 @@ async fn catch_up(
             break;
         }
         let limit = u32::try_from(room.min(CATCH_UP_PAGE)).unwrap_or(1);
-        let page = get_messages_after(shared, handle, group, &after, limit).await?;
+        let page = match get_messages_after(shared, handle, group, &after, limit).await {
+            Ok(page) => page,
+            // Refused (say by a server from before GetMessagesAfter, during
+            // an upgrade): go on from the history, saying the gap was not filled.
+            Err(ClientError::Server(error)) => {
+                tracing::warn!(group, %error, "catching up failed; going on from the history");
+                complete = false;
+                break;
+            }
+            Err(other) => return Err(other),
+        };
         let Some(newest) = page.last() else { break };
         after = newest.id.clone();
         let met = meet.as_ref().and_then(|first| page.iter().position(|m| &m.id == first));

@@ -39,8 +39,9 @@ pub enum Event {
     RejoinFailed { group: String, error: String },
     /// After a reconnect, the messages of `group` missed while away have been
     /// delivered (as [`Event::Message`], before this): `missed` of them.
-    /// `complete` is false only when there were more than
-    /// `ClientOptions::catch_up_max_messages` and the rest were skipped.
+    /// `complete` is false when there were more than
+    /// `ClientOptions::catch_up_max_messages`, or the server refused
+    /// `GetMessagesAfter`, and the rest of the gap was skipped.
     CaughtUp { group: String, missed: usize, complete: bool },
     /// Connected again, groups rejoined and missed messages delivered.
     Reconnected,
