@@ -177,6 +177,7 @@ fn describe(style: Style, client: Option<&Client>, event: Event) -> Vec<(String,
         Event::RejoinFailed { group, error } => {
             vec![(style.error(&format!("could not rejoin {group}: {error}")), true)]
         }
+        Event::CaughtUp { group, missed, complete } => caught_up(style, &group, missed, complete),
         Event::Reconnected => {
             let groups = client.map(Client::joined_groups).unwrap_or_default();
             let rejoined = if groups.is_empty() {
@@ -191,6 +192,23 @@ fn describe(style: Style, client: Option<&Client>, event: Event) -> Vec<(String,
             true,
         )],
         Event::Closed { error: None } => Vec::new(),
+    }
+}
+
+/// After a reconnect: how many messages of `group` were missed and are shown
+/// now (nothing when none were).
+fn caught_up(style: Style, group: &str, missed: usize, complete: bool) -> Vec<(String, bool)> {
+    let messages = if missed == 1 { "message" } else { "messages" };
+    let line = format!("caught up on {missed} missed {messages} in {group}");
+    match (missed, complete) {
+        (0, true) => Vec::new(),
+        (_, true) => vec![(style.info(&line), false)],
+        (_, false) => vec![(
+            style.error(&format!(
+                "{line}; more were missed than the client fetches, the rest were skipped"
+            )),
+            true,
+        )],
     }
 }
 
@@ -214,5 +232,19 @@ mod tests {
         assert_eq!(plain, format!("g [{}] ann: hi there", local_time(time)));
         let colored = Style { color: true }.message(&message);
         assert!(colored.contains("\x1b[") && colored.ends_with(": hi there"));
+    }
+
+    #[test]
+    fn a_catch_up_says_how_many_were_missed() {
+        let plain = Style { color: false };
+        let lines = |missed, complete| caught_up(plain, "g", missed, complete);
+        assert_eq!(
+            lines(137, true),
+            [("caught up on 137 missed messages in g".to_string(), false)]
+        );
+        assert_eq!(lines(1, true), [("caught up on 1 missed message in g".to_string(), false)]);
+        assert!(lines(0, true).is_empty());
+        let (text, error) = &lines(5, false)[0];
+        assert!(*error && text.contains("the rest were skipped"), "{text}");
     }
 }

@@ -4,7 +4,7 @@
 mod support;
 
 use next_chat_client::{Client, ClientOptions, JoinResult};
-use next_chat_testkit::TestServer;
+use next_chat_testkit::{TcpProxy, TestServer};
 use support::{Cli, Line, assert_clean, run_script};
 
 #[tokio::test]
@@ -178,6 +178,44 @@ async fn says_when_the_connection_drops_reconnects_and_shows_what_was_missed() {
     assert_clean(&seen);
     let once = seen.iter().chain(&rest).filter(|l| l.text().ends_with("bob: while you were away"));
     assert_eq!(once.count(), 1, "shown once: {seen:#?}");
+}
+
+#[tokio::test]
+async fn after_a_cut_says_how_many_missed_messages_it_caught_up_on() {
+    // More than the 100 a join's history holds.
+    const MISSED: usize = 150;
+    let server = TestServer::embedded().await;
+    let proxy = TcpProxy::start(&format!("127.0.0.1:{}", server.port)).await;
+    let url = format!("http://127.0.0.1:{}/next-chat", proxy.port);
+    let mut ann = Cli::spawn(&["--url", &url, "--user", "ann"]);
+    ann.expect_out("connected to").await;
+    ann.send("join g").await;
+    ann.expect_out("joined g").await;
+    let (bob, _events) =
+        Client::connect(ClientOptions::new(&server.url, "bob")).await.expect("bob connects");
+    bob.join_group("g").await.expect("bob joins");
+    bob.send_message("g", "seen").await.expect("sends");
+    ann.expect_message("g", "bob", "seen").await;
+
+    // Kept off while bob sends, so every one of them is missed.
+    proxy.cut();
+    ann.expect_err("connection lost").await;
+    for i in 0..MISSED {
+        bob.send_message("g", &format!("away {i}")).await.expect("sends");
+    }
+    proxy.restore();
+    ann.expect_out(&format!("caught up on {MISSED} missed messages in g")).await;
+    ann.expect_out("reconnected; rejoined g").await;
+    ann.send("bye").await;
+    let seen = ann.seen.clone();
+    let (code, _) = ann.finish().await;
+    assert_eq!(code, Some(0));
+    let shown: Vec<String> = seen
+        .iter()
+        .filter_map(|l| l.text().split_once("] bob: away ").map(|(_, n)| format!("away {n}")))
+        .collect();
+    let expected: Vec<String> = (0..MISSED).map(|i| format!("away {i}")).collect();
+    assert_eq!(shown, expected, "each missed message shown once, in order: {seen:#?}");
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! hub calls with timeouts, and, when asked for, reconnecting with backoff,
 //! rejoining the groups the client had joined and catching up on what it missed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -22,12 +22,12 @@ use crate::options::{ClientOptions, ReconnectPolicy};
 use crate::transport;
 use crate::wire;
 
-/// The largest page `GetHistory` accepts; catching up fetches this many at a time.
-const HISTORY_PAGE: u32 = 500;
+/// The largest page `GetMessagesAfter` accepts; catching up fetches this many at a time.
+const CATCH_UP_PAGE: usize = 500;
 
-/// Catching up after a reconnect reads back at most this many pages per group;
-/// past that, what was missed is delivered from there on.
-const MAX_CATCH_UP_PAGES: usize = 20;
+/// Where catching up starts in a group in which nothing was delivered yet:
+/// before every id, so it fetches every message sent since the join.
+const BEFORE_EVERY_ID: &str = "0-0";
 
 /// A connection to a Next Chat hub. Clones share the connection; calls may be
 /// made from several tasks at once. Dropping the last clone closes it.
@@ -209,6 +209,20 @@ impl Client {
         get_history(&self.inner.shared, &handle, group, before, limit).await
     }
 
+    /// At most `limit` messages of `group` after the message `after_id`,
+    /// oldest first (`GetMessagesAfter`). The client must have joined the
+    /// group. A page may be shorter than `limit` (the server caps pages in
+    /// bytes); page on from the last message's id until a page is empty.
+    pub async fn get_messages_after(
+        &self,
+        group: &str,
+        after_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Message>, ClientError> {
+        let handle = self.inner.shared.handle()?;
+        get_messages_after(&self.inner.shared, &handle, group, after_id, limit).await
+    }
+
     /// Closes the connection for every clone of this handle; `Event::Closed`
     /// (with no error) is the last event. Returns when the connection is closed.
     pub async fn close(self) {
@@ -296,6 +310,18 @@ async fn get_history(
     let arguments = vec![group.into(), wire::optional_str(before), Value::Int(i64::from(limit))];
     let outcome = call(shared, handle, "GetHistory", arguments, None).await?;
     wire::messages(&wire::expect_result("GetHistory", outcome)?)
+}
+
+async fn get_messages_after(
+    shared: &Shared,
+    handle: &ConnectionHandle,
+    group: &str,
+    after_id: &str,
+    limit: u32,
+) -> Result<Vec<Message>, ClientError> {
+    let arguments = vec![group.into(), after_id.into(), Value::Int(i64::from(limit))];
+    let outcome = call(shared, handle, "GetMessagesAfter", arguments, None).await?;
+    wire::messages(&wire::expect_result("GetMessagesAfter", outcome)?)
 }
 
 /// Owns the connection for the client's whole life: waits for it to end, then
@@ -427,8 +453,11 @@ async fn rejoin(shared: &Shared, handle: &ConnectionHandle) -> Result<(), Client
             Ok(JoinResult::Joined) => {
                 // The history arrives before the completion, on the same task.
                 let history = history_rx.await.unwrap_or_default();
-                let missed = catch_up(shared, handle, group, history).await?;
-                shared.delivery().release(group, missed);
+                let CatchUp { messages, complete } =
+                    catch_up(shared, handle, group, history).await?;
+                let mut delivery = shared.delivery();
+                let missed = delivery.release(group, messages);
+                delivery.event(Event::CaughtUp { group: group.clone(), missed, complete });
                 continue;
             }
             Ok(JoinResult::NoRoom) => "the group is full".to_string(),
@@ -444,29 +473,67 @@ async fn rejoin(shared: &Shared, handle: &ConnectionHandle) -> Result<(), Client
     Ok(())
 }
 
-/// The messages of `group` after the last one delivered, paging back through
-/// history until it is found.
+/// What a group missed while the client was away, oldest first.
+struct CatchUp {
+    messages: Vec<Message>,
+    /// False when `catch_up_max_messages` cut the fetching short.
+    complete: bool,
+}
+
+/// The messages of `group` after the last one delivered: from the rejoin's
+/// history when it reaches back that far, else paged forward with
+/// `GetMessagesAfter` from the last id until the pages meet the history (or
+/// end), then the history. Live messages are held back meanwhile and merged
+/// by id in `Delivery::release`.
 async fn catch_up(
     shared: &Shared,
     handle: &ConnectionHandle,
     group: &str,
-    mut history: Vec<Message>,
-) -> Result<Vec<Message>, ClientError> {
+    history: Vec<Message>,
+) -> Result<CatchUp, ClientError> {
     let last = shared.delivery().last_id(group);
-    for _ in 0..MAX_CATCH_UP_PAGES {
-        if let Some(missed) = missed_since(last.as_deref(), &history) {
-            return Ok(missed);
-        }
-        let Some(oldest) = history.first().map(|m| m.id.clone()) else {
-            break;
-        };
-        let older = get_history(shared, handle, group, Some(&oldest), HISTORY_PAGE).await?;
-        if older.is_empty() {
-            break;
-        }
-        history.splice(0..0, older);
+    if let Some(missed) = last.as_deref().and_then(|last| missed_since(Some(last), &history)) {
+        return Ok(CatchUp { messages: missed, complete: true });
     }
-    // The last message delivered is out of reach: everything fetched is new or
-    // is dropped as a duplicate.
-    Ok(history)
+    let max = shared.options.catch_up_max_messages;
+    let meet = history.first().map(|m| m.id.clone());
+    let mut after = last.unwrap_or_else(|| BEFORE_EVERY_ID.to_string());
+    let mut fetched: Vec<Message> = Vec::new();
+    let mut complete = true;
+    loop {
+        let room = max.saturating_sub(fetched.len());
+        if room == 0 {
+            complete = false;
+            break;
+        }
+        let limit = u32::try_from(room.min(CATCH_UP_PAGE)).unwrap_or(1);
+        let page = match get_messages_after(shared, handle, group, &after, limit).await {
+            Ok(page) => page,
+            // Refused (say by a server from before GetMessagesAfter, during
+            // an upgrade): go on from the history, saying the gap was not filled.
+            Err(ClientError::Server(error)) => {
+                tracing::warn!(group, %error, "catching up failed; going on from the history");
+                complete = false;
+                break;
+            }
+            Err(other) => return Err(other),
+        };
+        let Some(newest) = page.last() else { break };
+        after = newest.id.clone();
+        let met = meet.as_ref().and_then(|first| page.iter().position(|m| &m.id == first));
+        match met {
+            Some(at) => {
+                fetched.extend(page.into_iter().take(at));
+                break;
+            }
+            None => fetched.extend(page),
+        }
+    }
+    // The history carries the group's latest messages: those not fetched
+    // follow (all of it when the pages met it or were cut short).
+    let have: HashSet<&str> = fetched.iter().map(|m| m.id.as_str()).collect();
+    let rest: Vec<Message> =
+        history.into_iter().filter(|m| !have.contains(m.id.as_str())).collect();
+    fetched.extend(rest);
+    Ok(CatchUp { messages: fetched, complete })
 }

@@ -97,12 +97,19 @@ impl Delivery {
     }
 
     /// Delivers the messages missed in `group`, then the live ones held back,
-    /// each at most once.
-    pub(crate) fn release(&mut self, group: &str, missed: Vec<Message>) {
+    /// each at most once. Returns how many of `missed` were new.
+    pub(crate) fn release(&mut self, group: &str, missed: Vec<Message>) -> usize {
         let held = self.held.remove(group).unwrap_or_default();
-        for message in missed.into_iter().chain(held) {
+        let mut delivered = 0;
+        for message in missed {
+            if self.deliver_once(message) {
+                delivered += 1;
+            }
+        }
+        for message in held {
             self.deliver_once(message);
         }
+        delivered
     }
 
     /// The caller left `group`: nothing to remember for it.
@@ -121,11 +128,14 @@ impl Delivery {
         self.events = None;
     }
 
-    fn deliver_once(&mut self, message: Message) {
+    /// Whether it was new (and delivered).
+    fn deliver_once(&mut self, message: Message) -> bool {
         if self.seen.entry(message.group_id.clone()).or_default().insert(&message.id) {
             self.event(Event::Message(message));
+            true
         } else {
             self.duplicates_dropped += 1;
+            false
         }
     }
 
@@ -190,7 +200,9 @@ mod tests {
         delivery.message(msg("g", "6"));
         delivery.message(msg("h", "1"));
         assert_eq!(drain(&mut rx), ["h:1"]);
-        delivery.release("g", vec![msg("g", "3"), msg("g", "4"), msg("g", "5"), msg("g", "6")]);
+        let new =
+            delivery.release("g", vec![msg("g", "3"), msg("g", "4"), msg("g", "5"), msg("g", "6")]);
+        assert_eq!(new, 3, "3 was delivered before");
         assert_eq!(drain(&mut rx), ["g:4", "g:5", "g:6"]);
     }
 

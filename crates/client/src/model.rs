@@ -37,6 +37,12 @@ pub enum Event {
     /// After a reconnect, a group could not be joined again (full, or an error);
     /// the client no longer receives its messages.
     RejoinFailed { group: String, error: String },
+    /// After a reconnect, the messages of `group` missed while away have been
+    /// delivered (as [`Event::Message`], before this): `missed` of them.
+    /// `complete` is false when there were more than
+    /// `ClientOptions::catch_up_max_messages`, or the server refused
+    /// `GetMessagesAfter`, and the rest of the gap was skipped.
+    CaughtUp { group: String, missed: usize, complete: bool },
     /// Connected again, groups rejoined and missed messages delivered.
     Reconnected,
     /// The client is finished: closed by the caller (`error: None`), or the

@@ -39,6 +39,12 @@ pub struct ClientOptions {
     pub server_timeout: Duration,
     /// `None`: a lost connection ends the client with [`crate::Event::Closed`].
     pub reconnect: Option<ReconnectPolicy>,
+    /// After a reconnect, the most messages one group's catch-up fetches with
+    /// `GetMessagesAfter` (in pages of 500). Past it the rest of the gap is
+    /// skipped, said by [`crate::Event::CaughtUp`] with `complete: false`, and
+    /// delivery goes on from the group's latest messages: a client that was
+    /// away for a very long time does not fetch without end.
+    pub catch_up_max_messages: usize,
 }
 
 impl ClientOptions {
@@ -55,6 +61,7 @@ impl ClientOptions {
             server_timeout: Duration::from_secs(30),
             reconnect: None,
             ca_file: None,
+            catch_up_max_messages: 100_000,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Behaviour that a well-behaved server never shows, against a scripted fake:
 //! the client pings when idle, takes a silent server for dead, times calls out,
-//! and reports a refused handshake and the server's Close message.
+//! reports a refused handshake and the server's Close message, and goes on
+//! from the history when a server refuses `GetMessagesAfter` while catching up.
 
 mod support;
 
@@ -96,4 +97,101 @@ async fn the_servers_close_message_ends_the_client_with_its_error() {
         next_event(&mut events).await,
         Event::Closed { error: Some("server shutting down".into()) }
     );
+}
+
+/// A message record as the server writes it.
+fn message_json(id: &str) -> String {
+    format!(
+        "{{\"id\":\"{id}\",\"authorId\":\"bob\",\"groupId\":\"g\",\
+         \"sendTime\":\"2026-11-28T06:17:54.123Z\",\"text\":\"m{id}\"}}"
+    )
+}
+
+fn invocation_id(record: &str) -> String {
+    let start = record.find("\"invocationId\":\"").expect("a call has an id") + 16;
+    record[start..].split('"').next().expect("the id ends").to_string()
+}
+
+/// A server from before `GetMessagesAfter`: the first connection joins, gets
+/// message 1-0 and is dropped; the second rejoins and gets a history that
+/// does not reach back to 1-0, and catching up is refused.
+async fn server_without_get_messages_after() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let port = listener.local_addr().expect("has an address").port();
+    tokio::spawn(async move {
+        for connection in 0..2 {
+            let (stream, _) = listener.accept().await.expect("accepts");
+            let mut socket = tokio_tungstenite::accept_async(stream).await.expect("upgrades");
+            let Some(Ok(_handshake_request)) = socket.next().await else { return };
+            socket.send(WsMessage::text("{}\u{1e}")).await.expect("answers the handshake");
+            let mut hang_up = false;
+            while let Some(Ok(frame)) = socket.next().await {
+                let WsMessage::Text(text) = frame else { continue };
+                for record in text.split('\u{1e}').filter(|r| r.contains("\"type\":1")) {
+                    let id = invocation_id(record);
+                    let replies = if record.contains("\"target\":\"JoinGroup\"") {
+                        let history = if connection == 0 {
+                            String::new()
+                        } else {
+                            format!("{},{}", message_json("5-0"), message_json("6-0"))
+                        };
+                        vec![
+                            format!(
+                                "{{\"type\":1,\"target\":\"OnHistory\",\"arguments\":[[{history}]]}}"
+                            ),
+                            format!("{{\"type\":3,\"invocationId\":\"{id}\",\"result\":0}}"),
+                        ]
+                    } else {
+                        let error = "unknown hub method 'GetMessagesAfter'";
+                        vec![format!(
+                            "{{\"type\":3,\"invocationId\":\"{id}\",\"error\":\"{error}\"}}"
+                        )]
+                    };
+                    for reply in replies {
+                        socket.send(WsMessage::text(reply + "\u{1e}")).await.expect("sends");
+                    }
+                    if connection == 0 {
+                        let live = format!(
+                            "{{\"type\":1,\"target\":\"OnMessage\",\"arguments\":[{}]}}\u{1e}",
+                            message_json("1-0")
+                        );
+                        socket.send(WsMessage::text(live)).await.expect("sends");
+                        hang_up = true;
+                    }
+                }
+                if hang_up {
+                    // Gone, as a server that died: the socket drops.
+                    break;
+                }
+            }
+        }
+    });
+    format!("ws://127.0.0.1:{port}/next-chat")
+}
+
+#[tokio::test]
+async fn a_refused_catch_up_goes_on_from_the_history_and_says_it_is_incomplete() {
+    let url = server_without_get_messages_after().await;
+    let mut options = options(&url);
+    options.reconnect = Some(next_chat_client::ReconnectPolicy {
+        initial_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(100),
+        max_attempts: Some(20),
+    });
+    let (client, mut events) = Client::connect(options).await.expect("connects");
+    client.join_group("g").await.expect("joins");
+    assert!(matches!(next_event(&mut events).await, Event::History { .. }));
+    let message = |event: Event| match event {
+        Event::Message(message) => message.id,
+        other => panic!("expected a message, got {other:?}"),
+    };
+    assert_eq!(message(next_event(&mut events).await), "1-0");
+    assert!(matches!(next_event(&mut events).await, Event::Disconnected { .. }));
+    assert_eq!(message(next_event(&mut events).await), "5-0");
+    assert_eq!(message(next_event(&mut events).await), "6-0");
+    assert_eq!(
+        next_event(&mut events).await,
+        Event::CaughtUp { group: "g".into(), missed: 2, complete: false }
+    );
+    assert_eq!(next_event(&mut events).await, Event::Reconnected);
 }

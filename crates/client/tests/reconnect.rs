@@ -12,7 +12,7 @@ use next_chat_testkit::TestServer;
 use support::{WAIT, next_event, next_history, next_message};
 
 /// More than the 100 messages a join's history carries, so catching up must
-/// page back through `GetHistory`.
+/// page forward with `GetMessagesAfter`.
 const MISSED: usize = 150;
 
 #[tokio::test]
@@ -56,16 +56,26 @@ async fn reconnects_after_a_restart_and_delivers_what_was_missed_once() {
     }
 
     let mut received = Vec::new();
+    let mut caught_up = Vec::new();
     let mut reconnected = false;
     while received.len() < MISSED || !reconnected {
         match tokio::time::timeout(WAIT * 3, events.recv()).await {
             Ok(Some(Event::Message(message))) => received.push(message.text),
+            Ok(Some(Event::CaughtUp { group, missed, complete })) => {
+                assert!(complete);
+                caught_up.push((group, missed));
+            }
             Ok(Some(Event::Reconnected)) => reconnected = true,
             other => panic!("unexpected while catching up: {other:?}"),
         }
     }
     let expected: Vec<String> = (0..MISSED).map(|i| format!("away {i}")).collect();
     assert_eq!(received, expected, "every missed message once, in order");
+    // Each rejoined group says how many it caught up on (those bob sent after
+    // ann was back count as live, not missed).
+    assert_eq!(caught_up.len(), 2, "{caught_up:?}");
+    assert_eq!(caught_up[1], ("quiet".to_string(), 0));
+    assert!(caught_up[0].0 == "g" && caught_up[0].1 <= MISSED, "{caught_up:?}");
     assert!(ann.is_connected());
     assert_eq!(ann.joined_groups(), ["g", "quiet"]);
 

@@ -35,6 +35,20 @@ pub trait Messaging: Send + Sync + 'static {
     /// Whether the backend answers now (for `/readyz`).
     async fn check(&self) -> Result<(), BackendError>;
 
+    /// The group's messages above `after` among the log's newest entries,
+    /// oldest first: a message another instance accepted is in the log at
+    /// once but in history only once that instance's writer stored it. How
+    /// far back it looks is the implementation's bound. One instance's own
+    /// unsaved messages are in its `HistoryWriter` already, so the default,
+    /// for a log no other instance writes to, has none.
+    async fn recent_after(
+        &self,
+        _group: &GroupId,
+        _after: MessageId,
+    ) -> Result<Vec<Message>, BackendError> {
+        Ok(Vec::new())
+    }
+
     /// Stops background readers; called once at shutdown, after the last publish.
     async fn shutdown(&self) {}
 }
@@ -106,6 +120,16 @@ pub trait HistoryStore: Send + Sync + 'static {
         &self,
         group: &GroupId,
         before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, BackendError>;
+
+    /// The group's first `limit` messages with ids above `after`, oldest
+    /// first: paging forward from a message a client saw last. `after` need
+    /// not be a stored message's id; it is a position.
+    async fn read_after(
+        &self,
+        group: &GroupId,
+        after: MessageId,
         limit: usize,
     ) -> Result<Vec<Message>, BackendError>;
 

@@ -14,6 +14,7 @@
 //! refuses new messages rather than let an outage grow memory without end.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -287,6 +288,37 @@ impl HistoryWriter {
         merged.extend(unsaved.into_iter().map(|m| (m.id, m)));
         let skip = merged.len().saturating_sub(limit);
         Ok(merged.into_values().skip(skip).collect())
+    }
+
+    /// The group's first `limit` messages above `after`, oldest first, from
+    /// the store and the unsaved set together: a message delivered but not yet
+    /// stored is found too.
+    pub async fn read_after(
+        &self,
+        group: &GroupId,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        // Unsaved first, store second, as in `read`.
+        let unsaved: Vec<Message> = {
+            let unsaved = self.lock();
+            match unsaved.by_group.get(group) {
+                Some(messages) => messages
+                    .range((Bound::Excluded(after), Bound::Unbounded))
+                    .take(limit)
+                    .map(|(_, m)| m.clone())
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        let stored = self.shared.store.read_after(group, after, limit).await?;
+        if unsaved.is_empty() {
+            return Ok(stored);
+        }
+        let mut merged: BTreeMap<MessageId, Message> =
+            stored.into_iter().map(|m| (m.id, m)).collect();
+        merged.extend(unsaved.into_iter().map(|m| (m.id, m)));
+        Ok(merged.into_values().take(limit).collect())
     }
 
     /// Whether `id` is one of the group's messages, stored or not.

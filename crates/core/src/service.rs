@@ -2,7 +2,7 @@
 //! functions with raw arguments; they validate, apply the rules and talk to the
 //! backends through their traits. Nothing here knows about sockets or codecs.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -153,6 +153,26 @@ fn newest_within(
         keep += 1;
     }
     messages.drain(..messages.len() - keep);
+    messages
+}
+
+/// The oldest of `messages` (oldest first) whose sizes add up to at most
+/// `budget`, and at least one: a forward page stays gap-free when cut short.
+fn oldest_within(
+    mut messages: Vec<Message>,
+    budget: usize,
+    size: impl Fn(&Message) -> usize,
+) -> Vec<Message> {
+    let mut used = 0usize;
+    let mut keep = 0;
+    for message in &messages {
+        used = used.saturating_add(size(message));
+        if used > budget && keep > 0 {
+            break;
+        }
+        keep += 1;
+    }
+    messages.truncate(keep);
     messages
 }
 
@@ -472,6 +492,52 @@ impl ChatService {
         Ok(self.fit_page(session, page))
     }
 
+    /// `GetMessagesAfter`: up to `limit` of the group's messages after `after`,
+    /// oldest first, as many as fit in one page (at least one); those another
+    /// instance accepted and has not stored yet included, as far as
+    /// `Messaging::recent_after` reaches. For a client
+    /// catching up after a reconnect: it pages on from the last id it got
+    /// until a page is empty. `after` is a position, not necessarily a message
+    /// this instance knows yet (the client may have seen it on another
+    /// instance whose writer has not stored it), so any well-formed id is taken.
+    #[instrument(level = "debug", skip_all, fields(user = ?session.user, group = ?group))]
+    pub async fn get_messages_after(
+        &self,
+        session: &Session,
+        group: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<Message>, ChatError> {
+        let group = self.group(group)?;
+        let limit = limit_arg("limit", limit, self.config.history_page_max)?;
+        if !session.has_joined(&group) {
+            return Err(ChatError::NotJoined(group));
+        }
+        let after: MessageId = after.parse().map_err(|e| match e {
+            ChatError::Invalid { message, .. } => {
+                ChatError::invalid("afterId", format!("afterId: {message}"))
+            }
+            other => other,
+        })?;
+        // History (stored, and this instance's unsaved), and the log's newest
+        // entries for what other instances accepted and have not stored yet;
+        // merged by id, the first `limit`.
+        let stored = self.history.read_after(&group, after, limit).await?;
+        let recent = self.messaging.recent_after(&group, after).await?;
+        let page = if recent.is_empty() {
+            stored
+        } else {
+            let mut merged: BTreeMap<MessageId, Message> =
+                stored.into_iter().map(|m| (m.id, m)).collect();
+            merged.extend(
+                recent.into_iter().filter(|m| m.id > after && m.group == group).map(|m| (m.id, m)),
+            );
+            merged.into_values().take(limit).collect()
+        };
+        let budget = self.config.history_page_max_bytes.saturating_sub(PAGE_ENVELOPE_BYTES);
+        Ok(oldest_within(page, budget, |m| session.recipient.encoded_size(m)))
+    }
+
     /// Stores what history has not yet stored, for at most `timeout`; returns
     /// how many messages were left unsaved.
     pub async fn flush_history(&self, timeout: Duration) -> usize {
@@ -512,5 +578,16 @@ mod tests {
         // One message larger than the page still goes out, so paging goes on.
         assert_eq!(ids(&newest_within(messages(&[10, 100]), 25, size)), [1]);
         assert!(newest_within(Vec::new(), 25, size).is_empty());
+    }
+
+    #[test]
+    fn a_forward_page_keeps_the_oldest_messages_that_fit() {
+        let size = |m: &Message| m.text.as_str().len();
+        assert_eq!(ids(&oldest_within(messages(&[10, 10, 10, 10]), 25, size)), [0, 1]);
+        assert_eq!(ids(&oldest_within(messages(&[10, 10, 10, 10]), 40, size)), [0, 1, 2, 3]);
+        assert_eq!(ids(&oldest_within(messages(&[5, 30, 10]), 25, size)), [0]);
+        // One message larger than the page still goes out, so paging goes on.
+        assert_eq!(ids(&oldest_within(messages(&[100, 10]), 25, size)), [0]);
+        assert!(oldest_within(Vec::new(), 25, size).is_empty());
     }
 }

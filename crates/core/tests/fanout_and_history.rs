@@ -202,6 +202,21 @@ impl HistoryStore for FlakyStore {
         out.drain(..skip);
         Ok(out)
     }
+    async fn read_after(
+        &self,
+        group: &GroupId,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        self.check_up()?;
+        let rows = self.rows.lock().unwrap();
+        Ok(rows
+            .values()
+            .filter(|m| &m.group == group && m.id > after)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
     async fn contains(&self, group: &GroupId, id: MessageId) -> Result<bool, BackendError> {
         self.check_up()?;
         Ok(self.rows.lock().unwrap().contains_key(&(group.to_string(), id)))

@@ -26,6 +26,7 @@ fn redis_config(settings: &RedisSettings, config: &Config) -> RedisConfig {
         key_prefix: settings.key_prefix.clone(),
         stream_shards: settings.stream_shards,
         stream_maxlen: settings.stream_maxlen,
+        recent_scan_entries: settings.recent_scan_entries,
         stream_max_bytes: config.redis_stream_max_bytes,
         ..RedisConfig::default()
     }

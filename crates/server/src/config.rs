@@ -81,6 +81,10 @@ pub struct Settings {
     #[arg(long, env = "NEXT_CHAT_REDIS_STREAM_MAXLEN", global = true, value_name = "N")]
     pub redis_stream_maxlen: Option<usize>,
 
+    /// How many of a Redis stream's newest entries GetMessagesAfter also reads, for messages other instances have not stored yet; 0 reads none, at most 10000 [default: 200]
+    #[arg(long, env = "NEXT_CHAT_REDIS_RECENT_SCAN_ENTRIES", global = true, value_name = "N")]
+    pub redis_recent_scan_entries: Option<usize>,
+
     /// Apply the database's migrations at start [default: true for sqlite://, false for mysql://]
     #[arg(long, env = "NEXT_CHAT_MIGRATE", global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub migrate: Option<bool>,
@@ -333,6 +337,7 @@ impl Settings {
                 redis_key_prefix,
                 redis_stream_shards,
                 redis_stream_maxlen,
+                redis_recent_scan_entries,
                 migrate,
                 max_members,
                 history_on_join,
@@ -461,6 +466,7 @@ pub struct RedisSettings {
     pub key_prefix: String,
     pub stream_shards: usize,
     pub stream_maxlen: usize,
+    pub recent_scan_entries: usize,
 }
 
 /// The validated configuration the server runs with.
@@ -616,6 +622,11 @@ fn tls_files(s: &Settings) -> Result<Option<TlsFiles>, ConfigError> {
     }
 }
 
+/// The most stream entries one `GetMessagesAfter` may read from Redis: each
+/// may be as large as a message (64 KiB of text at most), so this bounds the
+/// call's cost there.
+const RECENT_SCAN_ENTRIES_MAX: usize = 10_000;
+
 fn positive(key: &'static str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
     match value {
         None => Ok(default),
@@ -673,6 +684,16 @@ impl Config {
                     key_prefix: s.redis_key_prefix.clone().unwrap_or_else(|| "next-chat:".into()),
                     stream_shards: positive("redis_stream_shards", s.redis_stream_shards, 4)?,
                     stream_maxlen: positive("redis_stream_maxlen", s.redis_stream_maxlen, 100_000)?,
+                    recent_scan_entries: match s.redis_recent_scan_entries {
+                        None => 200,
+                        Some(n) if n <= RECENT_SCAN_ENTRIES_MAX => n,
+                        Some(_) => {
+                            return Err(bad(
+                                "redis_recent_scan_entries",
+                                format!("must be at most {RECENT_SCAN_ENTRIES_MAX}"),
+                            ));
+                        }
+                    },
                 })
             }
             None => None,
@@ -949,6 +970,14 @@ mod tests {
         assert_eq!(parse(&["--database", "mysql://root@h:3306"]).unwrap_err().key, "database");
         assert_eq!(parse(&["--max-members", "0"]).unwrap_err().key, "max_members");
         assert_eq!(parse(&["--redis", "http://x"]).unwrap_err().key, "redis");
+        let scan = ["--redis", "redis://x", "--database", "mysql://root@h:3306/chat"];
+        let too_many = parse(&[&scan[..], &["--redis-recent-scan-entries", "10001"]].concat());
+        let err = too_many.unwrap_err();
+        assert_eq!(err.key, "redis_recent_scan_entries");
+        assert!(err.to_string().contains("at most 10000"), "{err}");
+        let off = parse(&[&scan[..], &["--redis-recent-scan-entries", "0"]].concat()).unwrap();
+        assert_eq!(off.redis.unwrap().recent_scan_entries, 0);
+        assert_eq!(parse(&scan).unwrap().redis.unwrap().recent_scan_entries, 200);
         assert_eq!(
             parse(&["--http-max-head-bytes", "100"]).unwrap_err().key,
             "http_max_head_bytes"

@@ -209,10 +209,11 @@ enum Method {
     SendMessage,
     GetHistory,
     ListMembers,
+    GetMessagesAfter,
 }
 
 impl Method {
-    const ALL: [Method; 8] = [
+    const ALL: [Method; 9] = [
         Method::CreateGroup,
         Method::ListGroups,
         Method::ListGroupsPage,
@@ -221,6 +222,7 @@ impl Method {
         Method::SendMessage,
         Method::GetHistory,
         Method::ListMembers,
+        Method::GetMessagesAfter,
     ];
 
     fn name(self) -> &'static str {
@@ -233,6 +235,7 @@ impl Method {
             Method::SendMessage => "SendMessage",
             Method::GetHistory => "GetHistory",
             Method::ListMembers => "ListMembers",
+            Method::GetMessagesAfter => "GetMessagesAfter",
         }
     }
 
@@ -321,6 +324,14 @@ impl ChatHub {
                         args.optional_string(1)?,
                         args.integer(2)?,
                     )
+                    .await
+                    .map_err(chat_error)?;
+                Ok(Reply::Now(Some(Value::Array(messages.iter().map(message_value).collect()))))
+            }
+            Method::GetMessagesAfter => {
+                let args = Arguments::new(name, &["groupId", "afterId", "limit"], values)?;
+                let messages = chat
+                    .get_messages_after(session, args.string(0)?, args.string(1)?, args.integer(2)?)
                     .await
                     .map_err(chat_error)?;
                 Ok(Reply::Now(Some(Value::Array(messages.iter().map(message_value).collect()))))

@@ -1,7 +1,8 @@
 //! History under abuse, against real server processes in Redis/MySQL mode: a
 //! write-locked MariaDB while maximum-length messages pile up must not stop
 //! history for good once the lock goes, and the messages waiting to be stored
-//! are bounded in bytes, with a clear send error when the bound is reached.
+//! are bounded in bytes, with a clear send error when the bound is reached;
+//! and `GetMessagesAfter` finds the messages waiting to be stored.
 //!
 //! Each test write-locks the `messages` table of its own database only
 //! (`LOCK TABLES ... READ` on a connection of its own), so tests running in
@@ -205,6 +206,53 @@ async fn a_full_unsaved_set_refuses_sends_and_delivers_nothing_for_them() {
     sender.send_message(GROUP, "room again").await.unwrap();
     eventually(Duration::from_secs(30), "the new message in MySQL", || async {
         stored_rows(&scale.database).await == accepted + 1
+    })
+    .await;
+}
+
+/// `GetMessagesAfter` finds the messages accepted while MySQL could not store
+/// them: on the instance that accepted them (its writer's queue) and on
+/// another one (the Redis stream's newest entries). A client catching up while
+/// history is behind, wherever it reconnects, misses none of them.
+#[tokio::test]
+async fn messages_after_an_id_include_those_not_yet_stored_on_any_instance() {
+    let scale = ScaleOut::create();
+    let a = TestServer::start(scale.args()).await;
+    let b = TestServer::start(scale.args()).await;
+    let (ann, _events) = connect(&a, "ann").await;
+    assert_eq!(ann.join_group(GROUP).await, Ok(JoinResult::Joined));
+    for i in 0..3 {
+        ann.send_message(GROUP, &format!("stored {i}")).await.unwrap();
+    }
+    eventually(Duration::from_secs(10), "3 rows stored", || async {
+        stored_rows(&scale.database).await == 3
+    })
+    .await;
+    let last_stored = ann.get_history(GROUP, None, 1).await.unwrap().remove(0);
+    let lock = TableLock::take(&scale.database).await;
+    // Each send waits up to save_timeout (500 ms) for history, then completes.
+    for i in 0..4 {
+        ann.send_message(GROUP, &format!("unsaved {i}")).await.unwrap();
+    }
+    assert_eq!(stored_rows(&scale.database).await, 3, "nothing stored while locked");
+    let texts = |page: Vec<next_chat_client::Message>| -> Vec<String> {
+        page.into_iter().map(|m| m.text).collect()
+    };
+    let unsaved: Vec<String> = (0..4).map(|i| format!("unsaved {i}")).collect();
+    let (bob, _bob_events) = connect(&b, "bob").await;
+    assert_eq!(bob.join_group(GROUP).await, Ok(JoinResult::Joined));
+    for (instance, client) in [("A", &ann), ("B", &bob)] {
+        let after_stored = client.get_messages_after(GROUP, &last_stored.id, 500).await.unwrap();
+        assert_eq!(texts(after_stored), unsaved, "on {instance}");
+        let all = texts(client.get_messages_after(GROUP, "0-0", 500).await.unwrap());
+        assert_eq!(all[..3], ["stored 0", "stored 1", "stored 2"], "on {instance}");
+        assert_eq!(all[3..], unsaved, "on {instance}");
+        let five = texts(client.get_messages_after(GROUP, "0-0", 5).await.unwrap());
+        assert_eq!(five, all[..5], "on {instance}: the limit spans stored and unsaved");
+    }
+    lock.release().await;
+    eventually(Duration::from_secs(30), "all 7 rows stored", || async {
+        stored_rows(&scale.database).await == 7
     })
     .await;
 }

@@ -170,6 +170,26 @@ async fn every_error_names_the_field_and_the_connection_stays_usable() {
             ann.get_history("g", Some("1-0"), 10).await.map(|_| ()),
             "message '1-0' is not a message of group 'g'",
         ),
+        (
+            "after limit 0",
+            ann.get_messages_after("g", "0-0", 0).await.map(|_| ()),
+            "limit must be between 1 and 500, not 0",
+        ),
+        (
+            "after limit 501",
+            ann.get_messages_after("g", "0-0", 501).await.map(|_| ()),
+            "limit must be between 1 and 500, not 501",
+        ),
+        (
+            "after not joined",
+            ann.get_messages_after("other", "0-0", 10).await.map(|_| ()),
+            "join group 'other'",
+        ),
+        (
+            "after bad id",
+            ann.get_messages_after("g", "yesterday", 10).await.map(|_| ()),
+            "afterId: 'yesterday' is not a message id",
+        ),
     ];
     for (case, result, expected) in cases {
         let error = server_error(result);
@@ -224,6 +244,32 @@ async fn get_history_pages_backwards_without_gaps_or_repeats() {
     let texts: Vec<String> = collected.iter().map(|m| m.text.clone()).collect();
     let expected: Vec<String> = (0..250).map(|i| format!("m{i}")).collect();
     assert_eq!(texts, expected);
+}
+
+#[tokio::test]
+async fn get_messages_after_pages_forward_without_gaps_or_repeats() {
+    let server = TestServer::embedded().await;
+    let (ann, _events) = connect(&server, "ann").await;
+    ann.join_group("paged").await.unwrap();
+    for i in 0..250 {
+        ann.send_message("paged", &format!("m{i}")).await.unwrap();
+    }
+    let first = ann.get_history("paged", None, 500).await.unwrap()[0].clone();
+    let mut collected = vec![first.clone()];
+    let mut after = first.id.clone();
+    loop {
+        let page = ann.get_messages_after("paged", &after, 100).await.unwrap();
+        let Some(last) = page.last() else { break };
+        assert!(page.len() <= 100);
+        after = last.id.clone();
+        collected.extend(page);
+    }
+    let texts: Vec<String> = collected.iter().map(|m| m.text.clone()).collect();
+    let expected: Vec<String> = (0..250).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, expected);
+    // A position, not a message: before every id gives the first ones.
+    let start = ann.get_messages_after("paged", "0-0", 2).await.unwrap();
+    assert_eq!(start, collected[..2]);
 }
 
 #[tokio::test]

@@ -307,6 +307,28 @@ impl HistoryStore for MySqlHistory {
         Ok(messages)
     }
 
+    async fn read_after(
+        &self,
+        group: &GroupId,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        // Spelled out rather than as a row comparison, as in `read`.
+        let query = sqlx::query(
+            "SELECT id_millis, id_seq, author_id, send_time_ms, text FROM messages \
+             WHERE group_id = ? AND (id_millis > ? OR (id_millis = ? AND id_seq > ?)) \
+             ORDER BY id_millis, id_seq LIMIT ?",
+        )
+        .bind(group.as_str())
+        .bind(after.millis)
+        .bind(after.millis)
+        .bind(after.seq)
+        .bind(limit as u64)
+        .fetch_all(&self.pool);
+        let rows = self.timed("read history", query).await?;
+        rows.iter().map(|row| message_from_row(group, row)).collect()
+    }
+
     async fn contains(&self, group: &GroupId, id: MessageId) -> Result<bool, BackendError> {
         let query = sqlx::query(
             "SELECT 1 FROM messages WHERE group_id = ? AND id_millis = ? AND id_seq = ?",

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use ::redis::streams::StreamReadReply;
+use ::redis::streams::{StreamRangeReply, StreamReadReply};
 use ::redis::{AsyncConnectionConfig, Client, FromRedisValue, Script, Value};
 use async_trait::async_trait;
 use next_chat_core::{
@@ -88,6 +88,10 @@ pub struct RedisConfig {
     pub read_block: Duration,
     /// Most entries one XREAD returns.
     pub read_batch: usize,
+    /// How many of a stream's newest entries `recent_after` reads
+    /// (`GetMessagesAfter`), for messages other instances accepted but have
+    /// not stored yet; 0 reads none. Each entry may be up to a message's size.
+    pub recent_scan_entries: usize,
     /// The longest pause between reconnection attempts of the stream reader.
     pub reconnect_delay_max: Duration,
     /// Names this instance in member entries; unique per running instance.
@@ -108,6 +112,7 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(1),
             read_block: Duration::from_secs(5),
             read_batch: 1000,
+            recent_scan_entries: 200,
             reconnect_delay_max: Duration::from_secs(1),
             instance_id: default_instance_id(),
         }
@@ -460,6 +465,44 @@ impl Messaging for RedisMessaging {
             return Err(BackendError::new(BACKEND, "the stream reader is reconnecting"));
         }
         Ok(())
+    }
+
+    /// The newest `recent_scan_entries` entries of the group's shard above
+    /// `after` (one XREVRANGE), the group's among them. A message another
+    /// instance accepted is there from the moment it has its id, while its
+    /// writer stores it within milliseconds, or `save_timeout` when the
+    /// database is slow; the scan covers that as long as the shard takes
+    /// fewer than `recent_scan_entries` messages in that time.
+    async fn recent_after(
+        &self,
+        group: &GroupId,
+        after: MessageId,
+    ) -> Result<Vec<Message>, BackendError> {
+        let count = self.config.recent_scan_entries;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let (stream, _) = &self.shard_keys[self.config.shard_of(group)];
+        let mut connection = self.connection.clone();
+        let range: StreamRangeReply = run(&self.config, &self.health, "read recent", async {
+            ::redis::cmd("XREVRANGE")
+                .arg(stream)
+                .arg("+")
+                .arg(format!("({after}"))
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut connection)
+                .await
+        })
+        .await?;
+        let mut messages: Vec<Message> = range
+            .ids
+            .iter()
+            .filter_map(|entry| message_of_entry(&entry.id, &entry.map))
+            .filter(|message| &message.group == group)
+            .collect();
+        messages.reverse();
+        Ok(messages)
     }
 
     async fn shutdown(&self) {

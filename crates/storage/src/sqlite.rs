@@ -331,6 +331,28 @@ impl HistoryStore for SqliteStore {
         Ok(messages)
     }
 
+    async fn read_after(
+        &self,
+        group: &GroupId,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        // A row-value comparison keeps this one range scan of the primary key.
+        let rows = sqlx::query(
+            "SELECT id_millis, id_seq, author_id, send_time_ms, text FROM messages \
+             WHERE group_id = ? AND (id_millis, id_seq) > (?, ?) \
+             ORDER BY id_millis, id_seq LIMIT ?",
+        )
+        .bind(group.as_str())
+        .bind(to_i64(after.millis, "id")?)
+        .bind(to_i64(after.seq, "id")?)
+        .bind(to_i64(limit as u64, "limit")?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| error("read history", e))?;
+        rows.iter().map(|row| message_from_row(group, row)).collect()
+    }
+
     async fn contains(&self, group: &GroupId, id: MessageId) -> Result<bool, BackendError> {
         let row = sqlx::query(
             "SELECT 1 FROM messages WHERE group_id = ? AND id_millis = ? AND id_seq = ?",

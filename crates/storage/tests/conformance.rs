@@ -222,6 +222,57 @@ async fn history_reads_latest_and_before_oldest_first<F: Fixture>() {
     assert!(!history.contains(&group("ROOM"), MessageId::new(1000, 1)).await.unwrap());
 }
 
+async fn history_reads_after_an_id_oldest_first<F: Fixture>() {
+    let fixture = F::start().await;
+    let history = fixture.history();
+    // Numeric ordering across sequence and millis lengths, as for `read`.
+    let mut all = Vec::new();
+    for (millis, seq) in [(999, 0), (999, 1), (1000, 0), (1000, 2), (1000, 9), (1000, 10)] {
+        all.push(message("room", millis, seq, &format!("{millis}-{seq}")));
+    }
+    for seq in 0..5 {
+        all.push(message("room", 10_000, seq, "later"));
+    }
+    let mut shuffled = all.clone();
+    shuffled.reverse();
+    history.append(&shuffled).await.unwrap();
+    history
+        .append(&[message("Room", 1000, 1, "other"), message("room2", 1000, 1, "x")])
+        .await
+        .unwrap();
+
+    let g = group("room");
+    assert_eq!(history.read_after(&g, MessageId::MIN, 100).await.unwrap(), all);
+    assert_eq!(history.read_after(&g, MessageId::MIN, 3).await.unwrap(), all[..3].to_vec());
+    // After a stored id: the ones above it, not it.
+    assert_eq!(
+        history.read_after(&g, MessageId::new(1000, 2), 3).await.unwrap(),
+        all[4..7].to_vec()
+    );
+    // `after` as a position between ids (1000-1 is another group's).
+    assert_eq!(
+        history.read_after(&g, MessageId::new(1000, 1), 100).await.unwrap(),
+        all[3..].to_vec()
+    );
+    assert_eq!(
+        history.read_after(&g, MessageId::new(999, 5), 2).await.unwrap(),
+        all[2..4].to_vec()
+    );
+    assert_eq!(history.read_after(&g, MessageId::new(10_000, 4), 10).await.unwrap(), vec![]);
+    assert_eq!(history.read_after(&g, MessageId::new(u64::MAX >> 1, 0), 10).await.unwrap(), vec![]);
+    assert_eq!(history.read_after(&group("nobody"), MessageId::MIN, 10).await.unwrap(), vec![]);
+    // Paging on from each page's last id walks every message once.
+    let mut after = MessageId::MIN;
+    let mut walked = Vec::new();
+    loop {
+        let page = history.read_after(&g, after, 4).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        walked.extend(page);
+    }
+    assert_eq!(walked, all);
+}
+
 async fn history_keeps_the_longest_text_and_any_characters<F: Fixture>() {
     let fixture = F::start().await;
     let history = fixture.history();
@@ -324,6 +375,7 @@ macro_rules! conformance {
                 joins_racing_for_the_last_places_admit_exactly_the_maximum,
                 appending_the_same_batch_twice_stores_it_once,
                 history_reads_latest_and_before_oldest_first,
+                history_reads_after_an_id_oldest_first,
                 history_keeps_the_longest_text_and_any_characters,
                 published_messages_get_increasing_ids_and_are_delivered_in_order,
                 concurrent_publishers_are_seen_in_one_order,

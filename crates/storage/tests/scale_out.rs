@@ -352,3 +352,41 @@ async fn the_reconciler_stores_what_history_lacks_once() {
     reconciler.shutdown();
     messaging.shutdown().await;
 }
+
+/// `recent_after` reads the group's messages above an id from the newest
+/// `recent_scan_entries` entries of its shard, whichever instance published
+/// them, oldest first; other groups sharing the shard are left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_after_reads_the_groups_newest_entries_from_the_stream() {
+    let names = ScaleOutNames::new();
+    // One shard, so the two groups share the stream.
+    let config =
+        |scan| RedisConfig { stream_shards: 1, recent_scan_entries: scan, ..names.redis_config() };
+    let a = RedisMessaging::start(config(5), Arc::new(LocalFanout::new())).await.unwrap();
+    let b = RedisMessaging::start(config(5), Arc::new(LocalFanout::new())).await.unwrap();
+    let mut published = Vec::new();
+    for i in 0..4 {
+        let on = if i % 2 == 0 { &a } else { &b };
+        published.push(on.publish(draft("g", &format!("g{i}")), &|_| {}).await.unwrap());
+        on.publish(draft("other", &format!("o{i}")), &|_| {}).await.unwrap();
+    }
+    let texts = |messages: Vec<Message>| -> Vec<String> {
+        messages.into_iter().map(|m| m.text.as_str().to_string()).collect()
+    };
+    // The newest five entries: o1 g2 o2 g3 o3.
+    assert_eq!(texts(b.recent_after(&group("g"), MessageId::MIN).await.unwrap()), ["g2", "g3"]);
+    assert_eq!(texts(a.recent_after(&group("g"), published[2].id).await.unwrap()), ["g3"]);
+    assert!(a.recent_after(&group("g"), published[3].id).await.unwrap().is_empty());
+    assert!(a.recent_after(&group("nobody"), MessageId::MIN).await.unwrap().is_empty());
+    let off = RedisMessaging::start(config(0), Arc::new(LocalFanout::new())).await.unwrap();
+    assert!(
+        off.recent_after(&group("g"), MessageId::MIN).await.unwrap().is_empty(),
+        "0 reads none"
+    );
+    let wide = RedisMessaging::start(config(100), Arc::new(LocalFanout::new())).await.unwrap();
+    let all = wide.recent_after(&group("g"), MessageId::MIN).await.unwrap();
+    assert_eq!(all, published, "every one, oldest first, as published");
+    for messaging in [a, b, off, wide] {
+        messaging.shutdown().await;
+    }
+}

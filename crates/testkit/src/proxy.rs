@@ -1,10 +1,11 @@
 //! A TCP proxy a test owns, to take a backend away from the servers of one test
 //! while every other test keeps using it: the servers connect through the
 //! proxy's port, and `cut` resets every forwarded connection and refuses new
-//! ones until `restore`.
+//! ones until `restore`. `retarget` sends later connections elsewhere, as a
+//! load balancer that moves a client to another instance.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -19,7 +20,7 @@ pub struct TcpProxy {
 }
 
 struct State {
-    target: String,
+    target: Mutex<String>,
     /// False while cut: new connections are reset as soon as they are accepted.
     open: AtomicBool,
     /// Bumped by every `cut`, which ends every connection forwarded before it.
@@ -32,7 +33,7 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
         let port = listener.local_addr().expect("the proxy has an address").port();
         let state = Arc::new(State {
-            target: target.to_string(),
+            target: Mutex::new(target.to_string()),
             open: AtomicBool::new(true),
             cuts: watch::channel(0).0,
         });
@@ -47,6 +48,12 @@ impl TcpProxy {
         // sees the bump or sees `open` false (see `accept_loop`).
         self.state.open.store(false, Ordering::SeqCst);
         self.state.cuts.send_modify(|cuts| *cuts += 1);
+    }
+
+    /// Forwards the connections made from now on to `target` instead; those
+    /// forwarded already stay where they are.
+    pub fn retarget(&self, target: &str) {
+        *self.state.target.lock().unwrap_or_else(|p| p.into_inner()) = target.to_string();
     }
 
     /// Forwards new connections again.
@@ -72,7 +79,8 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             reset(client);
             continue;
         }
-        tokio::spawn(forward(client, state.target.clone(), cut));
+        let target = state.target.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        tokio::spawn(forward(client, target, cut));
     }
 }
 
