@@ -8,8 +8,9 @@ const $ = (id) => document.getElementById(id);
 const HUB_PATH = "next-chat";
 const GROUPS_PAGE = 50;
 const HISTORY_PAGE = 50;
-/** Pages read backwards at most to close a gap after a reconnect (GetHistory). */
+/** Pages read at most to close a gap after a reconnect (GetMessagesAfter). */
 const CATCH_UP_PAGES = 200;
+const CATCH_UP_PAGE = 500;
 const RECONNECT_DELAYS_MS = [0, 1000, 2000, 5000, 10000, 10000, 10000];
 const MEMBERS_REFRESH_MS = 10000;
 
@@ -287,9 +288,9 @@ function newGroupState() {
 
 /**
  * JoinGroup on `connection`, then merges its OnHistory into `group`: on a first
- * join the history is the conversation; on a rejoin the page reads back with
- * GetHistory from the oldest message of that history until it finds the last
- * message it showed, so that every message sent meanwhile appears once, in order.
+ * join the history is the conversation; on a rejoin the page reads forward with
+ * GetMessagesAfter from the last message it showed until it meets that history,
+ * so that every message sent meanwhile appears once, in order.
  */
 async function joinOn(connection, groupId, group, first = false) {
   connection.lastHistory = null;
@@ -321,16 +322,19 @@ async function joinOn(connection, groupId, group, first = false) {
     missed = history;
     group.complete = history.length < 100;
   } else {
+    // Page forward from the last message shown until the pages meet the
+    // rejoin's history (or end): whatever was sent meanwhile, on any instance.
     const last = group.messages[group.messages.length - 1].id;
-    let fresh = history;
-    let at = fresh.findIndex((m) => m.id === last);
-    for (let pages = 0; at < 0 && fresh.length && pages < CATCH_UP_PAGES; pages++) {
-      const older = await connection.invoke("GetHistory", groupId, fresh[0].id, HISTORY_PAGE);
-      if (older.length === 0) break;
-      fresh = older.concat(fresh);
-      at = fresh.findIndex((m) => m.id === last);
+    const inHistory = new Set(history.map((m) => m.id));
+    const caught = [];
+    for (let after = last, pages = 0; pages < CATCH_UP_PAGES; pages++) {
+      const page = await connection.invoke("GetMessagesAfter", groupId, after, CATCH_UP_PAGE);
+      const meets = page.findIndex((m) => inHistory.has(m.id));
+      caught.push(...(meets < 0 ? page : page.slice(0, meets)));
+      if (page.length === 0 || meets >= 0) break;
+      after = page[page.length - 1].id;
     }
-    missed = (at >= 0 ? fresh.slice(at + 1) : fresh).filter((m) => !group.seen.has(m.id));
+    missed = caught.concat(history).filter((m) => !group.seen.has(m.id));
     group.caughtUp = missed.length;
   }
   append(groupId, group, missed, resumed);

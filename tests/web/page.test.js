@@ -6,7 +6,7 @@
 // users and LONG_GROUP with LONG_COUNT messages (Rust client), runs this script
 // and answers its requests on stdin: a line `REQUEST <what> [args]` on stdout
 // is answered by a line `OK` once done (stop the server, start it again and
-// send a message as another user). A failing test leaves a screenshot in
+// send messages as another user). A failing test leaves a screenshot in
 // target/web-test-failures/ and says where.
 
 import { mkdirSync } from "node:fs";
@@ -147,13 +147,16 @@ const tests = {
     await send(page, "before the restart");
     await request("stop-server");
     await page.waitForSelector('#status[data-state="reconnecting"]');
-    await request(`start-server-and-send ${group} sent-while-away`);
+    // More than the 100 messages of history a rejoin brings: the rest must be
+    // caught up by id.
+    await request(`start-server-and-send ${group} away 150`);
     await connected(page);
-    await seen(page, "sent-while-away");
+    await seen(page, "away 150");
     await send(page, "after the restart");
     await seen(page, "after the restart");
     const shown = await texts(page);
-    const expected = ["before the restart", "sent-while-away", "after the restart"];
+    const away = Array.from({ length: 150 }, (_, i) => `away ${i + 1}`);
+    const expected = ["before the restart", ...away, "after the restart"];
     assert(JSON.stringify(shown) === JSON.stringify(expected), `messages: ${JSON.stringify(shown)}`);
   },
 

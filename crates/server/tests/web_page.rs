@@ -123,10 +123,13 @@ async fn the_web_page_works_in_chromium() {
                 Some(request) if request.starts_with("start-server-and-send ") => {
                     let mut words = request.split(' ').skip(1);
                     let (group, text) = (words.next().unwrap(), words.next().unwrap());
+                    let count: usize = words.next().unwrap().parse().unwrap();
                     server.start_again().await;
                     let (other, _events) = connect(&server, "dave").await;
                     assert_eq!(other.join_group(group).await.unwrap(), JoinResult::Joined);
-                    other.send_message(group, text).await.unwrap();
+                    for i in 1..=count {
+                        other.send_message(group, &format!("{text} {i}")).await.unwrap();
+                    }
                     other.close().await;
                     "OK".to_string()
                 }
