@@ -21,6 +21,10 @@ pub struct ClientOptions {
     /// The credential, sent as `Authorization: Bearer …`: the user id itself when
     /// the server runs `--auth header`, a JWT when it runs `--auth jwt`.
     pub user: String,
+    /// A file holding the credential (a JWT), read at every connect and
+    /// reconnect instead of `user`, so that a token renewed in the file is used
+    /// when the server closes a connection whose token expired.
+    pub token_file: Option<PathBuf>,
     /// A PEM file of CA certificates trusted besides the system's, for
     /// `https://`/`wss://` servers with a private CA.
     pub ca_file: Option<PathBuf>,
@@ -55,6 +59,7 @@ impl ClientOptions {
             server_timeout: Duration::from_secs(30),
             reconnect: None,
             ca_file: None,
+            token_file: None,
         }
     }
 }
