@@ -120,7 +120,9 @@ async fn run(args: Args) -> ExitCode {
     let mut session = Session::new(settings, printer.clone());
     let mut failed = false;
     if let (Some(url), Some(credential)) = (args.url, credential) {
-        failed |= session.connect(url, credential).await.is_err();
+        let token_file =
+            if args.user.is_none() && args.token.is_none() { args.token_file } else { None };
+        failed |= session.connect(url, credential, token_file).await.is_err();
     }
     match editor {
         Some(mut editor) => {

@@ -63,7 +63,7 @@ impl Session {
                 self.fail(&format!("usage: {} (type help {} for more)", help.usage, help.name))
             }
             Command::Connect { url, user } => {
-                self.connect(url, user).await.map(|()| Flow::Continue)
+                self.connect(url, user, None).await.map(|()| Flow::Continue)
             }
             other => {
                 let client = self.connected()?;
@@ -80,8 +80,14 @@ impl Session {
         self.printer.flush().await;
     }
 
-    /// Connects with `credential`: a user id, or a JWT.
-    pub async fn connect(&mut self, url: String, credential: String) -> Result<(), Failed> {
+    /// Connects with `credential`: a user id, or a JWT (read from `token_file`,
+    /// when given, at this and every later reconnect).
+    pub async fn connect(
+        &mut self,
+        url: String,
+        credential: String,
+        token_file: Option<PathBuf>,
+    ) -> Result<(), Failed> {
         if let Some(client) = self.client.as_ref().filter(|c| !c.is_closed()) {
             return self.fail(&format!(
                 "you are connected already, as {}; type bye to quit first",
@@ -91,6 +97,8 @@ impl Session {
         let user = display_user(&credential);
         let mut options = ClientOptions::new(url.clone(), credential);
         options.ca_file = self.settings.ca_file.clone();
+        // Read again at every reconnect, so that a renewed token is used.
+        options.token_file = token_file;
         options.protocol = self.settings.protocol;
         options.skip_negotiation = self.settings.skip_negotiation;
         if self.settings.reconnect {

@@ -21,6 +21,10 @@ pub struct ClientOptions {
     /// The credential, sent as `Authorization: Bearer …`: the user id itself when
     /// the server runs `--auth header`, a JWT when it runs `--auth jwt`.
     pub user: String,
+    /// A file holding the credential (a JWT), read at every connect and
+    /// reconnect instead of `user`, so that a token renewed in the file is used
+    /// when the server closes a connection whose token expired.
+    pub token_file: Option<PathBuf>,
     /// A PEM file of CA certificates trusted besides the system's, for
     /// `https://`/`wss://` servers with a private CA.
     pub ca_file: Option<PathBuf>,
@@ -62,6 +66,7 @@ impl ClientOptions {
             reconnect: None,
             ca_file: None,
             catch_up_max_messages: 100_000,
+            token_file: None,
         }
     }
 }

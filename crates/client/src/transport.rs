@@ -45,14 +45,22 @@ pub(crate) async fn open(options: &ClientOptions) -> Result<Transport, ClientErr
 }
 
 async fn open_within(options: &ClientOptions) -> Result<Transport, ClientError> {
-    if options.user.is_empty() {
+    let credential = match &options.token_file {
+        Some(path) => {
+            tokio::fs::read_to_string(path).await.map(|token| token.trim().to_owned()).map_err(
+                |e| ClientError::InvalidOptions(format!("token file {}: {e}", path.display())),
+            )?
+        }
+        None => options.user.clone(),
+    };
+    if credential.is_empty() {
         return Err(ClientError::InvalidOptions("the user id must not be empty".into()));
     }
     let mut endpoint = hub_url(&options.url)?;
     let tls = crate::tls::client_config(options.ca_file.as_deref())?;
     // The server removes one leading `Bearer `, so this is right also for a user
     // whose name itself starts with `Bearer `.
-    let mut authorization = format!("Bearer {}", options.user);
+    let mut authorization = format!("Bearer {credential}");
     let mut connection_token = None;
     if !options.skip_negotiation {
         let mut redirects = 0;

@@ -437,3 +437,50 @@ async fn header_mode_on_a_public_address_warns_naming_auth_jwt() {
     assert!(warning.contains("WARN") && warning.contains("--auth jwt"), "{warning}");
     server.kill().await.unwrap();
 }
+
+/// The client library with a token file: when the server closes the connection
+/// because its token expired, the client reconnects with the token renewed in
+/// the file.
+#[tokio::test]
+async fn the_client_library_reconnects_with_the_renewed_token_of_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = hs256_server(&dir, &["--jwt-leeway-secs", "0"]).await;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, hs256_token(TEST_SECRET, "ann", 2)).unwrap();
+    let mut options = ClientOptions::new(&server.url, "");
+    options.token_file = Some(token_file.clone());
+    options.reconnect = Some(next_chat_client::ReconnectPolicy {
+        initial_delay: Duration::from_millis(100),
+        max_delay: Duration::from_millis(500),
+        max_attempts: None,
+    });
+    let (client, mut events) = Client::connect(options).await.expect("connects");
+    client.join_group("renewed").await.unwrap();
+    loop {
+        match next_event(&mut events).await {
+            Event::Disconnected { error } => {
+                assert!(error.as_deref().is_some_and(|e| e.contains("expired")), "{error:?}");
+                break;
+            }
+            _ => continue,
+        }
+    }
+    // Renewed, as a sidecar or a login flow would.
+    std::fs::write(&token_file, hs256_token(TEST_SECRET, "ann", 600)).unwrap();
+    loop {
+        match next_event(&mut events).await {
+            Event::Reconnected => break,
+            Event::Closed { error } => panic!("closed: {error:?}"),
+            _ => continue,
+        }
+    }
+    client.send_message("renewed", "still ann").await.expect("a call after reconnecting");
+    client.close().await;
+}
+
+async fn next_event(events: &mut next_chat_client::Events) -> Event {
+    tokio::time::timeout(WAIT, events.recv())
+        .await
+        .expect("an event in time")
+        .expect("events go on")
+}
