@@ -94,6 +94,9 @@ impl Membership for Open {
     async fn member_count(&self, _: &GroupId) -> Result<usize, BackendError> {
         Ok(0)
     }
+    async fn members(&self, _: &GroupId) -> Result<Vec<UserId>, BackendError> {
+        Ok(Vec::new())
+    }
     async fn check(&self) -> Result<(), BackendError> {
         Ok(())
     }
