@@ -97,6 +97,9 @@ pub struct NegotiateResponse {
     pub connection_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available_transports: Option<Vec<AvailableTransport>>,
+    /// Stateful reconnect is on for this connection (only when the client asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_stateful_reconnect: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
