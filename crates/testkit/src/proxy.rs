@@ -1,7 +1,7 @@
 //! A TCP proxy a test owns, to take a backend away from the servers of one test
 //! while every other test keeps using it: the servers connect through the
 //! proxy's port, and `cut` resets every forwarded connection and refuses new
-//! ones until `restore`.
+//! ones until `restore`; `drop_connections` resets them and accepts new ones.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +46,12 @@ impl TcpProxy {
         // Closed before the bump: a connection accepted concurrently either
         // sees the bump or sees `open` false (see `accept_loop`).
         self.state.open.store(false, Ordering::SeqCst);
+        self.state.cuts.send_modify(|cuts| *cuts += 1);
+    }
+
+    /// Resets every open connection (both ends) but keeps forwarding new ones:
+    /// a network blip, after which a client can reconnect at once.
+    pub fn drop_connections(&self) {
         self.state.cuts.send_modify(|cuts| *cuts += 1);
     }
 
