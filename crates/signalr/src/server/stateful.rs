@@ -105,15 +105,17 @@ pub(crate) fn parts(
 ) -> (Parts, WsSink) {
     let (sinks, sinks_rx) = mpsc::channel(1);
     let (streams, streams_rx) = mpsc::channel(1);
-    let (acks, acks_rx) = watch::channel(0);
+    let (client, client_rx) = watch::channel(ClientState::default());
     let (sink, stream) = socket.split();
     let parts = Parts {
         handover: Arc::new(Handover { connection: connection.clone(), sinks, streams }),
-        session: Reconnect::new(window, acks),
+        session: Reconnect::new(window, client),
         inbound: ResumableInbound { current: Some(stream), replacements: streams_rx, read_limit },
         writer: WriterSide {
             sinks: sinks_rx,
-            acks: acks_rx,
+            client: client_rx,
+            socket: 0,
+            client_open: true,
             buffer: ResendBuffer::new(buffer_bytes),
         },
     };
@@ -187,6 +189,16 @@ impl Stream for ResumableInbound {
     }
 }
 
+/// What the session tells the writer about the client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ClientState {
+    /// The highest id the client acknowledged.
+    acked: i64,
+    /// The socket (0 for the first, counting up with each takeover) whose read
+    /// side failed: the writer stops writing to it, if it still holds it.
+    lost_socket: Option<u64>,
+}
+
 /// What the session does next for stateful reconnect.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Event {
@@ -212,12 +224,14 @@ pub(crate) struct Reconnect {
     /// The highest id acknowledged to the client.
     last_acked: i64,
     ack_due: Option<Instant>,
-    /// The highest id the client acknowledged, for the writer's buffer.
-    acks: watch::Sender<i64>,
+    /// Which socket is attached: 0 for the first, counting each takeover.
+    socket: u64,
+    /// Acks and lost sockets, for the writer.
+    client: watch::Sender<ClientState>,
 }
 
 impl Reconnect {
-    fn new(window: Duration, acks: watch::Sender<i64>) -> Self {
+    fn new(window: Duration, client: watch::Sender<ClientState>) -> Self {
         Self {
             window,
             parked_until: None,
@@ -226,7 +240,8 @@ impl Reconnect {
             latest: 0,
             last_acked: 0,
             ack_due: None,
-            acks,
+            socket: 0,
+            client,
         }
     }
 
@@ -241,11 +256,14 @@ impl Reconnect {
     /// The socket is gone: wait for another for the window.
     pub(crate) fn lost(&mut self, now: Instant) {
         self.parked_until = Some(now + self.window);
+        let socket = self.socket;
+        self.client.send_modify(|state| state.lost_socket = Some(socket));
     }
 
     /// A new socket took over.
     pub(crate) fn resumed(&mut self, now: Instant) {
         self.parked_until = None;
+        self.socket += 1;
         self.wait_for_sequence = true;
         // Acks sent just before the drop may be lost: acknowledge again.
         self.last_acked = 0;
@@ -277,10 +295,10 @@ impl Reconnect {
             }
             HubMessage::Ack { sequence_id } => {
                 let acked = *sequence_id;
-                self.acks.send_if_modified(|current| {
-                    let newer = acked > *current;
+                self.client.send_if_modified(|state| {
+                    let newer = acked > state.acked;
                     if newer {
-                        *current = acked;
+                        state.acked = acked;
                     }
                     newer
                 });
@@ -328,8 +346,28 @@ impl Reconnect {
 /// it has not acknowledged.
 pub(crate) struct WriterSide {
     sinks: mpsc::Receiver<WsSink>,
-    acks: watch::Receiver<i64>,
+    client: watch::Receiver<ClientState>,
+    /// Which socket the writer holds, counted as [`Reconnect`] counts them.
+    socket: u64,
+    /// Whether the session still has its end of `client` (it drops it when the
+    /// handshake declines stateful reconnect).
+    client_open: bool,
     buffer: ResendBuffer,
+}
+
+impl WriterSide {
+    /// A new socket's sink arrived: it replaces the one held, if any.
+    fn took_over(&mut self) {
+        self.socket += 1;
+    }
+
+    /// Applies what the session said: drops acknowledged records, and returns
+    /// whether the socket held was lost (its read side failed).
+    fn client_changed(&mut self) -> bool {
+        let state = *self.client.borrow_and_update();
+        self.buffer.ack(state.acked);
+        state.lost_socket == Some(self.socket)
+    }
 }
 
 /// The records sent but not acknowledged, numbered from `first_id`.
@@ -415,6 +453,8 @@ pub(crate) async fn write(
                 biased;
                 next = side.sinks.recv() => match next {
                     Some(next) => {
+                        side.took_over();
+                        side.client_changed();
                         sink = Some(next);
                         if !resend(&mut sink, &outbound, &side.buffer).await {
                             sink = None;
@@ -422,10 +462,11 @@ pub(crate) async fn write(
                     }
                     None => break,
                 },
-                changed = side.acks.changed() => {
+                changed = side.client.changed(), if side.client_open => {
                     if changed.is_ok() {
-                        let acked = *side.acks.borrow_and_update();
-                        side.buffer.ack(acked);
+                        side.client_changed();
+                    } else {
+                        side.client_open = false;
                     }
                 }
                 outgoing = outbound.next_outgoing() => match outgoing {
@@ -450,12 +491,16 @@ pub(crate) async fn write(
         let step = tokio::select! {
             biased;
             next = side.sinks.recv() => Step::NewSocket(next),
-            changed = side.acks.changed() => Step::Acked(changed.is_ok()),
+            changed = side.client.changed(), if side.client_open => {
+                Step::ClientChanged(changed.is_ok())
+            }
             outgoing = outbound.next_outgoing(), if may_take => Step::Write(outgoing),
         };
         let first = match step {
             Step::NewSocket(Some(next)) => {
                 debug!("a new socket replaced one still attached");
+                side.took_over();
+                side.client_changed();
                 sink = Some(next);
                 if !resend(&mut sink, &outbound, &side.buffer).await {
                     sink = None;
@@ -463,10 +508,14 @@ pub(crate) async fn write(
                 continue;
             }
             Step::NewSocket(None) => break,
-            Step::Acked(alive) => {
-                if alive {
-                    let acked = *side.acks.borrow_and_update();
-                    side.buffer.ack(acked);
+            Step::ClientChanged(false) => {
+                side.client_open = false;
+                continue;
+            }
+            Step::ClientChanged(true) => {
+                if side.client_changed() {
+                    debug!("the socket's read side failed; waiting for a reconnect");
+                    sink = None;
                 }
                 continue;
             }
@@ -522,7 +571,7 @@ pub(crate) async fn write(
 
 enum Step {
     NewSocket(Option<WsSink>),
-    Acked(bool),
+    ClientChanged(bool),
     Write(Option<Outgoing>),
 }
 
@@ -563,9 +612,9 @@ pub(crate) fn expired(connection: &Connection, window: Duration) -> Option<Close
 mod tests {
     use super::*;
 
-    fn reconnect() -> (Reconnect, watch::Receiver<i64>) {
-        let (acks, rx) = watch::channel(0);
-        (Reconnect::new(Duration::from_secs(30), acks), rx)
+    fn reconnect() -> (Reconnect, watch::Receiver<ClientState>) {
+        let (client, rx) = watch::channel(ClientState::default());
+        (Reconnect::new(Duration::from_secs(30), client), rx)
     }
 
     fn invocation() -> HubMessage {
@@ -659,10 +708,21 @@ mod tests {
         let (mut state, acks) = reconnect();
         let now = Instant::now();
         assert_eq!(state.admit(&HubMessage::Ack { sequence_id: 5 }, now), Ok(false));
-        assert_eq!(*acks.borrow(), 5);
+        assert_eq!(acks.borrow().acked, 5);
         // An older Ack does not move it back.
         assert_eq!(state.admit(&HubMessage::Ack { sequence_id: 2 }, now), Ok(false));
-        assert_eq!(*acks.borrow(), 5);
+        assert_eq!(acks.borrow().acked, 5);
+    }
+
+    #[test]
+    fn a_lost_socket_is_named_so_the_writer_drops_only_that_one() {
+        let (mut state, client) = reconnect();
+        let now = Instant::now();
+        state.lost(now);
+        assert_eq!(client.borrow().lost_socket, Some(0));
+        state.resumed(now);
+        state.lost(now);
+        assert_eq!(client.borrow().lost_socket, Some(1));
     }
 
     #[tokio::test(start_paused = true)]
