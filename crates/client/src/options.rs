@@ -34,10 +34,17 @@ pub struct ClientOptions {
     pub server_timeout: Duration,
     /// `None`: a lost connection ends the client with [`crate::Event::Closed`].
     pub reconnect: Option<ReconnectPolicy>,
+    /// Ask for SignalR stateful reconnect (negotiate `useStatefulReconnect`,
+    /// hub protocol 2): when the socket drops, a new one resumes the same
+    /// connection at once, and nothing is lost or repeated, with no
+    /// [`crate::Event::Disconnected`]. Only when that fails does `reconnect`
+    /// apply. Needs negotiation (not `skip_negotiation`).
+    pub stateful_reconnect: bool,
 }
 
 impl ClientOptions {
-    /// JSON, negotiate first, 10 s calls, no automatic reconnect.
+    /// JSON, negotiate first, 10 s calls, stateful reconnect, no automatic
+    /// full reconnect.
     pub fn new(url: impl Into<String>, user: impl Into<String>) -> ClientOptions {
         ClientOptions {
             url: url.into(),
@@ -49,6 +56,7 @@ impl ClientOptions {
             keep_alive_interval: Duration::from_secs(15),
             server_timeout: Duration::from_secs(30),
             reconnect: None,
+            stateful_reconnect: true,
         }
     }
 }
