@@ -172,3 +172,35 @@ async fn another_user_cannot_take_a_connection_over() {
     let refused = ws_connect(server.addr, &format!("?id={token}"), Some("mallory")).await;
     assert_eq!(refused.err(), Some(403));
 }
+
+#[tokio::test]
+async fn a_client_that_never_acks_is_closed_as_a_slow_consumer() {
+    // Socket up, buffer full: the writer waits for an Ack, the outbound queue
+    // fills behind it, and its bound closes the connection, Close message included.
+    let mut server = spawn(HubConfig {
+        stateful_reconnect_buffer_bytes: 1000,
+        outbound_queue_capacity: 8,
+        ..HubConfig::default()
+    })
+    .await;
+    let (id, token) = negotiate_stateful(&server, "alice").await;
+    let mut ws = open(&server, &token, "alice", 2).await;
+    let connection = server.hub.connection(&id).expect("connected");
+    let payload = "x".repeat(100);
+    let mut sent = 0;
+    while connection.send_invocation("Later", vec![Value::Str(payload.clone())]).is_ok() {
+        sent += 1;
+        assert!(sent < 100, "the queue bound applies");
+    }
+    let mut received = 0;
+    let close = loop {
+        match next(&mut ws).await {
+            HubMessage::Invocation { .. } => received += 1,
+            HubMessage::Close { error, .. } => break error,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(close.is_some_and(|e| e.contains("outbound queue full")));
+    assert!(received < sent, "not everything went out without an Ack: {received} of {sent}");
+    assert_eq!(server.next_end().await, (id, "slow"));
+}

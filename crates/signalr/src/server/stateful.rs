@@ -50,6 +50,9 @@ pub(crate) const ACK_INTERVAL: Duration = Duration::from_secs(1);
 /// At most this many bytes of records are written with one flush.
 const MAX_WRITE_BATCH_BYTES: usize = 16 * 1024;
 
+/// How long a write may take once the connection is being torn down.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// What the registry keeps for a connection that may be resumed.
 #[derive(Debug)]
 pub(crate) struct Handover {
@@ -495,6 +498,8 @@ pub(crate) async fn write(
                 Step::ClientChanged(changed.is_ok())
             }
             outgoing = outbound.next_outgoing(), if may_take => Step::Write(outgoing),
+            // Waiting for an Ack: a close means draining anyway.
+            () = connection.closed(), if !may_take => continue,
         };
         let first = match step {
             Step::NewSocket(Some(next)) => {
@@ -541,11 +546,18 @@ pub(crate) async fn write(
             }
             current.flush().await
         };
-        let sent = tokio::select! {
-            sent = send_batch => sent,
-            _ = outbound.forced() => {
-                batch.clear();
-                continue;
+        // As the plain writer: once the close is forced, the last batch (the
+        // Close message) gets a short while; before, a forced close abandons it.
+        let forced = connection.close_request().is_some_and(|request| !request.drain);
+        let sent = if forced {
+            tokio::time::timeout(FINAL_WRITE_TIMEOUT, send_batch).await.unwrap_or(Ok(()))
+        } else {
+            tokio::select! {
+                sent = send_batch => sent,
+                _ = outbound.forced() => {
+                    batch.clear();
+                    continue;
+                }
             }
         };
         batch.clear();
@@ -565,7 +577,7 @@ pub(crate) async fn write(
             code: axum::extract::ws::close_code::NORMAL,
             reason: Utf8Bytes::from_static(""),
         }));
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
+        let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, sink.send(close)).await;
     }
 }
 
