@@ -23,7 +23,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::connection::{CloseRequest, Connection};
 use super::long_polling::PollState;
 use super::registry::LiveGuard;
-use super::stateful::{self, Reconnect};
+use super::stateful::Reconnect;
 use super::{Hub, HubConfig, Invoked, ServerState};
 use crate::handshake::{HandshakeBuffer, HandshakeError, HandshakeRequest, HandshakeResponse};
 use crate::protocol::{HubMessage, Outcome, Protocol, ProtocolError, quote_untrusted};
@@ -224,14 +224,7 @@ async fn run_inner<H: Hub>(
                         };
                     }
                     Some(Inbound::Lost(reason)) => match reconnect.as_mut() {
-                        Some(reconnect) => {
-                            info!(
-                                %reason,
-                                window_secs = reconnect.window().as_secs_f64(),
-                                "socket lost; keeping the connection for a stateful reconnect"
-                            );
-                            reconnect.lost(Instant::now());
-                        }
+                        Some(reconnect) => reconnect.lost(&reason, Instant::now()),
                         None => break 'session CloseRequest::peer_gone(reason),
                     },
                     Some(Inbound::Resumed) => {
@@ -241,26 +234,16 @@ async fn run_inner<H: Hub>(
                             last_received = Instant::now();
                             reconnect.resumed(last_received);
                             hub.resumed(&session);
-                            info!("resumed by a stateful reconnect");
                         }
                     }
                     None => break 'session CloseRequest::peer_gone("the client disconnected"),
                 }
             }
-            event = reconnect_event => match event {
-                stateful::Event::Expired => {
-                    let window = reconnect.as_ref().map_or(Duration::ZERO, Reconnect::window);
-                    let request = stateful::expired(&connection, window);
-                    warn!("closing a connection whose client did not reconnect within the window");
-                    break 'session request
-                        .unwrap_or_else(|| CloseRequest::peer_gone("no reconnect"));
+            event = reconnect_event => {
+                if let Some(request) = reconnect.as_mut().and_then(|r| r.on_event(event, &connection)) {
+                    break 'session request;
                 }
-                stateful::Event::AckDue => {
-                    if let Some(ack) = reconnect.as_mut().and_then(Reconnect::take_ack) {
-                        let _ = connection.push_control(protocol.encode(&ack));
-                    }
-                }
-            },
+            }
             _ = sleep_until_opt(deadline) => {
                 if let Some(request) = timed_out(&liveness, last_received) {
                     warn!(reason = %request.reason, "closing an unresponsive connection");

@@ -33,7 +33,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::connection::{CloseRequest, Connection, Outbound, Outgoing, ReconnectEnd};
 use super::registry::LiveGuard;
@@ -248,16 +248,17 @@ impl Reconnect {
         }
     }
 
-    pub(crate) fn window(&self) -> Duration {
-        self.window
-    }
-
     pub(crate) fn is_parked(&self) -> bool {
         self.parked_until.is_some()
     }
 
-    /// The socket is gone: wait for another for the window.
-    pub(crate) fn lost(&mut self, now: Instant) {
+    /// The socket is gone (`reason` says how): wait for another for the window.
+    pub(crate) fn lost(&mut self, reason: &str, now: Instant) {
+        info!(
+            %reason,
+            window_secs = self.window.as_secs_f64(),
+            "socket lost; keeping the connection for a stateful reconnect"
+        );
         self.parked_until = Some(now + self.window);
         let socket = self.socket;
         self.client.send_modify(|state| state.lost_socket = Some(socket));
@@ -265,6 +266,7 @@ impl Reconnect {
 
     /// A new socket took over.
     pub(crate) fn resumed(&mut self, now: Instant) {
+        info!("resumed by a stateful reconnect");
         self.parked_until = None;
         self.socket += 1;
         self.wait_for_sequence = true;
@@ -331,6 +333,35 @@ impl Reconnect {
         }
         self.last_acked = self.latest;
         Some(HubMessage::Ack { sequence_id: self.latest })
+    }
+
+    /// Acts on an [`Event`]: sends the Ack that is due, or ends the connection
+    /// (the returned request) when the window passed.
+    pub(crate) fn on_event(
+        &mut self,
+        event: Event,
+        connection: &Connection,
+    ) -> Option<CloseRequest> {
+        match event {
+            Event::Expired => {
+                let reason = format!(
+                    "stateful reconnect: no reconnect within {} s of the socket dropping (stateful_reconnect_window_secs)",
+                    self.window.as_secs_f64()
+                );
+                warn!(%reason, "closing a connection whose client did not come back");
+                connection.end_reconnect(ReconnectEnd::Expired, reason);
+                connection.close_request()
+            }
+            Event::AckDue => {
+                if let (Some(ack), Some(protocol)) =
+                    (self.take_ack(), connection.negotiated_protocol())
+                {
+                    // A full queue closes the connection; nothing more to do here.
+                    let _ = connection.push_control(protocol.encode(&ack));
+                }
+                None
+            }
+        }
     }
 
     /// Resolves at the next [`Event`]. Cancel-safe.
@@ -610,16 +641,6 @@ async fn resend(sink: &mut Option<WsSink>, outbound: &Outbound, buffer: &ResendB
     }
 }
 
-/// The close request when the window passes without a reconnect.
-pub(crate) fn expired(connection: &Connection, window: Duration) -> Option<CloseRequest> {
-    let reason = format!(
-        "stateful reconnect: no reconnect within {} s of the socket dropping (stateful_reconnect_window_secs)",
-        window.as_secs_f64()
-    );
-    connection.end_reconnect(ReconnectEnd::Expired, reason);
-    connection.close_request()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -692,7 +713,7 @@ mod tests {
         }
         assert_eq!(state.take_ack(), Some(HubMessage::Ack { sequence_id: 3 }));
         assert_eq!(state.take_ack(), None, "nothing new to acknowledge");
-        state.lost(now);
+        state.lost("test", now);
         state.resumed(now);
         // Before the client's Sequence message, everything is ignored.
         assert_eq!(state.admit(&invocation(), now), Ok(false));
@@ -730,10 +751,10 @@ mod tests {
     fn a_lost_socket_is_named_so_the_writer_drops_only_that_one() {
         let (mut state, client) = reconnect();
         let now = Instant::now();
-        state.lost(now);
+        state.lost("test", now);
         assert_eq!(client.borrow().lost_socket, Some(0));
         state.resumed(now);
-        state.lost(now);
+        state.lost("test", now);
         assert_eq!(client.borrow().lost_socket, Some(1));
     }
 
@@ -741,7 +762,7 @@ mod tests {
     async fn the_window_expires_unless_a_socket_comes_back() {
         let (mut state, _acks) = reconnect();
         let start = Instant::now();
-        state.lost(start);
+        state.lost("test", start);
         assert_eq!(state.next_event().await, Event::Expired);
         assert_eq!(start.elapsed(), Duration::from_secs(30));
         state.resumed(Instant::now());
