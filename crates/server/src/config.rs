@@ -756,6 +756,26 @@ mod tests {
     }
 
     #[test]
+    fn stateful_reconnect_settings() {
+        let config = parse(&[
+            "--stateful-reconnect",
+            "false",
+            "--stateful-reconnect-buffer-bytes",
+            "5000",
+            "--stateful-reconnect-window-secs",
+            "10",
+        ])
+        .unwrap();
+        assert!(!config.stateful_reconnect);
+        assert_eq!(config.stateful_reconnect_buffer_bytes, 5000);
+        assert_eq!(config.stateful_reconnect_window, Duration::from_secs(10));
+        let err = parse(&["--stateful-reconnect-buffer-bytes", "0"]).unwrap_err();
+        assert_eq!(err.key, "stateful_reconnect_buffer_bytes");
+        let err = parse(&["--stateful-reconnect-window-secs", "0"]).unwrap_err();
+        assert_eq!(err.key, "stateful_reconnect_window_secs");
+    }
+
+    #[test]
     fn redis_stream_bytes_default_and_per_shard_minimum() {
         assert_eq!(parse(&[]).unwrap().redis_stream_max_bytes, 256 * 1024 * 1024);
         let config = parse(&["--redis-stream-max-bytes", "8388608"]).unwrap();
