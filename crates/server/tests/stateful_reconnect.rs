@@ -74,3 +74,35 @@ async fn a_member_cut_off_keeps_its_place_in_a_full_group_for_the_window_only() 
     let joined = json_invoke(&mut late, "j2", "JoinGroup", json!(["full"])).await;
     assert_eq!(joined["result"], 0, "member0's place was released: {joined}");
 }
+
+#[tokio::test]
+async fn messages_for_a_member_away_beyond_the_buffer_close_its_connection() {
+    let server = TestServer::start(vec![
+        "--stateful-reconnect-buffer-bytes".into(),
+        "2000".into(),
+        "--max-members".into(),
+        "2".into(),
+    ])
+    .await;
+    let mut away = stateful_hub(&server, "away").await;
+    assert_eq!(json_invoke(&mut away, "j", "JoinGroup", json!(["g"])).await["result"], 0);
+    let mut sender = json_hub(&server.ws_url(), "sender").await;
+    assert_eq!(json_invoke(&mut sender, "j", "JoinGroup", json!(["g"])).await["result"], 0);
+    drop(away);
+
+    // About 150 bytes each: 40 of them are three times the buffer.
+    for i in 0..40 {
+        let id = format!("s{i}");
+        let sent = json_invoke(&mut sender, &id, "SendMessage", json!(["g", "x".repeat(50)])).await;
+        assert!(sent.get("error").is_none(), "{sent}");
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reconnects(server.port, "overflowed").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no overflow counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reconnects(server.port, "expired").await, 0);
+    // Its place in the group (2 of 2) is free again.
+    let mut late = json_hub(&server.ws_url(), "late").await;
+    assert_eq!(json_invoke(&mut late, "j", "JoinGroup", json!(["g"])).await["result"], 0);
+}
