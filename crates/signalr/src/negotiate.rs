@@ -195,6 +195,18 @@ mod tests {
     }
 
     #[test]
+    fn writes_use_stateful_reconnect_last_when_set() {
+        let mut response = NegotiateResponse::v1("abc", "secret", &[Transport::WebSockets]);
+        response.use_stateful_reconnect = Some(true);
+        assert_eq!(
+            response.to_json(),
+            r#"{"negotiateVersion":1,"connectionId":"abc","connectionToken":"secret","availableTransports":[{"transport":"WebSockets","transferFormats":["Text","Binary"]}],"useStatefulReconnect":true}"#
+        );
+        let parsed = NegotiateResponse::parse(response.to_json().as_bytes()).expect("valid JSON");
+        assert_eq!(parsed.use_stateful_reconnect, Some(true));
+    }
+
+    #[test]
     fn writes_errors() {
         assert_eq!(NegotiateResponse::error("nope").to_json(), r#"{"error":"nope"}"#);
     }
