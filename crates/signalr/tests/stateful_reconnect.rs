@@ -204,3 +204,16 @@ async fn a_client_that_never_acks_is_closed_as_a_slow_consumer() {
     assert!(received < sent, "not everything went out without an Ack: {received} of {sent}");
     assert_eq!(server.next_end().await, (id, "slow"));
 }
+
+#[tokio::test]
+async fn shutdown_still_sends_the_close_message() {
+    let mut server = spawn(HubConfig::default()).await;
+    let (id, token) = negotiate_stateful(&server, "alice").await;
+    let mut ws = open(&server, &token, "alice", 2).await;
+    let hub_server = server.server.clone();
+    let shutdown = tokio::spawn(async move { hub_server.shutdown(Duration::from_secs(5)).await });
+    assert_eq!(next(&mut ws).await, HubMessage::Close { error: None, allow_reconnect: true });
+    assert_eq!(ws_next(&mut ws).await, None);
+    tokio::time::timeout(WAIT, shutdown).await.expect("shutdown returns").expect("no panic");
+    assert_eq!(server.next_end().await, (id, "other"));
+}

@@ -119,6 +119,7 @@ pub(crate) fn parts(
             client: client_rx,
             socket: 0,
             client_open: true,
+            sinks_open: true,
             buffer: ResendBuffer::new(buffer_bytes),
         },
     };
@@ -386,6 +387,9 @@ pub(crate) struct WriterSide {
     /// Whether the session still has its end of `client` (it drops it when the
     /// handshake declines stateful reconnect).
     client_open: bool,
+    /// Whether a new socket may still come (the registry drops the handover
+    /// once the session ended; the writer may still be draining).
+    sinks_open: bool,
     buffer: ResendBuffer,
 }
 
@@ -485,7 +489,7 @@ pub(crate) async fn write(
             // session ends the connection.
             tokio::select! {
                 biased;
-                next = side.sinks.recv() => match next {
+                next = side.sinks.recv(), if side.sinks_open => match next {
                     Some(next) => {
                         side.took_over();
                         side.client_changed();
@@ -494,6 +498,7 @@ pub(crate) async fn write(
                             sink = None;
                         }
                     }
+                    // No socket and none to come: nothing can be written.
                     None => break,
                 },
                 changed = side.client.changed(), if side.client_open => {
@@ -524,7 +529,7 @@ pub(crate) async fn write(
         let may_take = !side.buffer.is_full() || connection.is_closed();
         let step = tokio::select! {
             biased;
-            next = side.sinks.recv() => Step::NewSocket(next),
+            next = side.sinks.recv(), if side.sinks_open => Step::NewSocket(next),
             changed = side.client.changed(), if side.client_open => {
                 Step::ClientChanged(changed.is_ok())
             }
@@ -543,7 +548,10 @@ pub(crate) async fn write(
                 }
                 continue;
             }
-            Step::NewSocket(None) => break,
+            Step::NewSocket(None) => {
+                side.sinks_open = false;
+                continue;
+            }
             Step::ClientChanged(false) => {
                 side.client_open = false;
                 continue;
