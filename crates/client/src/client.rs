@@ -337,6 +337,7 @@ async fn supervise(
                 error: Some(format!("the connection task failed: {e}")),
                 allow_reconnect: true,
                 closed_by_client: false,
+                socket_lost: false,
             }),
             // A close request, or the last handle dropped.
             _ = shutdown.changed() => {

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 use crate::delivery::Delivery;
 use crate::error::ClientError;
 use crate::model::Message;
+use crate::stateful::Stateful;
 use crate::transport::{Transport, WebSocket};
 use crate::wire;
 
@@ -76,13 +77,30 @@ pub(crate) struct ConnectionEnd {
     /// False when the server's Close message said not to reconnect.
     pub(crate) allow_reconnect: bool,
     pub(crate) closed_by_client: bool,
+    /// The WebSocket failed or closed (no Close message, no protocol error, no
+    /// server timeout): stateful reconnect may resume the connection.
+    pub(crate) socket_lost: bool,
 }
 
 impl ConnectionEnd {
     fn lost(error: impl Into<String>) -> ConnectionEnd {
-        ConnectionEnd { error: Some(error.into()), allow_reconnect: true, closed_by_client: false }
+        ConnectionEnd {
+            error: Some(error.into()),
+            allow_reconnect: true,
+            closed_by_client: false,
+            socket_lost: false,
+        }
+    }
+
+    fn socket(error: impl Into<String>) -> ConnectionEnd {
+        ConnectionEnd { socket_lost: true, ..ConnectionEnd::lost(error) }
     }
 }
+
+/// Attempts at a new WebSocket for stateful reconnect before the connection
+/// counts as lost, and the first wait between them (doubling).
+const RESUME_ATTEMPTS: u32 = 3;
+const RESUME_BACKOFF: Duration = Duration::from_millis(100);
 
 pub(crate) struct Timing {
     pub(crate) keep_alive_interval: Duration,
@@ -99,6 +117,7 @@ pub(crate) fn spawn(
     let mut decoder = protocol.decoder(MAX_INCOMING_MESSAGE);
     decoder.push(&transport.leftover);
     let driver = Driver {
+        stateful: transport.resume.map(Stateful::new),
         socket: transport.socket,
         decoder,
         protocol,
@@ -112,6 +131,8 @@ pub(crate) fn spawn(
 }
 
 struct Driver {
+    /// Set when the server agreed to stateful reconnect.
+    stateful: Option<Stateful>,
     socket: WebSocket,
     decoder: Decoder,
     protocol: WireProtocol,
@@ -133,12 +154,21 @@ impl Driver {
         while end.is_none() {
             let ping_at = last_sent + self.timing.keep_alive_interval;
             let dead_at = last_received + self.timing.server_timeout;
+            let ack_at = self.stateful.as_ref().and_then(Stateful::ack_due);
+            // While the server has not acknowledged enough, new calls wait.
+            let may_send = !self.stateful.as_ref().is_some_and(Stateful::is_full);
             end = tokio::select! {
                 frame = self.socket.next() => {
                     last_received = Instant::now();
                     self.on_frame(frame).err()
                 }
-                command = outgoing.recv() => match command {
+                () = sleep_until_opt(ack_at) => {
+                    match self.stateful.as_mut().and_then(Stateful::take_ack) {
+                        Some(ack) => self.send(&ack).await.err(),
+                        None => None,
+                    }
+                }
+                command = outgoing.recv(), if may_send => match command {
                     Some(Outgoing::Call(call)) => {
                         last_sent = Instant::now();
                         self.send_call(call).await.err()
@@ -149,6 +179,7 @@ impl Driver {
                             error: None,
                             allow_reconnect: false,
                             closed_by_client: true,
+                            socket_lost: false,
                         })
                     }
                 },
@@ -161,6 +192,18 @@ impl Driver {
                     self.timing.server_timeout
                 ))),
             };
+            if end.as_ref().is_some_and(|end| end.socket_lost) && self.stateful.is_some() {
+                match self.resume().await {
+                    Ok(()) => {
+                        end = None;
+                        last_received = Instant::now();
+                        last_sent = last_received;
+                    }
+                    Err(error) => {
+                        tracing::info!(%error, "stateful reconnect failed; the connection is lost");
+                    }
+                }
+            }
         }
         // Calls in flight fail: dropping their reply makes them `Disconnected`.
         self.pending.clear();
@@ -172,8 +215,8 @@ impl Driver {
         frame: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>,
     ) -> Result<(), ConnectionEnd> {
         match frame {
-            None => Err(ConnectionEnd::lost("the server closed the connection")),
-            Some(Err(e)) => Err(ConnectionEnd::lost(e.to_string())),
+            None => Err(ConnectionEnd::socket("the server closed the connection")),
+            Some(Err(e)) => Err(ConnectionEnd::socket(e.to_string())),
             Some(Ok(WsMessage::Text(text))) => {
                 self.decoder.push(text.as_bytes());
                 self.drain_decoder()
@@ -204,6 +247,13 @@ impl Driver {
     }
 
     fn on_message(&mut self, message: HubMessage) -> Result<(), ConnectionEnd> {
+        if let Some(stateful) = self.stateful.as_mut() {
+            match stateful.admit(&message, Instant::now()) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(error) => return Err(ConnectionEnd::lost(error)),
+            }
+        }
         match message {
             HubMessage::Completion { invocation_id, outcome } => {
                 self.joins.retain(|(id, _)| *id != invocation_id);
@@ -220,6 +270,7 @@ impl Driver {
                     error: Some(error.unwrap_or_else(|| "the server closed the connection".into())),
                     allow_reconnect,
                     closed_by_client: false,
+                    socket_lost: false,
                 });
             }
             // Pings only prove the server lives; this client starts no streams.
@@ -290,6 +341,14 @@ impl Driver {
 
     async fn send(&mut self, message: &HubMessage) -> Result<(), ConnectionEnd> {
         let record = self.protocol.encode(message);
+        if let Some(stateful) = self.stateful.as_mut() {
+            stateful.sending(message, &record);
+        }
+        self.send_record(record).await
+    }
+
+    /// Sends one encoded record as one WebSocket message.
+    async fn send_record(&mut self, record: bytes::Bytes) -> Result<(), ConnectionEnd> {
         let frame = if self.protocol.is_binary() {
             WsMessage::Binary(record)
         } else {
@@ -300,14 +359,67 @@ impl Driver {
                 }
             }
         };
-        self.socket.send(frame).await.map_err(|e| ConnectionEnd::lost(e.to_string()))
+        self.socket.send(frame).await.map_err(|e| ConnectionEnd::socket(e.to_string()))
+    }
+
+    /// Stateful reconnect: a new WebSocket to the same connection, then the
+    /// Sequence message and every call the server has not acknowledged.
+    async fn resume(&mut self) -> Result<(), ClientError> {
+        let Some(stateful) = self.stateful.as_mut() else {
+            return Err(ClientError::Disconnected);
+        };
+        let resume = stateful.resume.clone();
+        let mut last_error = ClientError::Disconnected;
+        for attempt in 0..RESUME_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(RESUME_BACKOFF * 2u32.pow(attempt - 1)).await;
+            }
+            let socket = match resume.reopen().await {
+                Ok(socket) => socket,
+                Err(error) => {
+                    last_error = error;
+                    continue;
+                }
+            };
+            self.socket = socket;
+            // A partial record from the old socket means nothing now.
+            self.decoder = self.protocol.decoder(MAX_INCOMING_MESSAGE);
+            let Some(stateful) = self.stateful.as_mut() else { break };
+            let (sequence, records) = stateful.resumed();
+            let record = self.protocol.encode(&sequence);
+            let mut sent = self.send_record(record).await;
+            for record in records {
+                if sent.is_err() {
+                    break;
+                }
+                sent = self.send_record(record).await;
+            }
+            match sent {
+                Ok(()) => {
+                    tracing::debug!("stateful reconnect: resumed on a new WebSocket");
+                    return Ok(());
+                }
+                Err(end) => {
+                    last_error = ClientError::Connection(end.error.unwrap_or_default());
+                }
+            }
+        }
+        Err(last_error)
     }
 
     async fn close(&mut self) {
+        self.stateful = None;
         let _ = self.socket.close(None).await;
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
             while let Some(Ok(_)) = self.socket.next().await {}
         })
         .await;
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -21,8 +21,9 @@
 //!
 //! Module map: `options` (what to connect to and how), `transport` (negotiate,
 //! WebSocket, handshake), `tls` (the roots `https://` is checked against), `connection` (one live WebSocket: calls, pings,
-//! callbacks), `delivery` (each message once, in order), `client` (the handle,
-//! reconnecting), `wire` (the seam to the codec in `next-chat-signalr`).
+//! callbacks), `stateful` (SignalR stateful reconnect: numbering, acks, resend
+//! across a new WebSocket), `delivery` (each message once, in order), `client`
+//! (the handle, reconnecting), `wire` (the seam to the codec in `next-chat-signalr`).
 
 mod client;
 mod connection;
@@ -30,6 +31,7 @@ mod delivery;
 mod error;
 mod model;
 mod options;
+mod stateful;
 mod tls;
 mod transport;
 mod wire;

@@ -49,10 +49,17 @@ pub struct ClientOptions {
     /// delivery goes on from the group's latest messages: a client that was
     /// away for a very long time does not fetch without end.
     pub catch_up_max_messages: usize,
+    /// Ask for SignalR stateful reconnect (negotiate `useStatefulReconnect`,
+    /// hub protocol 2): when the socket drops, a new one resumes the same
+    /// connection at once, and nothing is lost or repeated, with no
+    /// [`crate::Event::Disconnected`]. Only when that fails does `reconnect`
+    /// apply. Needs negotiation (not `skip_negotiation`).
+    pub stateful_reconnect: bool,
 }
 
 impl ClientOptions {
-    /// JSON, negotiate first, 10 s calls, no automatic reconnect.
+    /// JSON, negotiate first, 10 s calls, stateful reconnect, no automatic
+    /// full reconnect.
     pub fn new(url: impl Into<String>, user: impl Into<String>) -> ClientOptions {
         ClientOptions {
             url: url.into(),
@@ -67,6 +74,7 @@ impl ClientOptions {
             ca_file: None,
             catch_up_max_messages: 100_000,
             token_file: None,
+            stateful_reconnect: true,
         }
     }
 }

@@ -26,6 +26,50 @@ pub(crate) struct Transport {
     /// Bytes that followed the handshake response in the same frame: the
     /// start of the hub messages.
     pub(crate) leftover: Vec<u8>,
+    /// Set when the server agreed to stateful reconnect: how to open another
+    /// WebSocket to the same connection.
+    pub(crate) resume: Option<Resume>,
+}
+
+/// What a new WebSocket to the same connection needs (stateful reconnect).
+#[derive(Debug, Clone)]
+pub(crate) struct Resume {
+    /// The WebSocket URL with the connection token as `?id=`.
+    url: Url,
+    authorization: String,
+    connect_timeout: std::time::Duration,
+}
+
+impl Resume {
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Resume {
+        Resume {
+            url: Url::parse("ws://127.0.0.1:1/next-chat?id=x").expect("a valid URL"),
+            authorization: "Bearer test".into(),
+            connect_timeout: std::time::Duration::from_secs(1),
+        }
+    }
+
+    /// Opens another WebSocket to the same connection; no handshake (the
+    /// connection already had one).
+    pub(crate) async fn reopen(&self) -> Result<WebSocket, ClientError> {
+        let connect = async {
+            let mut request = self
+                .url
+                .as_str()
+                .into_client_request()
+                .map_err(|e| ClientError::InvalidOptions(format!("{}: {e}", self.url)))?;
+            request.headers_mut().insert(AUTHORIZATION, header_value(&self.authorization)?);
+            let (socket, _response) =
+                tokio_tungstenite::connect_async_with_config(request, None, true)
+                    .await
+                    .map_err(upgrade_error)?;
+            Ok(socket)
+        };
+        tokio::time::timeout(self.connect_timeout, connect).await.map_err(|_| {
+            ClientError::Connection(format!("no new WebSocket within {:?}", self.connect_timeout))
+        })?
+    }
 }
 
 /// A negotiate redirect (`url` + `accessToken`) may point elsewhere; this many
@@ -62,10 +106,12 @@ async fn open_within(options: &ClientOptions) -> Result<Transport, ClientError> 
     // whose name itself starts with `Bearer `.
     let mut authorization = format!("Bearer {credential}");
     let mut connection_token = None;
+    let mut stateful = false;
     if !options.skip_negotiation {
         let mut redirects = 0;
         loop {
-            let negotiation = negotiate(&endpoint, &authorization, &tls).await?;
+            let negotiation =
+                negotiate(&endpoint, &authorization, &tls, options.stateful_reconnect).await?;
             if let Some(url) = negotiation.url {
                 redirects += 1;
                 if redirects > MAX_REDIRECTS {
@@ -79,6 +125,9 @@ async fn open_within(options: &ClientOptions) -> Result<Transport, ClientError> 
             }
             check_websockets_offered(&negotiation, options.protocol)?;
             connection_token = negotiation.transport_id().map(str::to_string);
+            stateful = options.stateful_reconnect
+                && negotiation.use_stateful_reconnect == Some(true)
+                && connection_token.is_some();
             break;
         }
     }
@@ -102,8 +151,9 @@ async fn open_within(options: &ClientOptions) -> Result<Transport, ClientError> 
             .await
             .map_err(upgrade_error)?;
 
-    let request =
-        HandshakeRequest::new(wire::wire_protocol(options.protocol), wire::HUB_PROTOCOL_VERSION);
+    // Stateful reconnect starts with hub protocol version 2.
+    let version = if stateful { 2 } else { wire::HUB_PROTOCOL_VERSION };
+    let request = HandshakeRequest::new(wire::wire_protocol(options.protocol), version);
     let record = Utf8Bytes::try_from(request.encode())
         .map_err(|_| ClientError::Protocol("the handshake request is not UTF-8".into()))?;
     socket.send(WsMessage::Text(record)).await.map_err(connection_error)?;
@@ -131,7 +181,12 @@ async fn open_within(options: &ClientOptions) -> Result<Transport, ClientError> 
         if let Some(end) = handshake::find_record_end(&received) {
             handshake_response(&received[..end])?;
             let leftover = received.split_off(end + 1);
-            return Ok(Transport { socket, leftover });
+            let resume = stateful.then(|| Resume {
+                url: ws_url.clone(),
+                authorization: authorization.clone(),
+                connect_timeout: options.connect_timeout,
+            });
+            return Ok(Transport { socket, leftover, resume });
         }
     }
 }
@@ -190,16 +245,20 @@ fn check_websockets_offered(
     }
 }
 
-/// `POST {hub}/negotiate?negotiateVersion=1`.
+/// `POST {hub}/negotiate?negotiateVersion=1[&useStatefulReconnect=true]`.
 async fn negotiate(
     endpoint: &Url,
     authorization: &str,
     tls: &Arc<rustls::ClientConfig>,
+    stateful_reconnect: bool,
 ) -> Result<NegotiateResponse, ClientError> {
     let mut url = endpoint.clone();
     let path = format!("{}/negotiate", url.path().trim_end_matches('/'));
     url.set_path(&path);
     url.query_pairs_mut().append_pair("negotiateVersion", "1");
+    if stateful_reconnect {
+        url.query_pairs_mut().append_pair("useStatefulReconnect", "true");
+    }
     let http = reqwest::Client::builder()
         .tls_backend_preconfigured(rustls::ClientConfig::clone(tls))
         // A negotiate redirect is a 200 with a `url`, followed above.

@@ -136,6 +136,9 @@ impl App {
             max_pending_negotiations: Some(config.max_pending_negotiations),
             max_pending_negotiations_per_user: Some(config.max_pending_negotiations_per_user),
             long_poll_max_response_bytes: config.long_poll_max_response_bytes,
+            stateful_reconnect: config.stateful_reconnect,
+            stateful_reconnect_buffer_bytes: config.stateful_reconnect_buffer_bytes,
+            stateful_reconnect_window: config.stateful_reconnect_window,
             ..HubConfig::default()
         };
         let authenticator = Authenticator::start(&config.auth).await?;

@@ -215,6 +215,26 @@ pub struct Settings {
         value_name = "BYTES"
     )]
     pub long_poll_max_response_bytes: Option<usize>,
+
+    /// Offer SignalR stateful reconnect (WebSockets) to clients that ask for it [default: true]
+    #[arg(long, env = "NEXT_CHAT_STATEFUL_RECONNECT", global = true, value_name = "BOOL")]
+    pub stateful_reconnect: Option<bool>,
+    /// Bytes of sent messages kept per connection until the client acknowledges them (stateful reconnect) [default: 100000]
+    #[arg(
+        long,
+        env = "NEXT_CHAT_STATEFUL_RECONNECT_BUFFER_BYTES",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub stateful_reconnect_buffer_bytes: Option<usize>,
+    /// How long a connection whose socket dropped waits for the client to reconnect (stateful reconnect) [default: 45]
+    #[arg(
+        long,
+        env = "NEXT_CHAT_STATEFUL_RECONNECT_WINDOW_SECS",
+        global = true,
+        value_name = "SECS"
+    )]
+    pub stateful_reconnect_window_secs: Option<u64>,
     /// Most bytes of accepted messages waiting to be stored in history; beyond it
     /// SendMessage fails with "history is unavailable" [default: 268435456 (256 MiB)]
     #[arg(long, env = "NEXT_CHAT_HISTORY_UNSAVED_MAX_BYTES", global = true, value_name = "BYTES")]
@@ -367,6 +387,9 @@ impl Settings {
                 max_pending_negotiations,
                 max_pending_negotiations_per_user,
                 long_poll_max_response_bytes,
+                stateful_reconnect,
+                stateful_reconnect_buffer_bytes,
+                stateful_reconnect_window_secs,
                 history_unsaved_max_bytes,
                 redis_stream_max_bytes,
                 history_page_max_bytes,
@@ -501,6 +524,9 @@ pub struct Config {
     pub max_pending_negotiations: usize,
     pub max_pending_negotiations_per_user: usize,
     pub long_poll_max_response_bytes: usize,
+    pub stateful_reconnect: bool,
+    pub stateful_reconnect_buffer_bytes: usize,
+    pub stateful_reconnect_window: Duration,
     /// The history writer's bounds (`history_unsaved_max_bytes`, `save_timeout_ms`).
     pub history: HistoryWriterConfig,
     /// See `RedisConfig::stream_max_bytes`; used only with `redis`.
@@ -852,6 +878,19 @@ impl Config {
                 s.long_poll_max_response_bytes,
                 1024 * 1024,
             )?,
+            stateful_reconnect: s.stateful_reconnect.unwrap_or(true),
+            stateful_reconnect_buffer_bytes: positive(
+                "stateful_reconnect_buffer_bytes",
+                s.stateful_reconnect_buffer_bytes,
+                100_000,
+            )?,
+            // Longer than the stock clients' 30 s server timeout: when the server
+            // sees the drop first, the client may notice it only that much later.
+            stateful_reconnect_window: seconds(
+                "stateful_reconnect_window_secs",
+                s.stateful_reconnect_window_secs,
+                45,
+            )?,
             history: HistoryWriterConfig {
                 unsaved_max_bytes: match s.history_unsaved_max_bytes {
                     None => 256 * 1024 * 1024,
@@ -927,6 +966,9 @@ mod tests {
         assert_eq!(config.max_pending_negotiations, 100_000);
         assert_eq!(config.max_pending_negotiations_per_user, 100);
         assert_eq!(config.long_poll_max_response_bytes, 1024 * 1024);
+        assert!(config.stateful_reconnect);
+        assert_eq!(config.stateful_reconnect_buffer_bytes, 100_000);
+        assert_eq!(config.stateful_reconnect_window, Duration::from_secs(45));
         assert_eq!(config.chat.history_page_max_bytes, 1024 * 1024);
         assert_eq!(config.chat.max_groups_per_connection, 100);
         assert_eq!(config.chat.max_connections_per_user_in_group, 10);
@@ -946,6 +988,26 @@ mod tests {
         assert_eq!(err.key, "history_page_max_bytes");
         assert_eq!(parse(&["--user-messages-burst", "0"]).unwrap_err().key, "user_messages_burst");
         assert_eq!(parse(&["--max-groups", "0"]).unwrap_err().key, "max_groups");
+    }
+
+    #[test]
+    fn stateful_reconnect_settings() {
+        let config = parse(&[
+            "--stateful-reconnect",
+            "false",
+            "--stateful-reconnect-buffer-bytes",
+            "5000",
+            "--stateful-reconnect-window-secs",
+            "10",
+        ])
+        .unwrap();
+        assert!(!config.stateful_reconnect);
+        assert_eq!(config.stateful_reconnect_buffer_bytes, 5000);
+        assert_eq!(config.stateful_reconnect_window, Duration::from_secs(10));
+        let err = parse(&["--stateful-reconnect-buffer-bytes", "0"]).unwrap_err();
+        assert_eq!(err.key, "stateful_reconnect_buffer_bytes");
+        let err = parse(&["--stateful-reconnect-window-secs", "0"]).unwrap_err();
+        assert_eq!(err.key, "stateful_reconnect_window_secs");
     }
 
     #[test]

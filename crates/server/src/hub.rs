@@ -16,7 +16,7 @@ use next_chat_signalr::{HubMessage, Value};
 use tracing::{debug, warn};
 
 use crate::auth::Authenticator;
-use crate::metrics::{ConnectionLabels, Metrics};
+use crate::metrics::{ConnectionLabels, Metrics, ReconnectLabels};
 
 pub struct ChatHub {
     chat: Arc<ChatService>,
@@ -398,6 +398,13 @@ impl Hub for ChatHub {
         }
     }
 
+    fn resumed(&self, _session: &ChatSession) {
+        self.metrics
+            .stateful_reconnects
+            .get_or_create(&ReconnectLabels { outcome: "resumed" })
+            .inc();
+    }
+
     async fn disconnected(&self, session: ChatSession) {
         self.chat.close_session(&session.session).await;
         self.metrics.connections.get_or_create(&session.labels).dec();
@@ -405,6 +412,16 @@ impl Hub for ChatHub {
         // completion such as a GetHistory page), the connection counts once.
         if session.connection.closed_as_slow_consumer() {
             self.metrics.slow_consumers_closed.inc();
+        }
+        let reconnect_end = if session.connection.closed_as_reconnect_expired() {
+            Some("expired")
+        } else if session.connection.closed_as_reconnect_overflow() {
+            Some("overflowed")
+        } else {
+            None
+        };
+        if let Some(outcome) = reconnect_end {
+            self.metrics.stateful_reconnects.get_or_create(&ReconnectLabels { outcome }).inc();
         }
     }
 }

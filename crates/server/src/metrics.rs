@@ -17,6 +17,14 @@ pub struct ConnectionLabels {
     pub protocol: &'static str,
 }
 
+/// How a stateful reconnect went: `resumed` (a new socket took over),
+/// `expired` (no reconnect within the window) or `overflowed` (the resend
+/// buffer filled while the socket was down); the last two closed the connection.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconnectLabels {
+    pub outcome: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InvocationLabels {
     pub method: &'static str,
@@ -29,6 +37,7 @@ pub struct Metrics {
     pub invocations: Family<InvocationLabels, Counter>,
     pub messages_delivered: Counter,
     pub slow_consumers_closed: Counter,
+    pub stateful_reconnects: Family<ReconnectLabels, Counter>,
     pub history_write_seconds: Histogram,
     pub history_write_failures: Counter,
     pub history_unsaved: Gauge,
@@ -64,6 +73,12 @@ impl Metrics {
             "slow_consumers_closed",
             "Connections closed because their outbound queue was full",
             slow_consumers_closed.clone(),
+        );
+        let stateful_reconnects = Family::<ReconnectLabels, Counter>::default();
+        registry.register(
+            "stateful_reconnects",
+            "Stateful reconnects by outcome: resumed, expired (window passed), overflowed (buffer full while disconnected)",
+            stateful_reconnects.clone(),
         );
         let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
         let history_write_seconds = Histogram::new(buckets);
@@ -102,6 +117,7 @@ impl Metrics {
             invocations,
             messages_delivered,
             slow_consumers_closed,
+            stateful_reconnects,
             history_write_seconds,
             history_write_failures,
             history_unsaved,

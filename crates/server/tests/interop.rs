@@ -173,3 +173,87 @@ async fn python_jwt() {
     run_suite_with(Suite::Python, &server.url, &[("NEXT_CHAT_JWT_SECRET", TEST_SECRET.to_owned())])
         .await;
 }
+
+/// Stateful reconnect with the stock JavaScript client: a receiver built with
+/// `.withStatefulReconnect()` behind a proxy that resets its connection five
+/// times while a sender sends 300 messages at ~100/s gets each exactly once, in
+/// order, and its connection never closes (tests/interop/js/stateful.js).
+async fn js_stateful_reconnect(protocol: &str) {
+    use next_chat_testkit::TcpProxy;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let server = TestServer::embedded().await;
+    let proxy = TcpProxy::start(&format!("127.0.0.1:{}", server.port)).await;
+    let proxied = format!("http://127.0.0.1:{}/next-chat", proxy.port);
+    let root = repo_root();
+    assert!(
+        root.join("tests/interop/js/node_modules/@microsoft/signalr/package.json").exists(),
+        "the JavaScript interop suite's packages are not installed: run scripts/test"
+    );
+    let script = root.join("tests/interop/js/stateful.js");
+    let mut child = Command::new("node")
+        .args([script.display().to_string(), proxied, server.url.clone(), "300".into()])
+        .arg(protocol)
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut output = Vec::new();
+    let mut cuts = 0;
+    let read = tokio::time::timeout(SUITE_TIMEOUT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            // Cut while messages flow: after every 50 sent but the last 50.
+            if line.starts_with("sent ") && line != "sent 300" {
+                proxy.drop_connections();
+                cuts += 1;
+            }
+            output.push(line);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "stateful.js did not finish: {output:#?}");
+    let status = child.wait().await.expect("node exits");
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = err.read_to_string(&mut stderr).await;
+    }
+    let output = output.join("\n");
+    println!("{output}");
+    assert!(status.success(), "stateful.js failed ({status}):\n{output}\nstderr:\n{stderr}");
+    assert_eq!(cuts, 5, "the proxy cut the receiver's connection five times:\n{output}");
+    let metrics = fetch_metrics(&server.base_url).await;
+    let resumed = metrics
+        .lines()
+        .find(|l| l.starts_with("nextchat_stateful_reconnects_total{outcome=\"resumed\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(resumed >= 5, "five cuts, {resumed} resumes counted:\n{metrics}");
+}
+
+/// `GET /metrics` over a plain TCP connection (no HTTP client in these tests).
+async fn fetch_metrics(base_url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send the request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("read the response");
+    body
+}
+
+#[tokio::test]
+async fn js_stateful_reconnect_json() {
+    js_stateful_reconnect("json").await;
+}
+
+#[tokio::test]
+async fn js_stateful_reconnect_messagepack() {
+    js_stateful_reconnect("messagepack").await;
+}

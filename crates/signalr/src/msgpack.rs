@@ -831,6 +831,17 @@ mod tests {
     }
 
     #[test]
+    fn writes_ack_and_sequence_as_aspnet() {
+        // [8, 1] and [9, 300], integers in their shortest form, length-prefixed.
+        assert_eq!(&encode(&HubMessage::Ack { sequence_id: 1 })[..], &[0x03, 0x92, 0x08, 0x01]);
+        assert_eq!(
+            &encode(&HubMessage::Sequence { sequence_id: 300 })[..],
+            &[0x05, 0x92, 0x09, 0xcd, 0x01, 0x2c]
+        );
+        assert!(decode_body(&[0x92, 0x08, 0xa1, b'x']).is_err(), "a sequenceId must be an integer");
+    }
+
+    #[test]
     fn reads_leniently() {
         // A 5-element invocation with a header and no streamIds.
         let mut five = vec![0x95, 0x01, 0x81, 0xa1, b'k', 0xa1, b'v', 0xa1, b'1', 0xa4];

@@ -97,6 +97,9 @@ pub struct NegotiateResponse {
     pub connection_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available_transports: Option<Vec<AvailableTransport>>,
+    /// Stateful reconnect is on for this connection (only when the client asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_stateful_reconnect: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -189,6 +192,18 @@ mod tests {
         );
         let parsed = NegotiateResponse::parse(json.as_bytes()).expect("valid JSON");
         assert_eq!(parsed.transport_id(), Some("secret"));
+    }
+
+    #[test]
+    fn writes_use_stateful_reconnect_last_when_set() {
+        let mut response = NegotiateResponse::v1("abc", "secret", &[Transport::WebSockets]);
+        response.use_stateful_reconnect = Some(true);
+        assert_eq!(
+            response.to_json(),
+            r#"{"negotiateVersion":1,"connectionId":"abc","connectionToken":"secret","availableTransports":[{"transport":"WebSockets","transferFormats":["Text","Binary"]}],"useStatefulReconnect":true}"#
+        );
+        let parsed = NegotiateResponse::parse(response.to_json().as_bytes()).expect("valid JSON");
+        assert_eq!(parsed.use_stateful_reconnect, Some(true));
     }
 
     #[test]

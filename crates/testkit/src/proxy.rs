@@ -1,8 +1,9 @@
 //! A TCP proxy a test owns, to take a backend away from the servers of one test
 //! while every other test keeps using it: the servers connect through the
 //! proxy's port, and `cut` resets every forwarded connection and refuses new
-//! ones until `restore`. `retarget` sends later connections elsewhere, as a
-//! load balancer that moves a client to another instance.
+//! ones until `restore`; `drop_connections` resets them and accepts new ones.
+//! `retarget` sends later connections elsewhere, as a load balancer that moves
+//! a client to another instance.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,6 +55,12 @@ impl TcpProxy {
     /// forwarded already stay where they are.
     pub fn retarget(&self, target: &str) {
         *self.state.target.lock().unwrap_or_else(|p| p.into_inner()) = target.to_string();
+    }
+
+    /// Resets every open connection (both ends) but keeps forwarding new ones:
+    /// a network blip, after which a client can reconnect at once.
+    pub fn drop_connections(&self) {
+        self.state.cuts.send_modify(|cuts| *cuts += 1);
     }
 
     /// Forwards new connections again.

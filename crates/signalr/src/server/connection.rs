@@ -81,7 +81,7 @@ struct Shared {
     transport: Transport,
     /// 0 until the handshake picks a protocol, then 1 + [`Protocol::slot`].
     protocol: AtomicU8,
-    outbound: mpsc::Sender<Bytes>,
+    outbound: mpsc::Sender<Outgoing>,
     /// Bytes of the records in `outbound`: added on push, taken off when the
     /// writer takes a record. Records are counted too (the channel's capacity), but
     /// one record can be megabytes (a history page), so the count alone bounds
@@ -92,7 +92,31 @@ struct Shared {
     /// Set by the push that found the queue full, so the hub can count slow
     /// consumers once each, whichever record overflowed.
     overflowed: AtomicBool,
+    /// Set once the handshake agreed on stateful reconnect: a lost socket parks
+    /// the connection for a reconnect instead of ending it.
+    resumable: AtomicBool,
+    /// How stateful reconnect ended the connection, if it did (see [`ReconnectEnd`]).
+    reconnect_end: AtomicU8,
     close: watch::Sender<Option<CloseRequest>>,
+}
+
+/// How stateful reconnect ended a connection, for the hub's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReconnectEnd {
+    /// The socket dropped and no reconnect came within the window.
+    Expired = 1,
+    /// The records kept for a resend outgrew their byte bound.
+    Overflowed = 2,
+}
+
+/// One record in the outbound queue.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) record: Bytes,
+    /// Whether it counts toward stateful reconnect's sequence ids (every hub
+    /// message but the handshake response, Ping, Close, Ack and Sequence), so is
+    /// kept until the client acknowledges it.
+    pub(crate) sequenced: bool,
 }
 
 /// A handle to one client connection. Cloning is cheap (an `Arc`).
@@ -123,6 +147,8 @@ impl Connection {
                 queued_bytes: AtomicUsize::new(0),
                 max_queued_bytes: config.outbound_queue_bytes,
                 overflowed: AtomicBool::new(false),
+                resumable: AtomicBool::new(false),
+                reconnect_end: AtomicU8::new(0),
                 close,
             }),
         };
@@ -189,13 +215,23 @@ impl Connection {
     /// up gets every reply the hub makes, and one that does not is closed at the
     /// next record.
     pub(crate) fn push(&self, record: Bytes) -> Result<(), SendError> {
-        let size = record.len();
+        self.enqueue(Outgoing { record, sequenced: true })
+    }
+
+    /// As [`Connection::push`], for a record outside stateful reconnect's
+    /// sequence (the handshake response, an Ack): never kept for a resend.
+    pub(crate) fn push_control(&self, record: Bytes) -> Result<(), SendError> {
+        self.enqueue(Outgoing { record, sequenced: false })
+    }
+
+    fn enqueue(&self, outgoing: Outgoing) -> Result<(), SendError> {
+        let size = outgoing.record.len();
         let before = self.shared.queued_bytes.fetch_add(size, Ordering::Relaxed);
         if before > 0 && before + size > self.shared.max_queued_bytes {
             self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
             return Err(self.overflow());
         }
-        match self.shared.outbound.try_send(record) {
+        match self.shared.outbound.try_send(outgoing) {
             Ok(()) => Ok(()),
             Err(error) => {
                 self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
@@ -222,6 +258,43 @@ impl Connection {
     /// records or in bytes): the client did not read fast enough.
     pub fn closed_as_slow_consumer(&self) -> bool {
         self.shared.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection uses stateful reconnect (negotiated, and the
+    /// handshake asked for hub protocol version 2 over WebSockets).
+    pub fn is_resumable(&self) -> bool {
+        self.shared.resumable.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_resumable(&self) {
+        self.shared.resumable.store(true, Ordering::Release);
+    }
+
+    /// Records how stateful reconnect ends the connection and closes it without
+    /// a Close message (there is no socket to send it on, or the client is
+    /// too far behind to catch up). Returns whether this closed it.
+    pub(crate) fn end_reconnect(&self, end: ReconnectEnd, reason: String) -> bool {
+        let closed = self.request_close(CloseRequest {
+            drain: false,
+            send_close_message: false,
+            ..CloseRequest::with_error(reason)
+        });
+        if closed {
+            self.shared.reconnect_end.store(end as u8, Ordering::Relaxed);
+        }
+        closed
+    }
+
+    /// Whether the connection closed because its socket dropped and the client
+    /// did not reconnect within `stateful_reconnect_window`.
+    pub fn closed_as_reconnect_expired(&self) -> bool {
+        self.shared.reconnect_end.load(Ordering::Relaxed) == ReconnectEnd::Expired as u8
+    }
+
+    /// Whether the connection closed because the messages kept for a reconnect
+    /// outgrew `stateful_reconnect_buffer_bytes` while the client was away.
+    pub fn closed_as_reconnect_overflow(&self) -> bool {
+        self.shared.reconnect_end.load(Ordering::Relaxed) == ReconnectEnd::Overflowed as u8
     }
 
     /// Encodes a hub message for this connection's protocol and queues it.
@@ -302,7 +375,7 @@ impl Connection {
 /// The transport's end of the outbound queue.
 #[derive(Debug)]
 pub(crate) struct Outbound {
-    records: mpsc::Receiver<Bytes>,
+    records: mpsc::Receiver<Outgoing>,
     close: watch::Receiver<Option<CloseRequest>>,
     connection: Connection,
     /// Ping after this long without a write; `None` for long polling, whose polls
@@ -329,6 +402,12 @@ impl Outbound {
     /// the drained queue then the Close message. `None` when the transport should end.
     /// Cancel-safe.
     pub(crate) async fn next(&mut self) -> Option<Bytes> {
+        self.next_outgoing().await.map(|outgoing| outgoing.record)
+    }
+
+    /// As [`Outbound::next`], saying whether the record is sequenced (see
+    /// [`Outgoing::sequenced`]); Pings and the Close message are not.
+    pub(crate) async fn next_outgoing(&mut self) -> Option<Outgoing> {
         loop {
             if let Some(step) = self.after_close() {
                 return step;
@@ -362,7 +441,7 @@ impl Outbound {
                     match self.ping_deadline() {
                         Some(due) if due <= Instant::now() => {
                             if let Some(protocol) = self.connection.negotiated_protocol() {
-                                return Some(self.wrote(ping_record(protocol)));
+                                return Some(control(self.wrote(ping_record(protocol))));
                             }
                         }
                         Some(due) => {
@@ -385,6 +464,11 @@ impl Outbound {
     /// A record available now, without waiting; `None` when there is none (or the
     /// transport should end: see [`Outbound::is_finished`]).
     pub(crate) fn try_next(&mut self) -> Option<Bytes> {
+        self.try_next_outgoing().map(|outgoing| outgoing.record)
+    }
+
+    /// As [`Outbound::try_next`], saying whether the record is sequenced.
+    pub(crate) fn try_next_outgoing(&mut self) -> Option<Outgoing> {
         if let Some(step) = self.after_close() {
             return step;
         }
@@ -399,7 +483,7 @@ impl Outbound {
 
     /// What to do once a close is requested: `Some(Some(record))` to write,
     /// `Some(None)` to end, `None` when the connection is not closing.
-    fn after_close(&mut self) -> Option<Option<Bytes>> {
+    fn after_close(&mut self) -> Option<Option<Outgoing>> {
         if self.finished {
             return Some(None);
         }
@@ -417,10 +501,10 @@ impl Outbound {
         if !request.send_close_message {
             return Some(None);
         }
-        Some(Some(protocol.encode(&HubMessage::Close {
+        Some(Some(control(protocol.encode(&HubMessage::Close {
             error: request.error,
             allow_reconnect: request.allow_reconnect,
-        })))
+        }))))
     }
 
     fn ping_deadline(&self) -> Option<Instant> {
@@ -437,10 +521,15 @@ impl Outbound {
     }
 
     /// A record taken from the queue no longer counts against its byte bound.
-    fn taken(&mut self, record: Bytes) -> Bytes {
+    fn taken(&mut self, outgoing: Outgoing) -> Outgoing {
+        let Outgoing { record, sequenced } = outgoing;
         self.connection.shared.queued_bytes.fetch_sub(record.len(), Ordering::Relaxed);
-        self.wrote(record)
+        Outgoing { record: self.wrote(record), sequenced }
     }
+}
+
+fn control(record: Bytes) -> Outgoing {
+    Outgoing { record, sequenced: false }
 }
 
 async fn fired(timer: &mut Option<Pin<Box<Sleep>>>) {

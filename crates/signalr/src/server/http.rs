@@ -20,6 +20,7 @@ use super::connection::{CloseRequest, Connection};
 use super::long_polling::{self, PollState};
 use super::registry::{Admission, LimitReached, Negotiated, NegotiatedState, lock};
 use super::session::{self, Inbound, Liveness};
+use super::stateful::Handover;
 use super::{Hub, Identity, Refused, ServerState, sse, websocket};
 use crate::negotiate::{NegotiateResponse, Transport, answer_version, new_random_id};
 
@@ -250,11 +251,19 @@ pub(crate) async fn negotiate<H: Hub>(
             let connection_id = new_random_id();
             let token = if version >= 1 { new_random_id() } else { connection_id.clone() };
             let transports = &server.config.transports;
-            let body = if version >= 1 {
+            let mut body = if version >= 1 {
                 NegotiateResponse::v1(connection_id.clone(), token.clone(), transports)
             } else {
                 NegotiateResponse::v0(connection_id.clone(), transports)
             };
+            // Only when asked: a client that did not ask refuses the answer.
+            let stateful = server.config.stateful_reconnect
+                && transports.contains(&Transport::WebSockets)
+                && param(&params, "useStatefulReconnect")
+                    .is_some_and(|value| value.eq_ignore_ascii_case("true"));
+            if stateful {
+                body.use_stateful_reconnect = Some(true);
+            }
             debug!(%connection_id, %user, version, "negotiated");
             server.registry.add_negotiated(
                 Negotiated {
@@ -262,6 +271,7 @@ pub(crate) async fn negotiate<H: Hub>(
                     token,
                     user,
                     state: std::sync::Mutex::new(NegotiatedState::Pending { _slot: slot }),
+                    stateful,
                     posting: std::sync::atomic::AtomicBool::new(false),
                 },
                 server.config.negotiate_timeout,
@@ -331,10 +341,15 @@ async fn connect_websocket<H: Hub>(
     };
     let negotiated =
         if param(&params, "id").is_some() { Some(find(&server, &params, &user)?) } else { None };
+    if let Some(handover) = negotiated.as_deref().and_then(resumable) {
+        return Ok(websocket::resume(server, upgrade, handover));
+    }
     let admission = admit(&server, &user, ip)?;
     let connection_id = match &negotiated {
         Some(negotiated) => {
-            activate(negotiated, Transport::WebSockets, || NegotiatedState::WebSockets)?;
+            activate(negotiated, Transport::WebSockets, || NegotiatedState::WebSockets {
+                handover: None,
+            })?;
             negotiated.connection_id.clone()
         }
         // skipNegotiation: the connection starts here.
@@ -342,6 +357,17 @@ async fn connect_websocket<H: Hub>(
     };
     let started = websocket::Started { connection_id, user, expires_at, negotiated, admission };
     Ok(websocket::upgrade(server, upgrade, started))
+}
+
+/// The connection's handover when a new WebSocket may take it over (stateful
+/// reconnect).
+fn resumable(negotiated: &Negotiated) -> Option<Arc<Handover>> {
+    match &*lock(&negotiated.state) {
+        NegotiatedState::WebSockets { handover: Some(handover) } if handover.accepts() => {
+            Some(handover.clone())
+        }
+        _ => None,
+    }
 }
 
 /// A place under the connection caps, taken before the transport starts so that
@@ -410,8 +436,16 @@ fn connect_sse<H: Hub>(
     let response = sse::response(outbound, live.clone());
     let liveness = Liveness::ClientTimeout(config.client_timeout);
     tokio::spawn(async move {
-        session::run(server.clone(), connection, posted_bodies(rx), liveness, live, expires_at)
-            .await;
+        session::run(
+            server.clone(),
+            connection,
+            posted_bodies(rx),
+            liveness,
+            live,
+            expires_at,
+            None,
+        )
+        .await;
         server.registry.remove_negotiated(&negotiated.token);
     });
     Ok(response)
@@ -464,6 +498,7 @@ async fn long_poll<H: Hub>(
             liveness,
             live.clone(),
             expires_at,
+            None,
         )
         .await;
         // Let the client fetch what is left (the Close message); the connection is
@@ -496,7 +531,7 @@ pub(crate) async fn send<H: Hub>(
         let negotiated = find(&server, &params, &user)?;
         let (inbound, connection) = match &*lock(&negotiated.state) {
             NegotiatedState::Pending { .. } => return Err(Refusal::NotStarted),
-            NegotiatedState::WebSockets => return Err(Refusal::PostOnWebSocket),
+            NegotiatedState::WebSockets { .. } => return Err(Refusal::PostOnWebSocket),
             NegotiatedState::ServerSentEvents { inbound, connection }
             | NegotiatedState::LongPolling { inbound, connection, .. } => {
                 (inbound.clone(), connection.clone())

@@ -15,6 +15,7 @@ mod long_polling;
 mod registry;
 mod session;
 mod sse;
+mod stateful;
 mod websocket;
 
 use std::future::Future;
@@ -66,6 +67,10 @@ pub trait Hub: Send + Sync + 'static {
         target: &str,
         arguments: Vec<Value>,
     ) -> impl Future<Output = Invoked> + Send;
+
+    /// Stateful reconnect: a new socket took the connection over after its socket
+    /// dropped; nothing was lost. Called from the connection's session task.
+    fn resumed(&self, _session: &Self::Session) {}
 
     /// The connection is gone; called exactly once for every successful `connected`.
     fn disconnected(&self, session: Self::Session) -> impl Future<Output = ()> + Send;
@@ -199,6 +204,19 @@ pub struct HubConfig {
     /// The most bytes of records one long-poll response carries (at least one
     /// record, whatever its size); the rest waits for the next poll.
     pub long_poll_max_response_bytes: usize,
+
+    /// Offer stateful reconnect (ASP.NET Core 8+, WebSockets only) to clients that
+    /// ask for it in negotiate (`useStatefulReconnect=true`).
+    pub stateful_reconnect: bool,
+    /// Bytes of sent records kept per connection until the client acknowledges
+    /// them (ASP.NET Core's default: 100,000). While the socket is up and it is
+    /// full, the writer waits for an Ack (the outbound queue's bounds then
+    /// apply); while the socket is down, a record that does not fit closes the
+    /// connection.
+    pub stateful_reconnect_buffer_bytes: usize,
+    /// How long a connection whose socket dropped is kept (its hub session,
+    /// groups and buffer) for the client to reconnect.
+    pub stateful_reconnect_window: Duration,
 }
 
 impl Default for HubConfig {
@@ -229,6 +247,10 @@ impl Default for HubConfig {
             max_pending_negotiations: Some(100_000),
             max_pending_negotiations_per_user: Some(100),
             long_poll_max_response_bytes: 1024 * 1024,
+
+            stateful_reconnect: true,
+            stateful_reconnect_buffer_bytes: 100_000,
+            stateful_reconnect_window: Duration::from_secs(45),
         }
     }
 }

@@ -171,6 +171,8 @@ pub(crate) struct Negotiated {
     pub(crate) token: String,
     pub(crate) user: String,
     pub(crate) state: Mutex<NegotiatedState>,
+    /// The client asked for stateful reconnect and the server allows it.
+    pub(crate) stateful: bool,
     /// Set while a POST to this connection is being handled: one at a time.
     pub(crate) posting: AtomicBool,
 }
@@ -181,7 +183,10 @@ pub(crate) enum NegotiatedState {
     Pending {
         _slot: PendingSlot,
     },
-    WebSockets,
+    /// `handover` is set for a connection that stateful reconnect may resume.
+    WebSockets {
+        handover: Option<Arc<super::stateful::Handover>>,
+    },
     /// SSE and long polling receive the client's messages through POSTs, which
     /// hand the bodies to the session through `inbound`.
     ServerSentEvents {
@@ -199,7 +204,7 @@ impl NegotiatedState {
     pub(crate) fn transport(&self) -> Option<Transport> {
         match self {
             NegotiatedState::Pending { .. } => None,
-            NegotiatedState::WebSockets => Some(Transport::WebSockets),
+            NegotiatedState::WebSockets { .. } => Some(Transport::WebSockets),
             NegotiatedState::ServerSentEvents { .. } => Some(Transport::ServerSentEvents),
             NegotiatedState::LongPolling { .. } => Some(Transport::LongPolling),
         }

@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::connection::{CloseRequest, Connection};
 use super::long_polling::PollState;
 use super::registry::LiveGuard;
+use super::stateful::Reconnect;
 use super::{Hub, HubConfig, Invoked, ServerState};
 use crate::handshake::{HandshakeBuffer, HandshakeError, HandshakeRequest, HandshakeResponse};
 use crate::protocol::{HubMessage, Outcome, Protocol, ProtocolError, quote_untrusted};
@@ -35,6 +36,11 @@ pub(crate) enum Inbound {
     Data(Bytes),
     /// The transport failed (the text says how); the connection ends with an error.
     Failed(String),
+    /// Stateful reconnect: the socket dropped (the text says how); the connection
+    /// waits for a new one.
+    Lost(String),
+    /// Stateful reconnect: a new socket took over.
+    Resumed,
 }
 
 /// How the session decides that a client is gone.
@@ -67,6 +73,7 @@ pub(crate) async fn run<H: Hub>(
     liveness: Liveness,
     live: LiveGuard,
     expires_at: Option<SystemTime>,
+    reconnect: Option<Reconnect>,
 ) {
     let span = info_span!(
         "signalr_connection",
@@ -74,7 +81,8 @@ pub(crate) async fn run<H: Hub>(
         user = connection.user(),
         transport = connection.transport().name(),
     );
-    let session = run_inner(server, connection.clone(), inbound, liveness).instrument(span);
+    let session =
+        run_inner(server, connection.clone(), inbound, liveness, reconnect).instrument(span);
     match expires_at {
         None => session.await,
         Some(at) => {
@@ -101,19 +109,27 @@ async fn run_inner<H: Hub>(
     connection: Connection,
     inbound: impl Stream<Item = Inbound> + Send,
     liveness: Liveness,
+    reconnect: Option<Reconnect>,
 ) {
     let mut inbound = pin!(inbound);
     let config = &server.config;
-    let (protocol, leftover) = match handshake(&server, &connection, inbound.as_mut()).await {
-        Ok(done) => done,
-        Err(request) => {
-            warn!(reason = ?request.reason, "handshake failed");
-            connection.request_close(request);
-            return;
-        }
-    };
+    let (protocol, version, leftover) =
+        match handshake(&server, &connection, inbound.as_mut()).await {
+            Ok(done) => done,
+            Err(request) => {
+                warn!(reason = ?request.reason, "handshake failed");
+                connection.request_close(request);
+                return;
+            }
+        };
     connection.set_protocol(protocol);
-    if connection.push(HandshakeResponse::ok().encode()).is_err() {
+    // Stateful reconnect starts with hub protocol version 2; an older client
+    // that negotiated it gets a plain connection, as from ASP.NET Core.
+    let mut reconnect = reconnect.filter(|_| version >= 2);
+    if reconnect.is_some() {
+        connection.set_resumable();
+    }
+    if connection.push_control(HandshakeResponse::ok().encode()).is_err() {
         return;
     }
     let hub = server.hub.as_ref();
@@ -130,7 +146,11 @@ async fn run_inner<H: Hub>(
             return;
         }
     };
-    info!(protocol = protocol.name(), "connection opened");
+    info!(
+        protocol = protocol.name(),
+        stateful_reconnect = reconnect.is_some(),
+        "connection opened"
+    );
 
     let mut decoder = protocol.decoder(config.max_message_size);
     decoder.push(&leftover);
@@ -152,6 +172,16 @@ async fn run_inner<H: Hub>(
                 Ok(Some(message)) => {
                     last_received = Instant::now();
                     let size = buffered - decoder.buffered();
+                    if let Some(reconnect) = reconnect.as_mut() {
+                        match reconnect.admit(&message, last_received) {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(error) => {
+                                warn!(%error, "stateful reconnect: protocol error");
+                                break 'session CloseRequest::with_error(error);
+                            }
+                        }
+                    }
                     if let Dispatch::End(request) =
                         dispatch(message, size, &connection, protocol, &mut invocations)
                     {
@@ -170,10 +200,18 @@ async fn run_inner<H: Hub>(
             complete(&connection, protocol, completed);
         }
         let deadline = match &liveness {
+            // While no socket is attached, the reconnect window applies instead.
+            _ if reconnect.as_ref().is_some_and(Reconnect::is_parked) => None,
             // While we are busy the client's pings may wait unread: not its fault.
             Liveness::ClientTimeout(_) if invocations.is_busy() => None,
             Liveness::ClientTimeout(timeout) => Some(last_received + *timeout),
             Liveness::Polling(polls, timeout) => polls.idle_since().map(|idle| idle + *timeout),
+        };
+        let reconnect_event = async {
+            match &reconnect {
+                Some(reconnect) => reconnect.next_event().await,
+                None => std::future::pending().await,
+            }
         };
         let poll_activity = async {
             match &liveness {
@@ -210,7 +248,25 @@ async fn run_inner<H: Hub>(
                             ..CloseRequest::with_error(error)
                         };
                     }
+                    Some(Inbound::Lost(reason)) => match reconnect.as_mut() {
+                        Some(reconnect) => reconnect.lost(&reason, Instant::now()),
+                        None => break 'session CloseRequest::peer_gone(reason),
+                    },
+                    Some(Inbound::Resumed) => {
+                        if let Some(reconnect) = reconnect.as_mut() {
+                            // A partial record of the old socket means nothing now.
+                            decoder = protocol.decoder(config.max_message_size);
+                            last_received = Instant::now();
+                            reconnect.resumed(last_received);
+                            hub.resumed(&session);
+                        }
+                    }
                     None => break 'session CloseRequest::peer_gone("the client disconnected"),
+                }
+            }
+            event = reconnect_event => {
+                if let Some(request) = reconnect.as_mut().and_then(|r| r.on_event(event, &connection)) {
+                    break 'session request;
                 }
             }
             _ = sleep_until_opt(deadline) => {
@@ -246,7 +302,7 @@ async fn handshake<H: Hub>(
     server: &ServerState<H>,
     connection: &Connection,
     mut inbound: std::pin::Pin<&mut (impl Stream<Item = Inbound> + Send)>,
-) -> Result<(Protocol, Bytes), CloseRequest> {
+) -> Result<(Protocol, i64, Bytes), CloseRequest> {
     let config = &server.config;
     let mut close_rx = connection.subscribe_close();
     let mut buffer = HandshakeBuffer::default();
@@ -257,7 +313,7 @@ async fn handshake<H: Hub>(
     let refuse = |error: HandshakeError| {
         let text = error.to_string();
         // The response must reach the client before the connection ends.
-        let _ = connection.push(HandshakeResponse::error(text.clone()).encode());
+        let _ = connection.push_control(HandshakeResponse::error(text.clone()).encode());
         CloseRequest {
             error: Some(text.clone()),
             allow_reconnect: false,
@@ -283,7 +339,8 @@ async fn handshake<H: Hub>(
         };
         match frame {
             Some(Inbound::Data(data)) => buffer.push(&data),
-            Some(Inbound::Failed(error)) => {
+            Some(Inbound::Resumed) => continue,
+            Some(Inbound::Failed(error) | Inbound::Lost(error)) => {
                 return Err(CloseRequest::peer_gone(format!(
                     "transport failed during the handshake: {}",
                     quote_untrusted(&error)
@@ -304,16 +361,19 @@ async fn handshake<H: Hub>(
         if end > config.max_message_size {
             return Err(refuse(HandshakeError::TooLarge { limit: config.max_message_size }));
         }
-        let protocol = HandshakeRequest::parse(&buffer.as_bytes()[..end])
-            .and_then(|request| request.select_protocol())
-            .map_err(refuse)?;
+        let request = HandshakeRequest::parse(&buffer.as_bytes()[..end]).map_err(refuse)?;
+        let protocol = request.select_protocol().map_err(refuse)?;
         if !connection.transport().supports(protocol) {
             return Err(refuse(HandshakeError::TextOnlyTransport {
                 protocol: protocol.name().to_owned(),
                 transport: connection.transport().name().to_owned(),
             }));
         }
-        return Ok((protocol, Bytes::copy_from_slice(&buffer.as_bytes()[end + 1..])));
+        return Ok((
+            protocol,
+            request.version,
+            Bytes::copy_from_slice(&buffer.as_bytes()[end + 1..]),
+        ));
     }
 }
 

@@ -13,8 +13,9 @@ use futures_util::{SinkExt, StreamExt};
 use tracing::{debug, warn};
 
 use super::connection::{CloseRequest, Connection, Outbound};
-use super::registry::{Admission, LiveGuard, Negotiated};
+use super::registry::{Admission, LiveGuard, Negotiated, NegotiatedState, lock};
 use super::session::{self, Inbound, Liveness};
+use super::stateful::{self, Handover};
 use super::{Hub, ServerState};
 use crate::negotiate::Transport;
 use crate::protocol::Protocol;
@@ -77,40 +78,89 @@ async fn run<H: Hub>(server: Arc<ServerState<H>>, socket: WebSocket, started: St
         Some(config.keep_alive_interval),
     );
     let live = server.registry.register_live(&connection, admission);
-    let (sink, stream) = socket.split();
-    tokio::spawn(write(sink, outbound, live.clone()));
     let read_limit = config.max_batch_size;
-    let inbound = stream.filter_map(move |frame| {
-        std::future::ready(match frame {
-            Ok(Message::Text(text)) => Some(Inbound::Data(Message::Text(text).into_data())),
-            Ok(Message::Binary(data)) => Some(Inbound::Data(data)),
-            // Control frames are no sign of life at the hub level; after a close
-            // frame the stream ends, which the session takes as the client leaving.
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_)) => None,
-            Err(error) => Some(Inbound::Failed(read_error(&error, read_limit))),
-        })
-    });
-    session::run(
-        server.clone(),
-        connection,
-        inbound,
-        Liveness::ClientTimeout(config.client_timeout),
-        live,
-        expires_at,
-    )
-    .await;
+    let liveness = Liveness::ClientTimeout(config.client_timeout);
+    let resumable = negotiated.as_ref().filter(|n| n.stateful && config.stateful_reconnect);
+    if let Some(negotiated) = resumable {
+        let (parts, sink) = stateful::parts(
+            &connection,
+            socket,
+            config.stateful_reconnect_window,
+            config.stateful_reconnect_buffer_bytes,
+            read_limit,
+        );
+        *lock(&negotiated.state) =
+            NegotiatedState::WebSockets { handover: Some(parts.handover.clone()) };
+        tokio::spawn(stateful::write(sink, outbound, live.clone(), parts.writer));
+        session::run(
+            server.clone(),
+            connection,
+            parts.inbound,
+            liveness,
+            live,
+            expires_at,
+            Some(parts.session),
+        )
+        .await;
+    } else {
+        let (sink, stream) = socket.split();
+        tokio::spawn(write(sink, outbound, live.clone()));
+        let inbound = stream.filter_map(move |frame| {
+            std::future::ready(match frame {
+                Ok(Message::Text(text)) => Some(Inbound::Data(Message::Text(text).into_data())),
+                Ok(Message::Binary(data)) => Some(Inbound::Data(data)),
+                // Control frames are no sign of life at the hub level; after a close
+                // frame the stream ends, which the session takes as the client leaving.
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_)) => None,
+                Err(error) => Some(Inbound::Failed(read_error(&error, read_limit))),
+            })
+        });
+        session::run(server.clone(), connection, inbound, liveness, live, expires_at, None).await;
+    }
     if let Some(negotiated) = negotiated {
         server.registry.remove_negotiated(&negotiated.token);
     }
 }
 
+/// A new WebSocket for a connection that stateful reconnect keeps: it takes over
+/// from the socket that dropped (or is about to). It takes no new place under the
+/// connection caps: the connection kept its own.
+pub(crate) fn resume<H: Hub>(
+    server: Arc<ServerState<H>>,
+    upgrade: WebSocketUpgrade,
+    handover: Arc<Handover>,
+) -> Response {
+    let config = &server.config;
+    let read_limit = config.max_batch_size.saturating_mul(2).max(1024);
+    upgrade
+        .read_buffer_size(config.ws_read_buffer_size)
+        .write_buffer_size(config.ws_write_buffer_size)
+        .max_write_buffer_size(config.ws_max_write_buffer_size)
+        .max_message_size(read_limit)
+        .max_frame_size(read_limit)
+        .on_failed_upgrade(|error| warn!(%error, "WebSocket upgrade for a reconnect failed"))
+        .on_upgrade(move |socket| async move {
+            let connection_id = handover.connection().id().to_owned();
+            if handover.hand_over(socket) {
+                debug!(%connection_id, "a new socket took over a resumable connection");
+            } else {
+                warn!(%connection_id, "a reconnect arrived as the connection closed; refused");
+            }
+        })
+}
+
+/// Whether a read failed because a frame or message was over the size limit.
+pub(crate) fn is_too_large(error: &axum::Error) -> bool {
+    let text = error.to_string();
+    text.contains("too long") || text.contains("limit exceeded")
+}
+
 /// The text for a read error: oversized frames name the limit.
 fn read_error(error: &axum::Error, limit: usize) -> String {
-    let text = error.to_string();
-    if text.contains("too long") || text.contains("limit exceeded") {
+    if is_too_large(error) {
         session::too_large(None, limit)
     } else {
-        format!("WebSocket read failed: {text}")
+        format!("WebSocket read failed: {error}")
     }
 }
 
@@ -165,7 +215,7 @@ async fn write(mut sink: SplitSink<WebSocket, Message>, mut outbound: Outbound, 
 }
 
 /// A record as a WebSocket message: binary for MessagePack, text for JSON.
-fn ws_message(outbound: &Outbound, record: bytes::Bytes) -> Option<Message> {
+pub(crate) fn ws_message(outbound: &Outbound, record: bytes::Bytes) -> Option<Message> {
     match outbound.connection().negotiated_protocol() {
         Some(Protocol::MessagePack) => Some(Message::Binary(record)),
         _ => match Utf8Bytes::try_from(record) {

@@ -24,6 +24,24 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// Echoes, fails, or calls back; knows nothing of chat.
 pub struct EchoHub {
     disconnected: mpsc::UnboundedSender<String>,
+    /// Connection id and how it ended: `expired`, `overflowed`, `slow` or `other`.
+    ends: mpsc::UnboundedSender<(String, &'static str)>,
+    /// Open connections by id, so a test can send to one whatever its socket does.
+    connections: std::sync::Mutex<std::collections::HashMap<String, Connection>>,
+    /// Stateful reconnects that resumed a connection.
+    pub resumes: std::sync::atomic::AtomicUsize,
+}
+
+impl EchoHub {
+    /// The open connection with this id.
+    pub fn connection(&self, id: &str) -> Option<Connection> {
+        self.connections.lock().expect("not poisoned").get(id).cloned()
+    }
+
+    /// The ids of the open connections.
+    pub fn connection_ids(&self) -> Vec<String> {
+        self.connections.lock().expect("not poisoned").keys().cloned().collect()
+    }
 }
 
 pub struct EchoSession {
@@ -63,6 +81,10 @@ impl Hub for EchoHub {
     }
 
     async fn connected(&self, connection: Connection) -> Result<EchoSession, String> {
+        self.connections
+            .lock()
+            .expect("not poisoned")
+            .insert(connection.id().to_owned(), connection.clone());
         Ok(EchoSession { connection, gate: Arc::new(Notify::new()) })
     }
 
@@ -83,8 +105,24 @@ impl Hub for EchoHub {
         }
     }
 
+    fn resumed(&self, _session: &EchoSession) {
+        self.resumes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     async fn disconnected(&self, session: EchoSession) {
-        let _ = self.disconnected.send(session.connection.id().to_owned());
+        let connection = &session.connection;
+        self.connections.lock().expect("not poisoned").remove(connection.id());
+        let end = if connection.closed_as_reconnect_expired() {
+            "expired"
+        } else if connection.closed_as_reconnect_overflow() {
+            "overflowed"
+        } else if connection.closed_as_slow_consumer() {
+            "slow"
+        } else {
+            "other"
+        };
+        let _ = self.ends.send((connection.id().to_owned(), end));
+        let _ = self.disconnected.send(connection.id().to_owned());
     }
 }
 
@@ -109,6 +147,8 @@ fn echo(
 pub struct TestServer {
     pub addr: SocketAddr,
     pub server: HubServer<EchoHub>,
+    pub hub: Arc<EchoHub>,
+    pub ends: mpsc::UnboundedReceiver<(String, &'static str)>,
     /// Connection ids as the hub's `disconnected` sees them.
     pub disconnected: mpsc::UnboundedReceiver<String>,
 }
@@ -117,17 +157,32 @@ pub const PATH: &str = "/hub";
 
 pub async fn spawn(config: HubConfig) -> TestServer {
     let (tx, disconnected) = mpsc::unbounded_channel();
-    let server = HubServer::new(Arc::new(EchoHub { disconnected: tx }), config);
+    let (ends_tx, ends) = mpsc::unbounded_channel();
+    let hub = Arc::new(EchoHub {
+        disconnected: tx,
+        ends: ends_tx,
+        connections: Default::default(),
+        resumes: Default::default(),
+    });
+    let server = HubServer::new(Arc::clone(&hub), config);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local address");
     let app = server.router(PATH);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    TestServer { addr, server, disconnected }
+    TestServer { addr, server, hub, ends, disconnected }
 }
 
 impl TestServer {
+    /// The next connection to end, and how (see [`EchoHub`]'s `ends`).
+    pub async fn next_end(&mut self) -> (String, &'static str) {
+        tokio::time::timeout(WAIT, self.ends.recv())
+            .await
+            .expect("a connection ended in time")
+            .expect("hub alive")
+    }
+
     pub async fn next_disconnected(&mut self) -> String {
         tokio::time::timeout(WAIT, self.disconnected.recv())
             .await
