@@ -81,24 +81,28 @@ pub(crate) async fn run<H: Hub>(
         user = connection.user(),
         transport = connection.transport().name(),
     );
-    let session =
-        run_inner(server, connection.clone(), inbound, liveness, reconnect).instrument(span);
-    match expires_at {
-        None => session.await,
-        Some(at) => {
-            let mut session = pin!(session);
-            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-            tokio::select! {
-                () = session.as_mut() => {}
-                () = tokio::time::sleep(left) => {
-                    debug!(connection_id = connection.id(), "the credential expired: closing");
-                    connection.request_close(CloseRequest {
-                        allow_reconnect: true,
-                        ..CloseRequest::with_error(CREDENTIAL_EXPIRED)
-                    });
-                    session.await;
-                }
+    // One pinned session future, awaited in one place or two by reference:
+    // moving it into a match arm would give the task a copy of its state per
+    // arm (it doubled an idle connection's memory).
+    let mut session =
+        pin!(run_inner(server, connection.clone(), inbound, liveness, reconnect).instrument(span));
+    let expiry = async {
+        match expires_at {
+            Some(at) => {
+                tokio::time::sleep(at.duration_since(SystemTime::now()).unwrap_or_default()).await
             }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = session.as_mut() => {}
+        () = expiry => {
+            debug!(connection_id = connection.id(), "the credential expired: closing");
+            connection.request_close(CloseRequest {
+                allow_reconnect: true,
+                ..CloseRequest::with_error(CREDENTIAL_EXPIRED)
+            });
+            session.await;
         }
     }
     drop(live);
@@ -207,9 +211,11 @@ async fn run_inner<H: Hub>(
             Liveness::ClientTimeout(timeout) => Some(last_received + *timeout),
             Liveness::Polling(polls, timeout) => polls.idle_since().map(|idle| idle + *timeout),
         };
+        // Boxed, and only for a stateful connection: its timers would otherwise
+        // take room in every connection's session state.
         let reconnect_event = async {
             match &reconnect {
-                Some(reconnect) => reconnect.next_event().await,
+                Some(reconnect) => Box::pin(reconnect.next_event()).await,
                 None => std::future::pending().await,
             }
         };

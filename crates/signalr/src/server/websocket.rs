@@ -92,7 +92,9 @@ async fn run<H: Hub>(server: Arc<ServerState<H>>, socket: WebSocket, started: St
         *lock(&negotiated.state) =
             NegotiatedState::WebSockets { handover: Some(parts.handover.clone()) };
         tokio::spawn(stateful::write(sink, outbound, live.clone(), parts.writer));
-        session::run(
+        // Boxed: the task's own future is sized for the plain session, which
+        // most connections are, rather than for both kinds side by side.
+        Box::pin(session::run(
             server.clone(),
             connection,
             parts.inbound,
@@ -100,7 +102,7 @@ async fn run<H: Hub>(server: Arc<ServerState<H>>, socket: WebSocket, started: St
             live,
             expires_at,
             Some(parts.session),
-        )
+        ))
         .await;
     } else {
         let (sink, stream) = socket.split();
