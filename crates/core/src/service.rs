@@ -143,15 +143,7 @@ fn newest_within(
     budget: usize,
     size: impl Fn(&Message) -> usize,
 ) -> Vec<Message> {
-    let mut used = 0usize;
-    let mut keep = 0;
-    for message in messages.iter().rev() {
-        used = used.saturating_add(size(message));
-        if used > budget && keep > 0 {
-            break;
-        }
-        keep += 1;
-    }
+    let keep = fitting(messages.iter().rev(), budget, size);
     messages.drain(..messages.len() - keep);
     messages
 }
@@ -163,17 +155,28 @@ fn oldest_within(
     budget: usize,
     size: impl Fn(&Message) -> usize,
 ) -> Vec<Message> {
+    let keep = fitting(messages.iter(), budget, size);
+    messages.truncate(keep);
+    messages
+}
+
+/// How many of `messages`, taken in order, fit in `budget`; at least one when
+/// there is one, so paging always makes progress.
+fn fitting<'a>(
+    messages: impl Iterator<Item = &'a Message>,
+    budget: usize,
+    size: impl Fn(&Message) -> usize,
+) -> usize {
     let mut used = 0usize;
     let mut keep = 0;
-    for message in &messages {
+    for message in messages {
         used = used.saturating_add(size(message));
         if used > budget && keep > 0 {
             break;
         }
         keep += 1;
     }
-    messages.truncate(keep);
-    messages
+    keep
 }
 
 impl ChatService {
