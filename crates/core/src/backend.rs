@@ -49,6 +49,21 @@ pub trait Messaging: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Makes sure the group's messages published from now on reach this
+    /// instance's `LocalFanout`. A join calls it after subscribing and before
+    /// it completes, so every message sent after the join completed is
+    /// delivered; a backend that reads only some of the log (the Redis
+    /// streams of groups joined here) starts reading the group's part here.
+    /// The default, for a log delivered whole, has nothing to do.
+    async fn follow(&self, _group: &GroupId) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// The group has no local subscriber left (the last one left or
+    /// disconnected): the backend may stop reading its part of the log. A
+    /// group that has a subscriber again by then stays followed. Never waits.
+    fn unfollow(&self, _group: &GroupId) {}
+
     /// Stops background readers; called once at shutdown, after the last publish.
     async fn shutdown(&self) {}
 }

@@ -161,16 +161,19 @@ impl LocalFanout {
         Ok(Some(PendingJoin { subscription }))
     }
 
-    /// Stops delivering the group's messages to the connection.
-    pub fn unsubscribe(&self, group: &GroupId, connection: &ConnectionId) {
+    /// Stops delivering the group's messages to the connection. True when
+    /// that left the group without local subscribers.
+    pub fn unsubscribe(&self, group: &GroupId, connection: &ConnectionId) -> bool {
         let mut groups = self.groups.write().unwrap_or_else(|poison| poison.into_inner());
-        let Some(current) = groups.get_mut(group) else { return };
+        let Some(current) = groups.get_mut(group) else { return false };
         let next: Vec<_> =
             current.iter().filter(|s| s.recipient.connection_id() != connection).cloned().collect();
         if next.is_empty() {
             groups.remove(group);
+            true
         } else {
             *current = Arc::new(next);
+            false
         }
     }
 

@@ -225,7 +225,7 @@ impl ChatService {
         let groups: Vec<GroupId> =
             session.joined.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for group in groups {
-            self.fanout.unsubscribe(&group, session.connection_id());
+            self.unsubscribe(&group, session);
             if let Err(error) =
                 self.membership.leave(&group, &session.user, session.connection_id()).await
             {
@@ -233,6 +233,14 @@ impl ChatService {
             }
         }
         self.users.disconnected(&session.user);
+    }
+
+    /// Stops delivering the group to the connection; the messaging backend
+    /// may stop reading the group when that was its last local subscriber.
+    fn unsubscribe(&self, group: &GroupId, session: &Session) {
+        if self.fanout.unsubscribe(group, session.connection_id()) {
+            self.messaging.unfollow(group);
+        }
     }
 
     /// Takes one of the user's tokens for `what`, or says when to retry.
@@ -348,6 +356,14 @@ impl ChatService {
                 group: group.clone(),
                 limit: max_connections,
             })?;
+        // The messaging backend reads the group from now on (before the join
+        // completes, so nothing sent after it is missed).
+        if pending.is_some()
+            && let Err(error) = self.messaging.follow(&group).await
+        {
+            self.unsubscribe(&group, session);
+            return Err(error.into());
+        }
         // Joining again (`pending` is `None`) only sends the history again.
         let joined = self.take_place(session, &group).await;
         let history = match joined {
@@ -357,13 +373,13 @@ impl ChatService {
             }
             Ok(JoinOutcome::NoRoom) => {
                 if pending.is_some() {
-                    self.fanout.unsubscribe(&group, session.connection_id());
+                    self.unsubscribe(&group, session);
                 }
                 return Ok(JoinOutcome::NoRoom);
             }
             Err(error) => {
                 if pending.is_some() {
-                    self.fanout.unsubscribe(&group, session.connection_id());
+                    self.unsubscribe(&group, session);
                 }
                 return Err(error);
             }
@@ -372,7 +388,7 @@ impl ChatService {
             Ok(history) => self.fit_page(session, history),
             Err(error) => {
                 if pending.is_some() {
-                    self.fanout.unsubscribe(&group, session.connection_id());
+                    self.unsubscribe(&group, session);
                     session.set_joined(&group, false);
                     let _ =
                         self.membership.leave(&group, &session.user, session.connection_id()).await;
@@ -420,7 +436,7 @@ impl ChatService {
     pub async fn leave_group(&self, session: &Session, group: &str) -> Result<(), ChatError> {
         let group = self.group(group)?;
         if session.set_joined(&group, false) {
-            self.fanout.unsubscribe(&group, session.connection_id());
+            self.unsubscribe(&group, session);
             self.membership.leave(&group, &session.user, session.connection_id()).await?;
         }
         Ok(())

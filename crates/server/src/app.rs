@@ -43,6 +43,8 @@ pub struct Backends {
     pub history: Arc<dyn HistoryStore>,
     /// Copies into MySQL what an instance could not store (scale-out only).
     pub reconciler: Option<next_chat_storage::StreamHistoryReconciler>,
+    /// What the Redis stream readers received (scale-out only).
+    pub bus: Option<Arc<next_chat_storage::BusStats>>,
 }
 
 impl Backends {
@@ -111,6 +113,9 @@ impl App {
         let history =
             HistoryWriter::start(Arc::clone(&backends.history), config.history.clone(), observer);
         let reconciler = backends.reconciler;
+        if let Some(bus) = backends.bus {
+            metrics.observe_bus(bus);
+        }
         let chat = Arc::new(ChatService::new(
             config.chat.clone(),
             backends.messaging,

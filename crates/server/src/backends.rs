@@ -9,7 +9,7 @@ use next_chat_core::{
     HistoryObserver, HistoryStore, LocalFanout, Membership, MessageId, Messaging,
 };
 use next_chat_storage::{
-    EmbeddedMembership, InProcessMessaging, MySqlHistory, ReconcilerConfig, RedisConfig,
+    BusStats, EmbeddedMembership, InProcessMessaging, MySqlHistory, ReconcilerConfig, RedisConfig,
     RedisMembership, RedisMessaging, SqliteStore, StreamHistoryReconciler, mysql,
 };
 
@@ -23,6 +23,7 @@ fn sqlite_url(path: &std::path::Path) -> String {
 fn redis_config(settings: &RedisSettings, config: &Config) -> RedisConfig {
     RedisConfig {
         url: settings.url.clone(),
+        cluster: settings.cluster,
         key_prefix: settings.key_prefix.clone(),
         stream_shards: settings.stream_shards,
         stream_maxlen: settings.stream_maxlen,
@@ -49,14 +50,21 @@ pub async fn connect(
                 membership: Arc::new(EmbeddedMembership::new(store.clone())),
                 history: Arc::new(store),
                 reconciler: None,
+                bus: None,
             })
         }
         (Database::Sqlite(path), Some(redis)) => {
             let store = SqliteStore::open(&sqlite_url(path))
                 .await
                 .with_context(|| format!("database: cannot open {}", path.display()))?;
-            let (messaging, membership) = connect_redis(redis, config, fanout).await?;
-            Ok(Backends { messaging, membership, history: Arc::new(store), reconciler: None })
+            let (messaging, membership, bus) = connect_redis(redis, config, fanout).await?;
+            Ok(Backends {
+                messaging,
+                membership,
+                history: Arc::new(store),
+                reconciler: None,
+                bus: Some(bus),
+            })
         }
         (Database::MySql(url), Some(redis)) => {
             let history = Arc::new(
@@ -64,7 +72,7 @@ pub async fn connect(
                     .await
                     .with_context(|| format!("database: {}", redact_url(url)))?,
             );
-            let (messaging, membership) = connect_redis(redis, config, fanout).await?;
+            let (messaging, membership, bus) = connect_redis(redis, config, fanout).await?;
             let reconciler = StreamHistoryReconciler::start(
                 redis_config(redis, config),
                 ReconcilerConfig::default(),
@@ -78,6 +86,7 @@ pub async fn connect(
                 membership,
                 history: history as Arc<dyn HistoryStore>,
                 reconciler: Some(reconciler),
+                bus: Some(bus),
             })
         }
         (Database::MySql(_), None) => anyhow::bail!(
@@ -91,7 +100,7 @@ async fn connect_redis(
     settings: &RedisSettings,
     config: &Config,
     fanout: &Arc<LocalFanout>,
-) -> anyhow::Result<(Arc<dyn Messaging>, Arc<dyn Membership>)> {
+) -> anyhow::Result<(Arc<dyn Messaging>, Arc<dyn Membership>, Arc<BusStats>)> {
     let shown = redact_url(&settings.url);
     // One config, so messaging and membership name this instance the same way.
     let config = redis_config(settings, config);
@@ -101,7 +110,8 @@ async fn connect_redis(
     let membership = RedisMembership::start(config)
         .await
         .with_context(|| format!("redis: cannot start membership on {shown}"))?;
-    Ok((Arc::new(messaging), Arc::new(membership)))
+    let bus = messaging.stats();
+    Ok((Arc::new(messaging), Arc::new(membership), bus))
 }
 
 pub async fn migrate(database: &Database) -> anyhow::Result<()> {

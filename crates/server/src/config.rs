@@ -65,15 +65,20 @@ pub struct Settings {
     pub database: Option<String>,
 
     /// Redis for messaging and membership across instances (redis://HOST:PORT);
-    /// without it both stay in process
+    /// with redis_cluster, one or more seed nodes separated by commas; without
+    /// it both stay in process
     #[arg(long, env = "NEXT_CHAT_REDIS", global = true, value_name = "URL")]
     pub redis: Option<String>,
+
+    /// redis names seed nodes of a Redis Cluster [default: false]
+    #[arg(long, env = "NEXT_CHAT_REDIS_CLUSTER", global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub redis_cluster: Option<bool>,
 
     /// Prefix of every Redis key, so deployments sharing a Redis stay apart [default: next-chat:]
     #[arg(long, env = "NEXT_CHAT_REDIS_KEY_PREFIX", global = true, value_name = "PREFIX")]
     pub redis_key_prefix: Option<String>,
 
-    /// Number of Redis streams messages are sharded over [default: 4]
+    /// Number of Redis streams messages are sharded over; an instance reads only the shards of groups joined on it [default: 64]
     #[arg(long, env = "NEXT_CHAT_REDIS_STREAM_SHARDS", global = true, value_name = "N")]
     pub redis_stream_shards: Option<usize>,
 
@@ -354,6 +359,7 @@ impl Settings {
                 listen,
                 database,
                 redis,
+                redis_cluster,
                 redis_key_prefix,
                 redis_stream_shards,
                 redis_stream_maxlen,
@@ -471,6 +477,10 @@ impl Database {
 
 /// Hides the password of `scheme://user:password@host`.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        // A Redis Cluster's seed nodes.
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
@@ -486,11 +496,18 @@ pub fn redact_url(url: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub url: String,
+    pub cluster: bool,
     pub key_prefix: String,
     pub stream_shards: usize,
     pub stream_maxlen: usize,
     pub recent_scan_entries: usize,
 }
+
+/// Streams the groups are spread over by default. An instance reads only the
+/// shards of groups joined on it, so more shards read less where instances
+/// serve different groups; each shard costs its reader one more key per
+/// XREAD and needs 1 MiB of `redis_stream_max_bytes` (256 MiB / 64 = 4 MiB).
+pub const DEFAULT_STREAM_SHARDS: usize = 64;
 
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
@@ -699,16 +716,38 @@ impl Config {
         let database = Database::parse(s.database.as_deref().unwrap_or("sqlite://next-chat.db"))?;
         let redis = match &s.redis {
             Some(url) => {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                let cluster = s.redis_cluster.unwrap_or(false);
+                let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+                for node in &nodes {
+                    if !(node.starts_with("redis://") || node.starts_with("rediss://")) {
+                        return Err(bad(
+                            "redis",
+                            format!("'{}' must start with redis:// or rediss://", redact_url(node)),
+                        ));
+                    }
+                }
+                if nodes.len() > 1 && !cluster {
                     return Err(bad(
                         "redis",
-                        format!("'{}' must start with redis:// or rediss://", redact_url(url)),
+                        "names several servers: that is a Redis Cluster's seed list; set redis_cluster",
+                    ));
+                }
+                let key_prefix = s.redis_key_prefix.clone().unwrap_or_else(|| "next-chat:".into());
+                if cluster && (key_prefix.contains('{') || key_prefix.contains('}')) {
+                    return Err(bad(
+                        "redis_key_prefix",
+                        "must not contain '{' or '}' with redis_cluster (they make hash tags)",
                     ));
                 }
                 Some(RedisSettings {
-                    url: url.clone(),
-                    key_prefix: s.redis_key_prefix.clone().unwrap_or_else(|| "next-chat:".into()),
-                    stream_shards: positive("redis_stream_shards", s.redis_stream_shards, 4)?,
+                    url: nodes.join(","),
+                    cluster,
+                    key_prefix,
+                    stream_shards: positive(
+                        "redis_stream_shards",
+                        s.redis_stream_shards,
+                        DEFAULT_STREAM_SHARDS,
+                    )?,
                     stream_maxlen: positive("redis_stream_maxlen", s.redis_stream_maxlen, 100_000)?,
                     recent_scan_entries: match s.redis_recent_scan_entries {
                         None => 200,
@@ -908,7 +947,7 @@ impl Config {
                 // The storage's least shard budget: a dozen of the largest messages.
                 const MIN_PER_SHARD: u64 = 1024 * 1024;
                 let bytes = s.redis_stream_max_bytes.unwrap_or(256 * 1024 * 1024);
-                let shards = s.redis_stream_shards.unwrap_or(4).max(1) as u64;
+                let shards = s.redis_stream_shards.unwrap_or(DEFAULT_STREAM_SHARDS).max(1) as u64;
                 if bytes / shards < MIN_PER_SHARD {
                     return Err(bad(
                         "redis_stream_max_bytes",

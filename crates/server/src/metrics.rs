@@ -1,12 +1,17 @@
 //! Prometheus metrics, served at `GET /metrics`. Counters are atomics, so
 //! recording on the hot path takes no lock beyond the label lookup.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use next_chat_core::{BackendError, HistoryObserver, Message};
-use prometheus_client::encoding::EncodeLabelSet;
+use next_chat_storage::BusStats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -43,6 +48,47 @@ pub struct Metrics {
     pub history_unsaved: Gauge,
     pub history_unsaved_bytes: Gauge,
     pub history_refused: Counter,
+    /// What the Redis stream readers took, once the backend is connected.
+    bus: Arc<OnceLock<Arc<BusStats>>>,
+}
+
+/// The message bus figures of the Redis stream readers (none in embedded mode).
+#[derive(Debug)]
+struct BusCollector(Arc<OnceLock<Arc<BusStats>>>);
+
+impl Collector for BusCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(bus) = self.0.get() else { return Ok(()) };
+        let counters = [
+            (
+                "bus_entries_received",
+                "Redis stream entries this instance's readers received (messages of the shards it reads)",
+                bus.entries_received(),
+            ),
+            (
+                "bus_bytes_received",
+                "Bytes of the Redis stream replies this instance's readers received (RESP encoding)",
+                bus.bytes_received(),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let shards = ConstGauge::new(i64::try_from(bus.shards_read()).unwrap_or(i64::MAX));
+        shards.encode(encoder.encode_descriptor(
+            "bus_shards_read",
+            "Redis stream shards this instance reads now: those of groups joined on it",
+            None,
+            shards.metric_type(),
+        )?)?;
+        Ok(())
+    }
 }
 
 impl Default for Metrics {
@@ -111,6 +157,8 @@ impl Metrics {
             "Messages the history database refused on their own and that were set aside (logged)",
             history_refused.clone(),
         );
+        let bus = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(BusCollector(Arc::clone(&bus))));
         Metrics {
             registry,
             connections,
@@ -123,7 +171,13 @@ impl Metrics {
             history_unsaved,
             history_unsaved_bytes,
             history_refused,
+            bus,
         }
+    }
+
+    /// Reports the Redis stream readers' figures from now on.
+    pub fn observe_bus(&self, stats: Arc<BusStats>) {
+        let _ = self.bus.set(stats);
     }
 
     pub fn invocation(&self, method: &'static str, outcome: &'static str) {

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::redis::Script;
-use ::redis::aio::ConnectionManager;
 use ::redis::streams::StreamRangeReply;
 use async_trait::async_trait;
 use next_chat_core::history::append_or_set_aside;
@@ -26,7 +25,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::health::Health;
-use crate::redis::{RedisConfig, message_of_entry, run};
+use crate::redis::{Connection, RedisConfig, connect, message_of_entry, run};
 
 /// A history store that can say which of many messages it holds in one query.
 #[async_trait]
@@ -89,7 +88,7 @@ return 0
 struct Inner {
     redis: RedisConfig,
     config: ReconcilerConfig,
-    connection: ConnectionManager,
+    connection: Connection,
     store: Arc<dyn ExistingMessages>,
     observer: Arc<dyn HistoryObserver>,
     health: Health,
@@ -110,7 +109,7 @@ impl StreamHistoryReconciler {
         store: Arc<dyn ExistingMessages>,
         observer: Arc<dyn HistoryObserver>,
     ) -> Result<StreamHistoryReconciler, BackendError> {
-        let connection = redis.manager().await?;
+        let connection = connect(&redis).await?;
         let inner = Arc::new(Inner {
             redis,
             config,
@@ -205,10 +204,7 @@ impl Inner {
         result
     }
 
-    async fn walk_streams(
-        &self,
-        connection: &mut ConnectionManager,
-    ) -> Result<RoundReport, BackendError> {
+    async fn walk_streams(&self, connection: &mut Connection) -> Result<RoundReport, BackendError> {
         let (seconds, micros): (u64, u64) = run(&self.redis, &self.health, "read time", async {
             ::redis::cmd("TIME").query_async(connection).await
         })
@@ -225,7 +221,7 @@ impl Inner {
 
     async fn walk_stream(
         &self,
-        connection: &mut ConnectionManager,
+        connection: &mut Connection,
         shard: usize,
         cutoff: u64,
         report: &mut RoundReport,

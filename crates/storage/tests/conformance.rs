@@ -297,9 +297,9 @@ async fn published_messages_get_increasing_ids_and_are_delivered_in_order<F: Fix
     let fanout = Arc::new(LocalFanout::new());
     let messaging = fixture.messaging(Arc::clone(&fanout)).await;
     let g = group("talk");
-    let mut first = subscribe(&fanout, &g, "c1");
-    let mut second = subscribe(&fanout, &g, "c2");
-    let mut elsewhere = subscribe(&fanout, &group("elsewhere"), "c3");
+    let mut first = subscribe(&fanout, messaging.as_ref(), &g, "c1").await;
+    let mut second = subscribe(&fanout, messaging.as_ref(), &g, "c2").await;
+    let mut elsewhere = subscribe(&fanout, messaging.as_ref(), &group("elsewhere"), "c3").await;
 
     let accepted = Mutex::new(Vec::new());
     let mut published = Vec::new();
@@ -325,8 +325,8 @@ async fn concurrent_publishers_are_seen_in_one_order<F: Fixture>() {
     let fanout = Arc::new(LocalFanout::new());
     let messaging = fixture.messaging(Arc::clone(&fanout)).await;
     let g = group("busy");
-    let mut first = subscribe(&fanout, &g, "c1");
-    let mut second = subscribe(&fanout, &g, "c2");
+    let mut first = subscribe(&fanout, messaging.as_ref(), &g, "c1").await;
+    let mut second = subscribe(&fanout, messaging.as_ref(), &g, "c2").await;
     let mut tasks = Vec::new();
     for t in 0..4 {
         let messaging = Arc::clone(&messaging);
@@ -471,3 +471,55 @@ mod scale_out_fixture {
 }
 
 conformance!(redis_mysql, scale_out_fixture::ScaleOut);
+
+// ------------------------------------------------------ Redis Cluster + MySQL
+
+mod cluster_fixture {
+    use super::*;
+    use next_chat_storage::{MySqlHistory, RedisConfig, RedisMembership, RedisMessaging, mysql};
+    use next_chat_testkit::RedisCluster;
+
+    pub struct Cluster {
+        membership: Arc<RedisMembership>,
+        history: Arc<MySqlHistory>,
+        config: RedisConfig,
+        // Last: the cluster's nodes are killed and the database dropped after
+        // everything else let go.
+        _cluster: RedisCluster,
+        _names: ScaleOutNames,
+    }
+
+    #[async_trait]
+    impl Fixture for Cluster {
+        async fn start() -> Self {
+            let cluster = RedisCluster::start().await;
+            let names = ScaleOutNames::new();
+            mysql::migrate(&names.mysql_url()).await.unwrap();
+            let history = Arc::new(MySqlHistory::connect(&names.mysql_url(), false).await.unwrap());
+            // Four shards in four buckets: a publisher and its readers meet
+            // over several masters.
+            let config = RedisConfig {
+                url: cluster.url(),
+                cluster: true,
+                stream_shards: 4,
+                ..names.redis_config()
+            };
+            let membership = Arc::new(RedisMembership::start(config.clone()).await.unwrap());
+            Cluster { membership, history, config, _cluster: cluster, _names: names }
+        }
+
+        fn membership(&self) -> Arc<dyn Membership> {
+            self.membership.clone()
+        }
+
+        fn history(&self) -> Arc<dyn HistoryStore> {
+            self.history.clone()
+        }
+
+        async fn messaging(&self, fanout: Arc<LocalFanout>) -> Arc<dyn Messaging> {
+            Arc::new(RedisMessaging::start(self.config.clone(), fanout).await.unwrap())
+        }
+    }
+}
+
+conformance!(redis_cluster_mysql, cluster_fixture::Cluster);

@@ -170,7 +170,7 @@ async fn the_streams_stay_under_their_byte_bound_and_keep_the_newest() {
     let config = RedisConfig { stream_max_bytes: BOUND, ..redis.config() };
     let fanout = Arc::new(LocalFanout::new());
     let messaging = RedisMessaging::start(config.clone(), Arc::clone(&fanout)).await.unwrap();
-    let mut received = subscribe(&fanout, &group("a"), "reader");
+    let mut received = subscribe(&fanout, &messaging, &group("a"), "reader").await;
     let mut last = None;
     // 100 messages of 64 KiB, over three times the bound, then small ones.
     for i in 0..100 {

@@ -125,8 +125,8 @@ async fn two_instances_deliver_every_message_in_one_order() {
         ));
     }
     let g = group("shared");
-    let mut on_a = subscribe(&fanouts[0], &g, "a");
-    let mut on_b = subscribe(&fanouts[1], &g, "b");
+    let mut on_a = subscribe(&fanouts[0], instances[0].as_ref(), &g, "a").await;
+    let mut on_b = subscribe(&fanouts[1], instances[1].as_ref(), &g, "b").await;
     let mut tasks = Vec::new();
     for (n, instance) in instances.iter().enumerate() {
         let instance = Arc::clone(instance);
@@ -202,7 +202,7 @@ async fn the_reader_resumes_after_redis_comes_back_and_publish_fails_fast_meanwh
     let fanout = Arc::new(LocalFanout::new());
     let messaging = RedisMessaging::start(config, Arc::clone(&fanout)).await.unwrap();
     let g = group("g");
-    let mut received = subscribe(&fanout, &g, "c");
+    let mut received = subscribe(&fanout, &messaging, &g, "c").await;
     let before = messaging.publish(draft("g", "before"), &|_| {}).await.unwrap();
     assert_eq!(receive(&mut received, 1).await, vec![before.clone()]);
 

@@ -10,14 +10,17 @@
 //!
 //! For failure tests: `TcpProxy` takes a backend away from one test's servers
 //! (MariaDB, through a port of the test's own), `RedisServer` is a Redis of the
-//! test's own that it can kill and start again. `identity` mints JWTs and
+//! test's own that it can kill and start again, `RedisCluster` a Redis Cluster
+//! of three masters and three replicas whose masters it can kill. `identity` mints JWTs and
 //! generates a certificate authority for the tests of `--auth jwt` and TLS.
 
 pub mod identity;
 mod proxy;
+mod redis_cluster;
 mod redis_server;
 
 pub use proxy::TcpProxy;
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 
 use std::path::PathBuf;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use next_chat_core::{
-    ConnectionId, Delivery, GroupId, LocalFanout, Message, MessageId, MessageText, Recipient,
-    UserId,
+    ConnectionId, Delivery, GroupId, LocalFanout, Message, MessageId, MessageText, Messaging,
+    Recipient, UserId,
 };
 use tokio::sync::mpsc;
 
@@ -72,16 +72,20 @@ impl Recipient for RecordingRecipient {
     }
 }
 
-/// Subscribes a recording recipient to `group` on `fanout` and opens it with
-/// an empty history; returns the receiving end.
-pub fn subscribe(
+/// Subscribes a recording recipient to `group` on `fanout`, has `messaging`
+/// follow the group (as a join does) and opens it with an empty history;
+/// returns the receiving end.
+pub async fn subscribe(
     fanout: &LocalFanout,
+    messaging: &dyn Messaging,
     group: &GroupId,
     name: &str,
 ) -> mpsc::UnboundedReceiver<Message> {
     let (sender, receiver) = mpsc::unbounded_channel();
     let recipient = Arc::new(RecordingRecipient { id: connection(name), messages: sender });
-    if let Some(pending) = fanout.subscribe(group, recipient) {
+    let pending = fanout.subscribe(group, recipient);
+    messaging.follow(group).await.expect("the messaging backend follows the group");
+    if let Some(pending) = pending {
         pending.open(&[]);
     }
     receiver

@@ -1,0 +1,2 @@
+local count = live_users(nil)
+return count
