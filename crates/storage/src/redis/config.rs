@@ -181,7 +181,7 @@ impl RedisConfig {
     }
 
     /// The shard of a group.
-    pub(crate) fn shard_of(&self, group: &GroupId) -> usize {
+    pub fn shard_of(&self, group: &GroupId) -> usize {
         (fnv1a(group) % self.stream_shards as u64) as usize
     }
 
