@@ -5,6 +5,9 @@
 //! restart. Each test has its own key prefix and database (`ScaleOut`); the
 //! outage tests cut MariaDB through a proxy of their own and restart a Redis of
 //! their own, so every test runs in parallel with the others and can rerun.
+//! The chat tests run twice: on the machine's Redis, and on a Redis Cluster
+//! of their own (three masters, three replicas), where a master is also
+//! killed mid-chat.
 //!
 //! The client library drops a message id it has already delivered, so
 //! "exactly once" is checked where that cannot hide anything: each client's
@@ -22,7 +25,9 @@ use futures_util::future::join_all;
 use next_chat_client::{
     Client, ClientError, ClientOptions, Event, Events, JoinResult, Message, Protocol,
 };
-use next_chat_testkit::{MYSQL_ADDR, RedisServer, ScaleOut, TcpProxy, TestServer, eventually};
+use next_chat_testkit::{
+    MYSQL_ADDR, RedisCluster, RedisServer, ScaleOut, TcpProxy, TestServer, eventually,
+};
 
 /// How long messages may take to reach a member.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -174,9 +179,7 @@ async fn mariadb(database: &str, sql: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn messages_cross_instances_exactly_once_and_in_one_order() {
-    let scale = ScaleOut::create();
+async fn messages_cross_instances_exactly_once_and_in_one_order(scale: &ScaleOut) {
     let servers = start_instances(&scale.args(), 3).await;
     // Both hub protocols on every instance.
     let mut members = Vec::new();
@@ -232,9 +235,7 @@ async fn messages_cross_instances_exactly_once_and_in_one_order() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn thirty_users_racing_from_three_instances_get_exactly_twenty_places() {
-    let scale = ScaleOut::create();
+async fn thirty_users_racing_from_three_instances_get_exactly_twenty_places(scale: &ScaleOut) {
     let servers = start_instances(&scale.args(), 3).await;
     let mut racers = Vec::new();
     for i in 0..30 {
@@ -280,9 +281,7 @@ async fn thirty_users_racing_from_three_instances_get_exactly_twenty_places() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_killed_instance_frees_its_places_and_the_others_keep_chatting() {
-    let scale = ScaleOut::create();
+async fn a_killed_instance_frees_its_places_and_the_others_keep_chatting(scale: &ScaleOut) {
     let mut servers = start_instances(&scale.args(), 3).await;
     // 7 + 7 members on the instances that live, 6 on the one that dies.
     let mut survivors = Vec::new();
@@ -600,3 +599,106 @@ async fn a_send_waiting_for_history_does_not_hold_up_the_next_call() {
     let count_sql = format!("SELECT COUNT(*) FROM messages WHERE group_id = '{GROUP}'");
     assert_eq!(mariadb(&scale.database, &count_sql).await, "2", "both stored when they completed");
 }
+
+/// Sends `text` until an instance accepts it (a send fails while the cluster
+/// fails over); false if none did by `deadline`.
+async fn send_until_accepted(member: &Member, text: &str, deadline: Instant) -> bool {
+    loop {
+        match member.client.send_message(GROUP, text).await {
+            Ok(()) => return true,
+            Err(ClientError::Server(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("{}: {text}: {error}", member.user),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_resumes_after_the_master_of_its_stream_fails_over() {
+    let mut cluster = RedisCluster::start().await;
+    let scale = ScaleOut::create_on(&cluster);
+    let servers = start_instances(&scale.args(), 2).await;
+    let mut members = Vec::new();
+    for i in 0..4 {
+        members.push(join(&servers[i % 2], &format!("member{i}")).await);
+    }
+    members[0].client.send_message(GROUP, "before").await.expect("send before the failover");
+    for seen in receive_all(&mut members, 1).await {
+        assert_eq!(texts(&seen), ["before"]);
+    }
+
+    // Kill the master that holds the group's stream, as a crash would.
+    let config = next_chat_storage::RedisConfig {
+        cluster: true,
+        key_prefix: scale.key_prefix.clone(),
+        stream_shards: next_chat_server::config::DEFAULT_STREAM_SHARDS,
+        ..Default::default()
+    };
+    let group = next_chat_core::GroupId::from_trusted(GROUP);
+    let stream = config.stream_key(config.shard_of(&group));
+    let master = cluster.master_of(&stream).await;
+    cluster.kill(master).await;
+    let killed = Instant::now();
+
+    // Each member keeps sending until its message is accepted: what is
+    // accepted after the kill reaches everyone, in one order.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sends = members.iter().map(|member| {
+        let text = format!("after from {}", member.user);
+        async move { assert!(send_until_accepted(member, &text, deadline).await, "{text}") }
+    });
+    join_all(sends).await;
+    println!("every member's send was accepted {:?} after the kill", killed.elapsed());
+    cluster.wait_for_failover(master).await;
+    members[3].client.send_message(GROUP, "after the failover").await.expect("send");
+    let received = receive_all(&mut members, 5).await;
+    for (member, seen) in members.iter().zip(&received) {
+        assert_eq!(texts(seen), texts(&received[0]), "{} sees one order", member.user);
+        assert_strictly_increasing(seen);
+        let mut sorted = texts(seen);
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            [
+                "after from member0",
+                "after from member1",
+                "after from member2",
+                "after from member3",
+                "after the failover"
+            ],
+            "{}",
+            member.user
+        );
+    }
+    expect_quiet(&mut members).await;
+}
+
+/// The chat tests, on one Redis and on a Redis Cluster of the test's own.
+macro_rules! single_and_cluster {
+    ($($test:ident),* $(,)?) => {
+        mod single_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $test() {
+                    super::$test(&super::ScaleOut::create()).await;
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $test() {
+                    let cluster = super::RedisCluster::start().await;
+                    super::$test(&super::ScaleOut::create_on(&cluster)).await;
+                }
+            )*
+        }
+    };
+}
+
+single_and_cluster!(
+    messages_cross_instances_exactly_once_and_in_one_order,
+    thirty_users_racing_from_three_instances_get_exactly_twenty_places,
+    a_killed_instance_frees_its_places_and_the_others_keep_chatting,
+);

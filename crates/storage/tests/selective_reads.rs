@@ -64,7 +64,11 @@ impl Bus {
 }
 
 fn draft(group: &GroupId, text: &str) -> NewMessage {
-    NewMessage { author: user("alice"), group: group.clone(), text: MessageText::from_trusted(text) }
+    NewMessage {
+        author: user("alice"),
+        group: group.clone(),
+        text: MessageText::from_trusted(text),
+    }
 }
 
 async fn an_instance_receives_nothing_of_shards_it_has_no_member_in(bus: Bus) {

@@ -94,6 +94,8 @@ pub fn free_port() -> u16 {
 /// A MariaDB database and a Redis key prefix of this test's own, removed on drop.
 pub struct ScaleOut {
     pub redis_url: String,
+    /// `redis_url` is a Redis Cluster's seed list (`--redis-cluster`).
+    pub cluster: bool,
     pub key_prefix: String,
     pub database: String,
     pub mysql_url: String,
@@ -106,10 +108,19 @@ impl ScaleOut {
         run_mariadb(&format!("CREATE DATABASE {database}"));
         ScaleOut {
             redis_url: REDIS_URL.to_string(),
+            cluster: false,
             key_prefix: unique("nc-test-") + ":",
             mysql_url: format!("{MYSQL_ROOT_URL}/{database}"),
             database,
         }
+    }
+
+    /// The same, but with `cluster` for messaging and membership.
+    pub fn create_on(cluster: &RedisCluster) -> ScaleOut {
+        let mut scale = ScaleOut::create();
+        scale.redis_url = cluster.url();
+        scale.cluster = true;
+        scale
     }
 
     /// The server flags that select these backends.
@@ -125,7 +136,7 @@ impl ScaleOut {
             Some(port) => format!("mysql://root@127.0.0.1:{port}/{}", self.database),
             None => self.mysql_url.clone(),
         };
-        vec![
+        let mut args = vec![
             "--redis".into(),
             redis_url.unwrap_or(&self.redis_url).to_string(),
             "--redis-key-prefix".into(),
@@ -133,7 +144,11 @@ impl ScaleOut {
             "--database".into(),
             mysql_url,
             "--migrate".into(),
-        ]
+        ];
+        if self.cluster {
+            args.push("--redis-cluster".into());
+        }
+        args
     }
 }
 

@@ -44,6 +44,11 @@ fn start_node(dir: &Path, port: u16) -> Child {
         .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
         .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
         .args(["--save", "", "--appendonly", "no"])
+        // Replicas copy their master at once (not after the default 5 s wait
+        // for more replicas), and any replica may take over: a test kills a
+        // master seconds after the cluster formed.
+        .args(["--repl-diskless-sync-delay", "0"])
+        .args(["--cluster-replica-validity-factor", "0"])
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -94,6 +99,17 @@ impl RedisCluster {
             .expect("redis-cli is on PATH");
         assert!(created.success(), "redis-cli --cluster create failed");
         cluster.wait_until_ok(deadline).await;
+        // Every replica has its master's data, so it can take over.
+        for node in &cluster.nodes {
+            loop {
+                let info = cli(node.port, &["INFO", "replication"]).await.unwrap_or_default();
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "replica {} is not in sync: {info}", node.port);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         cluster
     }
 

@@ -161,7 +161,8 @@ impl RedisConfig {
         }
     }
 
-    pub(crate) fn stream_key(&self, shard: usize) -> String {
+    /// The stream of a shard (`shard_of`): for tools and tests.
+    pub fn stream_key(&self, shard: usize) -> String {
         format!("{}stream:{shard}", self.bus_prefix(self.bucket_of_shard(shard)))
     }
 
