@@ -17,6 +17,12 @@ pub struct Args {
     #[arg(long = "url", value_delimiter = ',', default_value = "http://127.0.0.1:5000/next-chat")]
     pub urls: Vec<String>,
 
+    /// Send all of a group's connections to one URL (group g to URL g mod N),
+    /// so that each instance serves its own share of the groups, instead of
+    /// spreading every group's connections round-robin over the URLs.
+    #[arg(long)]
+    pub url_per_group: bool,
+
     /// Number of connections (users bench-0 … bench-(C-1)).
     #[arg(short = 'c', long, default_value_t = 100)]
     pub connections: usize,

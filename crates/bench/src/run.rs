@@ -253,7 +253,8 @@ pub async fn run(args: Args, threads: usize) -> Result<Finished, String> {
     Ok(Finished { report, latency })
 }
 
-/// Who each connection is: user, URL (round-robin), group, and whether it
+/// Who each connection is: user, URL (round-robin, or its group's with
+/// `--url-per-group`), group, and whether it
 /// creates the group or sends.
 fn plans(args: &Args, prefix: &str) -> Result<Vec<Plan>, String> {
     let ws_urls: Vec<String> = args.urls.iter().map(|u| ws_url(u)).collect::<Result<_, _>>()?;
@@ -271,7 +272,8 @@ fn plans(args: &Args, prefix: &str) -> Result<Vec<Plan>, String> {
             });
             Plan {
                 index,
-                ws_url: ws_urls[index % ws_urls.len()].clone(),
+                ws_url: ws_urls[if args.url_per_group { group_index } else { index } % ws_urls.len()]
+                    .clone(),
                 user: format!("{}{index}", args.user_prefix),
                 group: format!("{prefix}{group_index}"),
                 group_index,
@@ -368,4 +370,30 @@ fn progress_bar(args: &Args) -> ProgressBar {
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn urls_of(flags: &[&str]) -> Vec<(usize, String)> {
+        let args = Args::try_parse_from(
+            [&["next-chat-bench", "--url", "http://a/next-chat,http://b/next-chat"], flags].concat(),
+        )
+        .unwrap();
+        plans(&args, "g").unwrap().into_iter().map(|p| (p.group_index, p.ws_url)).collect()
+    }
+
+    #[test]
+    fn connections_go_round_robin_or_by_group() {
+        let spread = urls_of(&["-c", "4", "-g", "2"]);
+        assert_eq!(spread[0].1, "ws://a/next-chat");
+        assert_eq!(spread[1].1, "ws://b/next-chat", "a group's members on both");
+        let by_group = urls_of(&["-c", "4", "-g", "2", "--url-per-group"]);
+        assert!(by_group.iter().all(|(group, url)| {
+            url == if *group == 0 { "ws://a/next-chat" } else { "ws://b/next-chat" }
+        }));
+    }
 }

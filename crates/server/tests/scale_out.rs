@@ -168,6 +168,17 @@ async fn delivered_everywhere(servers: &[TestServer]) -> u64 {
     join_all(servers.iter().map(delivered_total)).await.into_iter().sum()
 }
 
+/// A counter or gauge of one instance's `/metrics`.
+async fn metric(server: &TestServer, name: &str) -> u64 {
+    let (status, body) = common::http(server.port, "GET", "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+}
+
 /// Runs one SQL statement in the test's database; the output rows, tab-separated.
 async fn mariadb(database: &str, sql: &str) -> String {
     let output = tokio::process::Command::new("mariadb")
@@ -600,6 +611,26 @@ async fn a_send_waiting_for_history_does_not_hold_up_the_next_call() {
     assert_eq!(mariadb(&scale.database, &count_sql).await, "2", "both stored when they completed");
 }
 
+async fn an_instance_reads_only_what_its_members_need(scale: &ScaleOut) {
+    let servers = start_instances(&scale.args(), 2).await;
+    let mut members = vec![join(&servers[0], "near").await, join(&servers[0], "far").await];
+    // An instance with connections but no member in the group.
+    let _bystander = connect(&servers[1], "bystander").await;
+    for i in 0..10 {
+        members[0].client.send_message(GROUP, &format!("m{i}")).await.expect("send");
+    }
+    receive_all(&mut members, 10).await;
+    assert_eq!(metric(&servers[0], "nextchat_bus_entries_received_total").await, 10);
+    assert_eq!(metric(&servers[0], "nextchat_bus_shards_read").await, 1);
+    assert!(metric(&servers[0], "nextchat_bus_bytes_received_total").await > 10 * 20);
+    assert_eq!(
+        metric(&servers[1], "nextchat_bus_entries_received_total").await,
+        0,
+        "the instance without members read none of the group's messages"
+    );
+    assert_eq!(metric(&servers[1], "nextchat_bus_shards_read").await, 0);
+}
+
 /// Sends `text` until an instance accepts it (a send fails while the cluster
 /// fails over); false if none did by `deadline`.
 async fn send_until_accepted(member: &Member, text: &str, deadline: Instant) -> bool {
@@ -701,4 +732,5 @@ single_and_cluster!(
     messages_cross_instances_exactly_once_and_in_one_order,
     thirty_users_racing_from_three_instances_get_exactly_twenty_places,
     a_killed_instance_frees_its_places_and_the_others_keep_chatting,
+    an_instance_reads_only_what_its_members_need,
 );
