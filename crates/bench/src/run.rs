@@ -272,8 +272,9 @@ fn plans(args: &Args, prefix: &str) -> Result<Vec<Plan>, String> {
             });
             Plan {
                 index,
-                ws_url: ws_urls[if args.url_per_group { group_index } else { index } % ws_urls.len()]
-                    .clone(),
+                ws_url: ws_urls
+                    [if args.url_per_group { group_index } else { index } % ws_urls.len()]
+                .clone(),
                 user: format!("{}{index}", args.user_prefix),
                 group: format!("{prefix}{group_index}"),
                 group_index,
@@ -380,7 +381,8 @@ mod tests {
 
     fn urls_of(flags: &[&str]) -> Vec<(usize, String)> {
         let args = Args::try_parse_from(
-            [&["next-chat-bench", "--url", "http://a/next-chat,http://b/next-chat"], flags].concat(),
+            [&["next-chat-bench", "--url", "http://a/next-chat,http://b/next-chat"], flags]
+                .concat(),
         )
         .unwrap();
         plans(&args, "g").unwrap().into_iter().map(|p| (p.group_index, p.ws_url)).collect()

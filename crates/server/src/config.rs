@@ -1052,14 +1052,34 @@ mod tests {
     #[test]
     fn redis_stream_bytes_default_and_per_shard_minimum() {
         assert_eq!(parse(&[]).unwrap().redis_stream_max_bytes, 256 * 1024 * 1024);
-        let config = parse(&["--redis-stream-max-bytes", "8388608"]).unwrap();
-        assert_eq!(config.redis_stream_max_bytes, 8 * 1024 * 1024);
-        // 4 shards by default: 3 MiB leaves less than 1 MiB each.
-        let err = parse(&["--redis-stream-max-bytes", "3145728"]).unwrap_err();
+        let config = parse(&["--redis-stream-max-bytes", "67108864"]).unwrap();
+        assert_eq!(config.redis_stream_max_bytes, 64 * 1024 * 1024);
+        // 64 shards by default: 63 MiB leaves less than 1 MiB each.
+        let err = parse(&["--redis-stream-max-bytes", "66060288"]).unwrap_err();
         assert_eq!(err.key, "redis_stream_max_bytes");
-        assert!(err.to_string().contains("at least 4194304"), "{err}");
+        assert!(err.to_string().contains("at least 67108864"), "{err}");
         let two = ["--redis-stream-shards", "2", "--redis-stream-max-bytes", "3145728"];
         assert!(parse(&two).is_ok());
+    }
+
+    #[test]
+    fn a_redis_cluster_is_named_by_seed_nodes() {
+        let seeds = ["--redis", "redis://a:6379, redis://b:6379"];
+        let err = parse(&seeds).unwrap_err();
+        assert_eq!(err.key, "redis");
+        assert!(err.to_string().contains("redis_cluster"), "{err}");
+        let config = parse(&[&seeds[..], &["--redis-cluster"]].concat()).unwrap();
+        let redis = config.redis.unwrap();
+        assert!(redis.cluster);
+        assert_eq!(redis.url, "redis://a:6379,redis://b:6379");
+        assert_eq!(redis.stream_shards, DEFAULT_STREAM_SHARDS);
+        let bad = parse(&["--redis", "redis://a:1,http://b:2", "--redis-cluster"]).unwrap_err();
+        assert_eq!(bad.key, "redis");
+        let braces =
+            parse(&["--redis", "redis://a:1", "--redis-cluster", "--redis-key-prefix", "{x}"]);
+        assert_eq!(braces.unwrap_err().key, "redis_key_prefix");
+        assert!(!parse(&["--redis", "redis://a:1"]).unwrap().redis.unwrap().cluster);
+        assert_eq!(redact_url("redis://u:secret@a:1,redis://b:2"), "redis://u:***@a:1,redis://b:2");
     }
 
     #[test]
