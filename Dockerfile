@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # The Next Chat image: next-chat-server (the entrypoint), the console client
 # next-chat, the black-box test runner next-chat-autotest and next-chat-bench.
 #
@@ -17,30 +15,41 @@ ARG DEBIAN_RELEASE=trixie
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
 WORKDIR /src
 COPY . .
-# The cache mounts keep the registry and the target directory between builds;
-# the binaries are copied out of the target cache in the same step because a
-# cache mount is not part of the image.
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
+# The cache mounts keep the registry and the target directory between builds
+# (locked: two builds at once take turns rather than share a target dir); the
+# binaries are copied out of the target cache in the same step because a cache
+# mount is not part of the image. The release profile keeps line tables for
+# backtraces; here they move to separate files (/out/debug, the debug-symbols
+# stage) and the binaries keep only their symbol table, which names functions
+# in a panic's backtrace.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --locked --release --workspace --bins \
-    && mkdir -p /out \
+    && mkdir -p /out/bin /out/debug \
     && cp target/release/next-chat-server target/release/next-chat \
-          target/release/next-chat-autotest target/release/next-chat-bench /out/
+          target/release/next-chat-autotest target/release/next-chat-bench /out/bin/ \
+    && for bin in /out/bin/*; do \
+         debug="/out/debug/${bin##*/}.debug" \
+         && objcopy --only-keep-debug "$bin" "$debug" \
+         && objcopy --strip-debug --add-gnu-debuglink="$debug" "$bin"; \
+       done
+
+# The binaries' debug info, for symbolizing a crash report of a released image:
+#   DOCKER_BUILDKIT=1 docker build --target debug-symbols --output type=local,dest=debug .
+FROM scratch AS debug-symbols
+COPY --from=build /out/debug/ /
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
-# ca-certificates for TLS backends (rediss://, MySQL over TLS) should they be
-# enabled; nothing else is needed: the binaries link only glibc. Unpinned on
-# purpose: the CA bundle must be the release's current one.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
-# A numeric, non-root user so Kubernetes' runAsNonRoot can verify it.
+# On top of the base (glibc and libgcc_s, all the binaries link) only the
+# binaries, the release's CA bundle (for TLS backends such as rediss:// or
+# MySQL over TLS, should they be enabled) and a numeric, non-root user, so
+# that Kubernetes' runAsNonRoot can verify it.
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 RUN groupadd --system --gid 10001 nextchat \
     && useradd --system --uid 10001 --gid nextchat --home-dir /var/lib/next-chat \
        --shell /usr/sbin/nologin nextchat \
     && install -d -o nextchat -g nextchat -m 0750 /var/lib/next-chat
-COPY --from=build /out/ /usr/local/bin/
+COPY --from=build /out/bin/ /usr/local/bin/
 # Embedded mode keeps its SQLite file (sqlite://next-chat.db) in the working
 # directory; mount a volume here to keep it.
 WORKDIR /var/lib/next-chat

@@ -34,6 +34,7 @@ TEMPLATES = CHART / "templates"
 WORKFLOWS = ROOT / ".github" / "workflows"
 DOCKERFILE = ROOT / "Dockerfile"
 TEST_SCRIPT = ROOT / "scripts" / "test"
+IMAGE_TEST = ROOT / "scripts" / "image-test"
 CI_RUN = ROOT / ".ci" / "run"
 
 # The binaries the issue says the image carries.
@@ -922,6 +923,63 @@ def check_dockerfile() -> None:
     fail_if(problems)
 
 
+# The FROM lines scripts/image-test can make locally (it reads the ARG defaults).
+LOCAL_BASES = {"rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE}", "debian:${DEBIAN_RELEASE}-slim"}
+
+
+def check_image_test() -> None:
+    """scripts/image-test builds the Dockerfile unmodified on the bases it can make, scripts/test runs it, and the release workflow runs it (with the real bases) before it pushes"""
+    problems = []
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    if re.search(r"^#\s*syntax\s*=", dockerfile, re.MULTILINE):
+        problems.append("Dockerfile: a `# syntax=` line makes BuildKit fetch its frontend from a registry; "
+                        "the built-in frontend builds this Dockerfile (cache mounts included) offline")
+    instructions = dockerfile_instructions()
+    args = {rest.split("=", 1)[0] for word, rest in instructions if word == "ARG" and "=" in rest}
+    for name in ("RUST_VERSION", "DEBIAN_RELEASE"):
+        if name not in args:
+            problems.append(f"Dockerfile: no ARG {name} with a default (scripts/image-test reads it)")
+    stages = set()
+    for word, rest in instructions:
+        if word != "FROM":
+            continue
+        parts = rest.split()
+        image = next(w for w in parts if not w.startswith("--"))
+        if image != "scratch" and image not in stages and image not in LOCAL_BASES:
+            problems.append(f"Dockerfile: FROM {image} is not a base scripts/image-test can make "
+                            f"({', '.join(sorted(LOCAL_BASES))})")
+        if len(parts) >= 3 and parts[-2].upper() == "AS":
+            stages.add(parts[-1])
+    script = IMAGE_TEST.read_text(encoding="utf-8") if IMAGE_TEST.exists() else ""
+    if not script:
+        problems.append("scripts/image-test is missing")
+    builds = [l for l in script.splitlines() if re.search(r"docker build\b[^>]*\s\.(\s|$)", l) and "step " not in l]
+    if len(builds) != 1:
+        problems.append(f"scripts/image-test: expected one `docker build ... .` of the repository, found {len(builds)}")
+    for line in builds:
+        for flag in ("--build-arg", "-f ", "--file", "--target"):
+            if flag in line:
+                problems.append(f"scripts/image-test builds with {flag.strip()}: the Dockerfile must be built as it is")
+    test_script = TEST_SCRIPT.read_text(encoding="utf-8")
+    if not re.search(r"^\s*scripts/image-test\b", test_script, re.MULTILINE):
+        problems.append("scripts/test does not run scripts/image-test")
+    release = load_yaml(WORKFLOWS / "release.yml")
+    for job_name, job in (release.get("jobs") or {}).items():
+        steps = job.get("steps") or []
+        checked_at = next((i for i, s in enumerate(steps)
+                           if re.search(r"scripts/image-test\b.*--no-local-bases", s.get("run", ""))), None)
+        for i, step in enumerate(steps):
+            pushes = "docker push" in step.get("run", "") or (
+                "build-push-action" in step.get("uses", "") and (step.get("with") or {}).get("push") not in (False, "false"))
+            if pushes and (checked_at is None or i < checked_at):
+                problems.append(f"release.yml job {job_name}: step {i + 1} pushes an image that "
+                                "scripts/image-test --no-local-bases has not checked before")
+    if not any(re.search(r"scripts/image-test\b.*--no-local-bases", s.get("run", ""))
+               for _, s in workflow_steps(release)):
+        problems.append("release.yml: no step runs scripts/image-test --no-local-bases")
+    fail_if(problems)
+
+
 def check_dockerignore() -> None:
     """.dockerignore keeps target/ and .git out and lets in what the build needs."""
     patterns = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
@@ -1030,6 +1088,7 @@ CHECKS: list[Callable[[], None]] = [
     check_dockerfile,
     check_runtime_libraries,
     check_dockerignore,
+    check_image_test,
     check_workflows,
 ]
 
