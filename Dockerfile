@@ -21,10 +21,16 @@ COPY . .
 # mount is not part of the image. The release profile keeps line tables for
 # backtraces; here they move to separate files (/out/debug, the debug-symbols
 # stage) and the binaries keep only their symbol table, which names functions
-# in a panic's backtrace.
+# in a panic's backtrace. The target cache outlives the sources it was built
+# from, and cargo takes a file as built when it is older than the cached
+# output: a source copied in with an older mtime (edited before the previous
+# build finished, say) would keep a stale binary. So the workspace's sources
+# are touched first: whenever this step runs (the sources changed), the
+# workspace crates are rebuilt, and the dependencies come from the cache.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --locked --release --workspace --bins \
+    find crates web -type f -exec touch {} + \
+    && cargo build --locked --release --workspace --bins \
     && mkdir -p /out/bin /out/debug \
     && cp target/release/next-chat-server target/release/next-chat \
           target/release/next-chat-autotest target/release/next-chat-bench /out/bin/ \
