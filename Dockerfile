@@ -13,6 +13,7 @@ ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=trixie
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 COPY . .
 # The cache mounts keep the registry and the target directory between builds
@@ -21,19 +22,30 @@ COPY . .
 # mount is not part of the image. The release profile keeps line tables for
 # backtraces; here they move to separate files (/out/debug, the debug-symbols
 # stage) and the binaries keep only their symbol table, which names functions
-# in a panic's backtrace. The target cache outlives the sources it was built
-# from, and cargo takes a file as built when it is older than the cached
-# output: a source copied in with an older mtime (edited before the previous
-# build finished, say) would keep a stale binary. So the workspace's sources
-# are touched first: whenever this step runs (the sources changed), the
-# workspace crates are rebuilt, and the dependencies come from the cache.
+# in a panic's backtrace.
+#
+# Cargo tells a changed source by its mtime being newer than the cached
+# output's, and the target cache outlives the sources it was built from: a
+# fresh clone makes every file new (everything rebuilt), and a file edited
+# before the previous build finished looks older than its output (a stale
+# binary kept). So the mtimes are set from content instead: target/sources.sha256
+# lists what the cached output was built from; a source listed there unchanged
+# gets an old mtime, any other one the current time. Only the crates whose
+# sources changed are rebuilt, and the dependencies come from the cache.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    find crates web -type f -exec touch {} + \
+    find crates web -type f -print0 | sort -z | xargs -0 sha256sum > /tmp/sources.sha256 \
+    && find crates web -type f -exec touch -d @1 {} + \
+    && if [ -f target/sources.sha256 ]; then \
+         { grep -vxFf target/sources.sha256 /tmp/sources.sha256 || true; } | cut -c67- | xargs -r -d '\n' touch; \
+       else \
+         find crates web -type f -exec touch {} +; \
+       fi \
     && cargo build --locked --release --workspace --bins \
     && mkdir -p /out/bin /out/debug \
     && cp target/release/next-chat-server target/release/next-chat \
           target/release/next-chat-autotest target/release/next-chat-bench /out/bin/ \
+    && cp /tmp/sources.sha256 target/sources.sha256 \
     && for bin in /out/bin/*; do \
          debug="/out/debug/${bin##*/}.debug" \
          && objcopy --only-keep-debug "$bin" "$debug" \
