@@ -464,6 +464,9 @@ REFUSED_CASES: dict[str, dict] = {
     "a grace period shorter than the drain": {"terminationGracePeriodSeconds": 10},
     "Redis Cluster mode with the bundled Redis": {"externalRedis": {"cluster": True, "url": "redis://a:6379"}},
     "Redis Cluster mode without seed nodes": {"redis": {"enabled": False}, "externalRedis": {"cluster": True}},
+    "a Redis Cluster key prefix with a hash tag": {
+        "redis": {"enabled": False}, "externalRedis": {"cluster": True, "url": "redis://a:6379"},
+        "config": {"redis_key_prefix": "{chat}:"}},
     "several Redis URLs without cluster mode": {
         "redis": {"enabled": False}, "externalRedis": {"url": "redis://a:6379,redis://b:6379"}},
 }

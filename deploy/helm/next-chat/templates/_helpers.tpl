@@ -179,6 +179,9 @@ secretKeyRef:
 {{- if not (or .Values.externalRedis.url .Values.externalRedis.existingSecret) }}
 {{- fail "externalRedis.cluster needs the cluster's seed nodes: set externalRedis.url (comma-separated redis:// URLs) or externalRedis.existingSecret" }}
 {{- end }}
+{{- if or (contains "{" .Values.config.redis_key_prefix) (contains "}" .Values.config.redis_key_prefix) }}
+{{- fail "config.redis_key_prefix must not contain { or } with externalRedis.cluster (the server makes its own hash tags)" }}
+{{- end }}
 {{- else if and (not .Values.redis.enabled) (contains "," .Values.externalRedis.url) }}
 {{- fail "externalRedis.url names several nodes: that is a Redis Cluster's seed list, so set externalRedis.cluster=true (or give one URL)" }}
 {{- end }}
