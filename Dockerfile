@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # The Next Chat image: next-chat-server (the entrypoint), the console client
 # next-chat, the black-box test runner next-chat-autotest and next-chat-bench.
 #
@@ -15,32 +13,61 @@ ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=trixie
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 COPY . .
-# The cache mounts keep the registry and the target directory between builds;
-# the binaries are copied out of the target cache in the same step because a
-# cache mount is not part of the image.
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --locked --release --workspace --bins \
-    && mkdir -p /out \
+# The cache mounts keep the registry and the target directory between builds
+# (locked: two builds at once take turns rather than share a target dir); the
+# binaries are copied out of the target cache in the same step because a cache
+# mount is not part of the image. The release profile keeps line tables for
+# backtraces; here they move to separate files (/out/debug, the debug-symbols
+# stage) and the binaries keep only their symbol table, which names functions
+# in a panic's backtrace.
+#
+# Cargo tells a changed source by its mtime being newer than the cached
+# output's, and the target cache outlives the sources it was built from: a
+# fresh clone makes every file new (everything rebuilt), and a file edited
+# before the previous build finished looks older than its output (a stale
+# binary kept). So the mtimes are set from content instead: target/sources.sha256
+# lists what the cached output was built from; a source listed there unchanged
+# gets an old mtime, any other one the current time. Only the crates whose
+# sources changed are rebuilt, and the dependencies come from the cache.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    find crates web -type f -print0 | sort -z | xargs -0 sha256sum > /tmp/sources.sha256 \
+    && find crates web -type f -exec touch -d @1 {} + \
+    && if [ -f target/sources.sha256 ]; then \
+         { grep -vxFf target/sources.sha256 /tmp/sources.sha256 || true; } | cut -c67- | xargs -r -d '\n' touch; \
+       else \
+         find crates web -type f -exec touch {} +; \
+       fi \
+    && cargo build --locked --release --workspace --bins \
+    && mkdir -p /out/bin /out/debug \
     && cp target/release/next-chat-server target/release/next-chat \
-          target/release/next-chat-autotest target/release/next-chat-bench /out/
+          target/release/next-chat-autotest target/release/next-chat-bench /out/bin/ \
+    && cp /tmp/sources.sha256 target/sources.sha256 \
+    && for bin in /out/bin/*; do \
+         debug="/out/debug/${bin##*/}.debug" \
+         && objcopy --only-keep-debug "$bin" "$debug" \
+         && objcopy --strip-debug --add-gnu-debuglink="$debug" "$bin"; \
+       done
+
+# The binaries' debug info, for symbolizing a crash report of a released image:
+#   DOCKER_BUILDKIT=1 docker build --target debug-symbols --output type=local,dest=debug .
+FROM scratch AS debug-symbols
+COPY --from=build /out/debug/ /
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
-# ca-certificates for TLS backends (rediss://, MySQL over TLS) should they be
-# enabled; nothing else is needed: the binaries link only glibc. Unpinned on
-# purpose: the CA bundle must be the release's current one.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
-# A numeric, non-root user so Kubernetes' runAsNonRoot can verify it.
+# On top of the base (glibc and libgcc_s, all the binaries link) only the
+# binaries, the release's CA bundle (for TLS backends such as rediss:// or
+# MySQL over TLS, should they be enabled) and a numeric, non-root user, so
+# that Kubernetes' runAsNonRoot can verify it.
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 RUN groupadd --system --gid 10001 nextchat \
     && useradd --system --uid 10001 --gid nextchat --home-dir /var/lib/next-chat \
        --shell /usr/sbin/nologin nextchat \
     && install -d -o nextchat -g nextchat -m 0750 /var/lib/next-chat
-COPY --from=build /out/ /usr/local/bin/
+COPY --from=build /out/bin/ /usr/local/bin/
 # Embedded mode keeps its SQLite file (sqlite://next-chat.db) in the working
 # directory; mount a volume here to keep it.
 WORKDIR /var/lib/next-chat

@@ -34,6 +34,7 @@ TEMPLATES = CHART / "templates"
 WORKFLOWS = ROOT / ".github" / "workflows"
 DOCKERFILE = ROOT / "Dockerfile"
 TEST_SCRIPT = ROOT / "scripts" / "test"
+IMAGE_TEST = ROOT / "scripts" / "image-test"
 CI_RUN = ROOT / ".ci" / "run"
 
 # The binaries the issue says the image carries.
@@ -375,7 +376,7 @@ def check_server_settings() -> None:
     for key in values["config"]:
         if f"NEXT_CHAT_{key.upper()}" not in known:
             problems.append(f"values.yaml config.{key}: the server has no setting {key} (NEXT_CHAT_{key.upper()})")
-    for key in ("database", "redis", "listen", "migrate", "config"):
+    for key in ("database", "redis", "redis_cluster", "listen", "migrate", "config"):
         if key in values["config"]:
             problems.append(f"values.yaml config.{key}: set by the chart itself, not through config")
     for path in template_files():
@@ -448,11 +449,26 @@ RENDER_CASES: dict[str, dict] = {
         "mysql": {"enabled": False}, "externalDatabase": {"existingSecret": "chat-backends"},
         "redis": {"enabled": False}, "externalRedis": {"existingSecret": "chat-backends"}},
     "no migration hook": {"migrations": {"enabled": False}},
+    "external Redis Cluster by seed URLs": {
+        "redis": {"enabled": False},
+        "externalRedis": {"cluster": True, "url": "redis://a:6379,redis://b:6379,redis://c:6379"}},
+    "external Redis Cluster from a Secret": {
+        "redis": {"enabled": False}, "externalRedis": {"cluster": True, "existingSecret": "redis-cluster"}},
+    "JWT with an HS256 secret": {"auth": {"mode": "jwt", "jwt": {"existingSecret": "jwt", "issuer": "idp"}}},
+    "JWT with a public key": {"auth": {"mode": "jwt", "jwt": {"existingSecret": "jwt", "keyType": "publicKey"}}},
+    "JWT from a JWKS URL": {"auth": {"mode": "jwt", "jwt": {"jwksUrl": "https://idp.example.com/jwks.json"}}},
 }
 REFUSED_CASES: dict[str, dict] = {
     "two replicas without Redis": {"redis": {"enabled": False}},
     "no database": {"mysql": {"enabled": False}},
     "a grace period shorter than the drain": {"terminationGracePeriodSeconds": 10},
+    "Redis Cluster mode with the bundled Redis": {"externalRedis": {"cluster": True, "url": "redis://a:6379"}},
+    "Redis Cluster mode without seed nodes": {"redis": {"enabled": False}, "externalRedis": {"cluster": True}},
+    "a Redis Cluster key prefix with a hash tag": {
+        "redis": {"enabled": False}, "externalRedis": {"cluster": True, "url": "redis://a:6379"},
+        "config": {"redis_key_prefix": "{chat}:"}},
+    "several Redis URLs without cluster mode": {
+        "redis": {"enabled": False}, "externalRedis": {"url": "redis://a:6379,redis://b:6379"}},
 }
 
 
@@ -582,7 +598,8 @@ def check_manifests(case: str, docs: list[dict], values: dict) -> list[str]:
                         if ref["name"] == own_secret and ref["key"] not in secrets[own_secret]:
                             problems.append(f"{where}: {env['name']} reads key {ref['key']} the Secret does not have")
                         if ref["name"] != own_secret and ref["name"] not in (
-                                values["externalDatabase"]["existingSecret"], values["externalRedis"]["existingSecret"]):
+                                values["externalDatabase"]["existingSecret"], values["externalRedis"]["existingSecret"],
+                                values["auth"]["jwt"]["existingSecret"]):
                             problems.append(f"{where}: {env['name']} reads the unknown Secret {ref['name']}")
     server = by_kind.get("Deployment", {})
     if len(server) != 1:
@@ -603,6 +620,9 @@ def check_manifests(case: str, docs: list[dict], values: dict) -> list[str]:
         has_redis = values["redis"]["enabled"] or values["externalRedis"]["url"] or values["externalRedis"]["existingSecret"]
         if bool(has_redis) != ("NEXT_CHAT_REDIS" in env):
             problems.append(f"{case}: NEXT_CHAT_REDIS is {'missing' if has_redis else 'set without a Redis'}")
+        cluster = bool(values["externalRedis"]["cluster"]) and not values["redis"]["enabled"]
+        if (env.get("NEXT_CHAT_REDIS_CLUSTER", {}).get("value") == "true") != cluster:
+            problems.append(f"{case}: NEXT_CHAT_REDIS_CLUSTER does not follow externalRedis.cluster")
         config = yaml.safe_load(next(iter(by_kind["ConfigMap"].values()))["data"]["config.yaml"])
         if config != values["config"]:
             problems.append(f"{case}: the ConfigMap's config.yaml is not values.config: {config}")
@@ -678,21 +698,26 @@ def check_helmlite_semantics() -> None:
     fail_if(problems)
 
 
-def check_chart_renders() -> None:
-    """The chart renders (deploy/helmlite.py) for every documented value combination into valid, consistent manifests, and refuses the broken ones"""
+_RENDERED: dict[str, tuple[dict, list[dict], list[str]]] = {}
+
+
+def rendered_cases() -> dict[str, tuple[dict, list[dict], list[str]]]:
+    """Each RENDER_CASES case rendered once (deploy/helmlite.py): its merged
+    values, its manifests and what went wrong rendering or parsing them."""
+    if _RENDERED:
+        return _RENDERED
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import helmlite
 
     chart = helmlite.Chart(CHART)
-    problems = []
     for case, overrides in RENDER_CASES.items():
         values = helmlite.merge_values(copy.deepcopy(chart.default_values), copy.deepcopy(overrides))
+        docs, problems = [], []
         try:
             rendered = chart.render(copy.deepcopy(overrides), release="chat", namespace="chat")
         except helmlite.RenderError as e:
-            problems.append(f"{case}: {e}")
+            _RENDERED[case] = (values, [], [f"{case}: {e}"])
             continue
-        docs = []
         for name, text in rendered.items():
             if name.endswith("NOTES.txt"):
                 if "next-chat --url" not in text:
@@ -702,7 +727,21 @@ def check_chart_renders() -> None:
                 docs.extend(d for d in yaml.safe_load_all(text) if d)
             except yaml.YAMLError as e:
                 problems.append(f"{case}: {name} is not YAML: {e}")
-        problems.extend(check_manifests(case, docs, values))
+        _RENDERED[case] = (values, docs, problems)
+    return _RENDERED
+
+
+def check_chart_renders() -> None:
+    """The chart renders (deploy/helmlite.py) for every documented value combination into valid, consistent manifests, and refuses the broken ones"""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import helmlite
+
+    chart = helmlite.Chart(CHART)
+    problems = []
+    for case, (values, docs, render_problems) in rendered_cases().items():
+        problems.extend(render_problems)
+        if docs:
+            problems.extend(check_manifests(case, docs, values))
     for case, overrides in REFUSED_CASES.items():
         try:
             chart.render(copy.deepcopy(overrides))
@@ -711,6 +750,49 @@ def check_chart_renders() -> None:
             pass
         except helmlite.RenderError as e:
             problems.append(f"{case}: failed with an error instead of a message: {e}")
+    fail_if(problems)
+
+
+def kubernetes_versions() -> list[str]:
+    """The oldest Kubernetes the chart supports (the lower bound of Chart.yaml's
+    kubeVersion) and the newest whose schemas the pinned kubernetes-validate
+    ships (kubeVersion has no upper bound, so the newest there is)."""
+    from kubernetes_validate import utils
+
+    kube_version = str(load_yaml(CHART / "Chart.yaml").get("kubeVersion", ""))
+    m = re.fullmatch(r">=\s*v?(\d+)\.(\d+)(?:\.\d+)?(?:-0)?", kube_version.strip())
+    if not m:
+        raise CheckFailed([f"Chart.yaml kubeVersion {kube_version!r} is not a lower bound (>=X.Y.Z-0); "
+                           "update deploy/check.py to find its oldest and newest versions"])
+    oldest = f"{m.group(1)}.{m.group(2)}"
+    shipped = {utils.major_minor(v) for v in utils.all_versions()}
+    if oldest not in shipped:
+        raise CheckFailed([f"kubernetes-validate ships no schemas for {oldest}, the oldest Kubernetes the chart "
+                           f"supports (it has {', '.join(sorted(shipped, key=lambda v: tuple(map(int, v.split('.')))))})"])
+    return [oldest, utils.major_minor(utils.latest_version())]
+
+
+def check_kubernetes_schemas() -> None:
+    """Every rendered value combination validates against the Kubernetes API schemas (kubernetes-validate --strict: unknown fields are errors) of the oldest and the newest Kubernetes the chart supports"""
+    try:
+        from kubernetes_validate import utils
+    except ImportError:
+        fail_if(["kubernetes-validate is not installed (pip install -r tests/requirements.txt)"])
+    versions = kubernetes_versions()
+    problems = []
+    for case, (_, docs, render_problems) in rendered_cases().items():
+        if render_problems and not docs:
+            problems.append(f"{case}: does not render (see chart_renders)")
+        for doc in docs:
+            where = f"{case}: {doc.get('kind')} {(doc.get('metadata') or {}).get('name')}"
+            for version in versions:
+                try:
+                    utils.validate(doc, version, strict=True)
+                except utils.ValidationError as e:
+                    at = "/".join(str(p) for p in e.path) or "(top)"
+                    problems.append(f"{where}: Kubernetes {version}: {at}: {e.message}")
+                except utils.SchemaNotFoundError as e:
+                    problems.append(f"{where}: {e.message}")
     fail_if(problems)
 
 
@@ -844,6 +926,63 @@ def check_dockerfile() -> None:
     fail_if(problems)
 
 
+# The FROM lines scripts/image-test can make locally (it reads the ARG defaults).
+LOCAL_BASES = {"rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE}", "debian:${DEBIAN_RELEASE}-slim"}
+
+
+def check_image_test() -> None:
+    """scripts/image-test builds the Dockerfile unmodified on the bases it can make, scripts/test runs it, and the release workflow runs it (with the real bases) before it pushes"""
+    problems = []
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    if re.search(r"^#\s*syntax\s*=", dockerfile, re.MULTILINE):
+        problems.append("Dockerfile: a `# syntax=` line makes BuildKit fetch its frontend from a registry; "
+                        "the built-in frontend builds this Dockerfile (cache mounts included) offline")
+    instructions = dockerfile_instructions()
+    args = {rest.split("=", 1)[0] for word, rest in instructions if word == "ARG" and "=" in rest}
+    for name in ("RUST_VERSION", "DEBIAN_RELEASE"):
+        if name not in args:
+            problems.append(f"Dockerfile: no ARG {name} with a default (scripts/image-test reads it)")
+    stages = set()
+    for word, rest in instructions:
+        if word != "FROM":
+            continue
+        parts = rest.split()
+        image = next(w for w in parts if not w.startswith("--"))
+        if image != "scratch" and image not in stages and image not in LOCAL_BASES:
+            problems.append(f"Dockerfile: FROM {image} is not a base scripts/image-test can make "
+                            f"({', '.join(sorted(LOCAL_BASES))})")
+        if len(parts) >= 3 and parts[-2].upper() == "AS":
+            stages.add(parts[-1])
+    script = IMAGE_TEST.read_text(encoding="utf-8") if IMAGE_TEST.exists() else ""
+    if not script:
+        problems.append("scripts/image-test is missing")
+    builds = [l for l in script.splitlines() if re.search(r"docker build\b[^>]*\s\.(\s|$)", l) and "step " not in l]
+    if len(builds) != 1:
+        problems.append(f"scripts/image-test: expected one `docker build ... .` of the repository, found {len(builds)}")
+    for line in builds:
+        for flag in ("--build-arg", "-f ", "--file", "--target"):
+            if flag in line:
+                problems.append(f"scripts/image-test builds with {flag.strip()}: the Dockerfile must be built as it is")
+    test_script = TEST_SCRIPT.read_text(encoding="utf-8")
+    if not re.search(r"^\s*scripts/image-test\b", test_script, re.MULTILINE):
+        problems.append("scripts/test does not run scripts/image-test")
+    release = load_yaml(WORKFLOWS / "release.yml")
+    for job_name, job in (release.get("jobs") or {}).items():
+        steps = job.get("steps") or []
+        checked_at = next((i for i, s in enumerate(steps)
+                           if re.search(r"scripts/image-test\b.*--no-local-bases", s.get("run", ""))), None)
+        for i, step in enumerate(steps):
+            pushes = "docker push" in step.get("run", "") or (
+                "build-push-action" in step.get("uses", "") and (step.get("with") or {}).get("push") not in (False, "false"))
+            if pushes and (checked_at is None or i < checked_at):
+                problems.append(f"release.yml job {job_name}: step {i + 1} pushes an image that "
+                                "scripts/image-test --no-local-bases has not checked before")
+    if not any(re.search(r"scripts/image-test\b.*--no-local-bases", s.get("run", ""))
+               for _, s in workflow_steps(release)):
+        problems.append("release.yml: no step runs scripts/image-test --no-local-bases")
+    fail_if(problems)
+
+
 def check_dockerignore() -> None:
     """.dockerignore keeps target/ and .git out and lets in what the build needs."""
     patterns = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
@@ -947,10 +1086,12 @@ CHECKS: list[Callable[[], None]] = [
     check_chart_contract,
     check_helmlite_semantics,
     check_chart_renders,
+    check_kubernetes_schemas,
     check_docker_build_command,
     check_dockerfile,
     check_runtime_libraries,
     check_dockerignore,
+    check_image_test,
     check_workflows,
 ]
 

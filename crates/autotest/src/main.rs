@@ -27,6 +27,10 @@ struct Args {
     /// The hub URL, e.g. http://127.0.0.1:5000/next-chat or https://….
     #[arg(long)]
     url: String,
+    /// The hub URL of another instance of the same deployment (scale-out):
+    /// the cross-instance scenarios run too, with users on both instances.
+    #[arg(long, value_name = "URL")]
+    peer_url: Option<String>,
     /// A PEM file of CA certificates to trust besides the system's (https://).
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
@@ -112,6 +116,7 @@ async fn run(args: Args) -> ExitCode {
     };
     let run = Run::new(
         args.url.clone(),
+        args.peer_url.clone(),
         match args.protocol {
             ProtocolArg::Json => Protocol::Json,
             ProtocolArg::Messagepack => Protocol::MessagePack,
@@ -120,6 +125,9 @@ async fn run(args: Args) -> ExitCode {
         args.ca_file.clone(),
     );
     let mut scenarios = scenarios::all(args.max_members);
+    if args.peer_url.is_some() {
+        scenarios.extend(scenarios::cross_instance(args.max_members));
+    }
     if !args.skip_load {
         let load = load::LoadSpec {
             rate: args.load_rate,
@@ -129,7 +137,14 @@ async fn run(args: Args) -> ExitCode {
         };
         scenarios.push(load::scenario(load));
     }
-    println!("next-chat-autotest: {} scenarios against {}", scenarios.len(), args.url);
+    match &args.peer_url {
+        None => println!("next-chat-autotest: {} scenarios against {}", scenarios.len(), args.url),
+        Some(peer) => println!(
+            "next-chat-autotest: {} scenarios against {} and {peer}",
+            scenarios.len(),
+            args.url
+        ),
+    }
     let (mut passed, mut failed) = (0, 0);
     for scenario in scenarios {
         if run_one(&run, scenario).await {

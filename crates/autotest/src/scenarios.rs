@@ -49,6 +49,8 @@ const HISTORY_MESSAGES: usize = 5;
 #[derive(Clone)]
 pub struct Run {
     url: String,
+    /// Another instance of the same deployment, for the cross-instance scenarios.
+    peer_url: Option<String>,
     protocol: Protocol,
     suffix: String,
     credentials: Credentials,
@@ -93,13 +95,14 @@ impl Credentials {
 impl Run {
     pub fn new(
         url: String,
+        peer_url: Option<String>,
         protocol: Protocol,
         credentials: Credentials,
         ca_file: Option<PathBuf>,
     ) -> Run {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
         let suffix = format!("{:x}", (nanos as u64) ^ (u64::from(std::process::id()) << 40));
-        Run { url, protocol, suffix, credentials, ca_file }
+        Run { url, peer_url, protocol, suffix, credentials, ca_file }
     }
 
     /// A group id of this run, e.g. `autotest-history-18c2...`.
@@ -113,12 +116,22 @@ impl Run {
     }
 
     pub async fn connect(&self, user: &str) -> anyhow::Result<Member> {
-        let mut options = ClientOptions::new(self.url.clone(), self.credentials.for_user(user)?);
+        self.connect_to(&self.url, user).await
+    }
+
+    /// Connects `user` to the other instance (`--peer-url`).
+    pub async fn connect_peer(&self, user: &str) -> anyhow::Result<Member> {
+        let peer = self.peer_url.as_deref().context("no --peer-url")?;
+        self.connect_to(peer, user).await
+    }
+
+    async fn connect_to(&self, url: &str, user: &str) -> anyhow::Result<Member> {
+        let mut options = ClientOptions::new(url.to_string(), self.credentials.for_user(user)?);
         options.protocol = self.protocol;
         options.ca_file = self.ca_file.clone();
         let (client, events) = Client::connect(options)
             .await
-            .with_context(|| format!("{user} cannot connect to {}", self.url))?;
+            .with_context(|| format!("{user} cannot connect to {url}"))?;
         Ok(Member { user: user.to_string(), client, events })
     }
 }
@@ -218,6 +231,30 @@ pub fn all(max_members: usize) -> Vec<Scenario> {
             move |run| no_room(run, max_members),
         ),
         Scenario::new("history on join", SCENARIO_TIME_LIMIT, history_on_join),
+    ]
+}
+
+/// The scenarios that need two instances of one deployment (`--peer-url`):
+/// users on both share groups.
+pub fn cross_instance(max_members: usize) -> Vec<Scenario> {
+    vec![
+        Scenario::new(
+            format!(
+                "{CONCURRENT_SENDS} concurrent sends on one instance received in order on the other, and a reply back"
+            ),
+            SCENARIO_TIME_LIMIT,
+            across_instances,
+        ),
+        Scenario::new(
+            "history on join from the other instance",
+            SCENARIO_TIME_LIMIT,
+            history_across_instances,
+        ),
+        Scenario::new(
+            format!("user {} of a group spread over both instances gets NoRoom", max_members + 1),
+            SCENARIO_TIME_LIMIT,
+            move |run| no_room_across_instances(run, max_members),
+        ),
     ]
 }
 
@@ -357,4 +394,104 @@ fn id_key(id: &str) -> (u64, u64, String) {
         Some((Ok(a), Ok(b))) => (a, b, String::new()),
         _ => (u64::MAX, u64::MAX, id.to_string()),
     }
+}
+
+async fn across_instances(run: Run) -> Outcome {
+    let group = run.group("across");
+    let mut ann = run.connect(&run.user("ann")).await?;
+    let mut bob = run.connect_peer(&run.user("bob")).await?;
+    ann.join(&group).await?;
+    bob.join(&group).await?;
+    let texts: Vec<String> = (0..CONCURRENT_SENDS).map(|i| format!("across {i}")).collect();
+    let started = Instant::now();
+    let mut sends = JoinSet::new();
+    for text in texts.clone() {
+        let (client, group) = (ann.client.clone(), group.clone());
+        sends.spawn(async move { client.send_message(&group, &text).await });
+    }
+    let received = bob.receive_texts(&group, &texts, started + CONCURRENT_DEADLINE).await;
+    let mut failures = 0;
+    while let Some(result) = sends.join_next().await {
+        if !matches!(result, Ok(Ok(()))) {
+            failures += 1;
+        }
+    }
+    ensure!(failures == 0, "{failures} of {CONCURRENT_SENDS} sends failed");
+    let received = received?;
+    let took = started.elapsed();
+    ensure!(
+        received.windows(2).all(|w| id_key(&w[0].id) < id_key(&w[1].id)),
+        "message ids do not increase in delivery order on the other instance"
+    );
+    let reply = format!("reply from {} on the other instance", bob.user);
+    bob.client.send_message(&group, &reply).await.context("SendMessage")?;
+    let back = ann.receive_texts(&group, &[reply], Instant::now() + RECEIVE_TIMEOUT).await?;
+    ensure!(
+        back[0].author_id == bob.user,
+        "authorId is {:?}, not {:?}",
+        back[0].author_id,
+        bob.user
+    );
+    ann.close().await;
+    bob.close().await;
+    Ok(format!("all received across in {} ms", took.as_millis()))
+}
+
+async fn history_across_instances(run: Run) -> Outcome {
+    let group = run.group("history-across");
+    let mut ann = run.connect(&run.user("ann")).await?;
+    ann.join(&group).await?;
+    let texts: Vec<String> = (0..HISTORY_MESSAGES).map(|i| format!("history across {i}")).collect();
+    for text in &texts {
+        ann.client.send_message(&group, text).await.context("SendMessage")?;
+    }
+    let mut bob = run.connect_peer(&run.user("bob")).await?;
+    let history = bob.join(&group).await?;
+    let got: Vec<&str> = history.iter().map(|m| m.text.as_str()).collect();
+    ensure!(
+        got == texts,
+        "bob's history on join on the other instance is {got:?}, expected {texts:?}"
+    );
+    let fetched = bob.client.get_history(&group, None, 100).await.context("GetHistory")?;
+    let fetched: Vec<&str> = fetched.iter().map(|m| m.text.as_str()).collect();
+    ensure!(
+        fetched == texts,
+        "GetHistory on the other instance returned {fetched:?}, expected {texts:?}"
+    );
+    ann.close().await;
+    bob.close().await;
+    Ok(String::new())
+}
+
+async fn no_room_across_instances(run: Run, max_members: usize) -> Outcome {
+    let group = run.group("full-across");
+    let mut members = Vec::with_capacity(max_members);
+    let result = async {
+        for i in 0..max_members {
+            let user = run.user(&format!("m{i}"));
+            let mut member = if i % 2 == 0 {
+                run.connect(&user).await?
+            } else {
+                run.connect_peer(&user).await?
+            };
+            let joined = member.join(&group).await.with_context(|| format!("member {}", i + 1));
+            members.push(member);
+            joined?;
+        }
+        // The newcomer's instance holds only half of the members: the limit is the deployment's.
+        let extra = run.connect_peer(&run.user("extra")).await?;
+        let result = extra.client.join_group(&group).await.context("JoinGroup")?;
+        extra.close().await;
+        ensure!(
+            result == JoinResult::NoRoom,
+            "user {} got {result:?}, not NoRoom (is the server's max_members {max_members}?)",
+            max_members + 1
+        );
+        Ok(String::new())
+    }
+    .await;
+    for member in members {
+        member.close().await;
+    }
+    result
 }

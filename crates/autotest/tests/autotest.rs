@@ -8,6 +8,8 @@ use std::process::ExitStatus;
 use next_chat_testkit::{ScaleOut, TestServer};
 
 const SCENARIOS: usize = 5;
+/// What `--peer-url` adds.
+const CROSS_INSTANCE_SCENARIOS: usize = 3;
 
 struct Report {
     status: ExitStatus,
@@ -50,6 +52,32 @@ async fn every_scenario_and_the_load_phase_pass_against_a_redis_mysql_server() {
     let report = autotest(&server.url, &[]).await;
     assert_eq!(report.summary(), format!("{} passed, 0 failed", SCENARIOS + 1));
     assert!(report.status.success(), "exit status {}", report.status);
+}
+
+/// `--peer-url`: two instances sharing Redis and MariaDB pass the
+/// cross-instance scenarios (users of one group on both instances).
+#[tokio::test]
+async fn cross_instance_scenarios_pass_against_two_scale_out_servers() {
+    let scale = ScaleOut::create();
+    let first = TestServer::start(scale.args()).await;
+    let second = TestServer::start(scale.args()).await;
+    let report = autotest(&first.url, &["--skip-load", "--peer-url", &second.url]).await;
+    assert_eq!(
+        report.summary(),
+        format!("{} passed, 0 failed", SCENARIOS + CROSS_INSTANCE_SCENARIOS)
+    );
+    assert!(report.status.success(), "exit status {}", report.status);
+}
+
+/// Two embedded servers share nothing: every cross-instance scenario fails
+/// (the checks can tell a deployment whose instances do not talk).
+#[tokio::test]
+async fn cross_instance_scenarios_fail_against_two_unconnected_servers() {
+    let first = TestServer::embedded().await;
+    let second = TestServer::embedded().await;
+    let report = autotest(&first.url, &["--skip-load", "--peer-url", &second.url]).await;
+    assert_eq!(report.summary(), format!("{SCENARIOS} passed, {CROSS_INSTANCE_SCENARIOS} failed"));
+    assert_eq!(report.status.code(), Some(1));
 }
 
 /// As `helm test` runs it against a chart with `auth.mode: jwt` and TLS: every

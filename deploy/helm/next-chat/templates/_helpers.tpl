@@ -172,6 +172,19 @@ secretKeyRef:
 {{- if not (or (eq .Values.auth.jwt.keyType "secret") (eq .Values.auth.jwt.keyType "publicKey")) }}
 {{- fail (printf "auth.jwt.keyType must be secret or publicKey, not %s" .Values.auth.jwt.keyType) }}
 {{- end }}
+{{- if .Values.externalRedis.cluster }}
+{{- if .Values.redis.enabled }}
+{{- fail "externalRedis.cluster needs an external Redis Cluster: the bundled Redis is a single node; set redis.enabled=false and externalRedis.url (the seed nodes) or externalRedis.existingSecret" }}
+{{- end }}
+{{- if not (or .Values.externalRedis.url .Values.externalRedis.existingSecret) }}
+{{- fail "externalRedis.cluster needs the cluster's seed nodes: set externalRedis.url (comma-separated redis:// URLs) or externalRedis.existingSecret" }}
+{{- end }}
+{{- if or (contains "{" .Values.config.redis_key_prefix) (contains "}" .Values.config.redis_key_prefix) }}
+{{- fail "config.redis_key_prefix must not contain { or } with externalRedis.cluster (the server makes its own hash tags)" }}
+{{- end }}
+{{- else if and (not .Values.redis.enabled) (contains "," .Values.externalRedis.url) }}
+{{- fail "externalRedis.url names several nodes: that is a Redis Cluster's seed list, so set externalRedis.cluster=true (or give one URL)" }}
+{{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not (include "next-chat.hasRedis" .)) }}
 {{- fail "replicaCount > 1 needs Redis: set redis.enabled=true, externalRedis.url or externalRedis.existingSecret" }}
 {{- end }}
