@@ -73,19 +73,27 @@ impl RedisCluster {
     /// each, and waits until every node says the cluster is ok.
     pub async fn start() -> RedisCluster {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut nodes = Vec::new();
-        for _ in 0..6 {
-            let port = free_cluster_port();
-            nodes.push(Node { port, child: Some(start_node(dir.path(), port)) });
-        }
-        let cluster = RedisCluster { nodes, _dir: dir };
         let deadline = Instant::now() + CLUSTER_TIMEOUT;
-        for node in &cluster.nodes {
-            while cli(node.port, &["PING"]).await.as_deref() != Some("PONG\n") {
-                assert!(Instant::now() < deadline, "redis-server on {} did not start", node.port);
+        let mut nodes = Vec::new();
+        while nodes.len() < 6 {
+            // A port found free may be taken before redis-server binds it
+            // (by another test's connection): then the node exits, and it
+            // starts again on another port.
+            let port = free_cluster_port();
+            let mut child = start_node(dir.path(), port);
+            loop {
+                if cli(port, &["PING"]).await.as_deref() == Some("PONG\n") {
+                    nodes.push(Node { port, child: Some(child) });
+                    break;
+                }
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "redis-server on {port} did not start");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        let cluster = RedisCluster { nodes, _dir: dir };
         let addresses: Vec<String> =
             cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let created = Command::new("redis-cli")
