@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
 # Issue 15: history at scale. For each backend, two databases with the same
-# GROUPS groups:
+# NGROUPS groups:
 #
-#   small  history only in the first PROBE_GROUPS groups, MESSAGES/GROUPS each
+#   small  history only in the first PROBE_GROUPS groups, MESSAGES/NGROUPS each
 #          (100 groups × 1000 = 100,000 messages by default);
-#   full   MESSAGES messages over all GROUPS groups (10,000,000 over 10,000),
+#   full   MESSAGES messages over all NGROUPS groups (10,000,000 over 10,000),
 #          so the probed groups hold exactly what they hold in `small`.
 #
 # `next-chat-bench load-history` writes each database directly in the server's
 # schema (sqlite: one file; mysql: a fresh MariaDB database plus the group set
-# under a fresh Redis key prefix, both removed at the end). Then RUNS times: a
-# fresh server is started on it (start time: launch to "listening on", polled
-# every 10 ms) and `next-chat-bench probe-history` measures JoinGroup (with its
+# under a fresh Redis key prefix, all removed at the end). Then RUNS rounds,
+# small and full in turn: a fresh server is started on the database (start
+# time: launch to "listening on", polled every 10 ms) and `next-chat-bench probe-history` measures JoinGroup (with its
 # OnHistory of 100 messages), GetHistory (5 pages of 100 back) and
-# ListGroupsPage (100 groups after a random one) on random probed groups.
+# ListGroupsPage (100 groups after a random one) on random probed groups,
+# SAMPLES (1000) rounds after 20 of warm-up.
 # Reports: $OUT/<backend>-<db>-load.json and -probe-<run>.json, and a table.
 #
 #   cargo build --release --bin next-chat-server --bin next-chat-bench
 #   crates/bench/scripts/history-scale.sh [sqlite] [mysql]
-#   # MESSAGES=10000000 GROUPS=10000 PROBE_GROUPS=100 RUNS=3 OUT=/tmp/next-chat-history
+#   # MESSAGES=10000000 NGROUPS=10000 PROBE_GROUPS=100 RUNS=3 OUT=/tmp/next-chat-history
 #
 # Needs Redis on 127.0.0.1:6379 and MariaDB on 127.0.0.1:3306 (root) for mysql.
 set -euo pipefail
@@ -28,9 +29,9 @@ BIN=${BIN:-$ROOT/target/release}
 OUT=${OUT:-/tmp/next-chat-history}
 RUNS=${RUNS:-3}
 MESSAGES=${MESSAGES:-10000000}
-GROUPS=${GROUPS:-10000}
+NGROUPS=${NGROUPS:-10000}
 PROBE_GROUPS=${PROBE_GROUPS:-100}
-SAMPLES=${SAMPLES:-200}
+SAMPLES=${SAMPLES:-1000}
 PORT=${PORT:-5120}
 TAG=${TAG:-$$}
 mkdir -p "$OUT"
@@ -56,7 +57,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_server NAME ARGS...: prints the start time in seconds.
+# start_server NAME ARGS...: sets SERVER, and START to the start time in seconds.
 start_server() {
     local name=$1
     shift
@@ -66,7 +67,7 @@ start_server() {
     SERVER=$!
     for _ in $(seq 6000); do
         if grep -q "^listening on" "$OUT/$name.log" 2>/dev/null; then
-            awk -v a="$started" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f\n", (b - a) / 1e9 }'
+            START=$(awk -v a="$started" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
             return 0
         fi
         sleep 0.01
@@ -76,50 +77,64 @@ start_server() {
     exit 1
 }
 
-# one BACKEND DB: load, then RUNS × (start, probe, stop).
-one() {
+# flags BACKEND DB: sets LOAD_FLAGS and SERVER_FLAGS for that database.
+flags() {
     local backend=$1 db=$2 name="$1-$2"
-    local load_flags=(--groups "$GROUPS" --group-prefix hist-)
+    LOAD_FLAGS=(--groups "$NGROUPS" --group-prefix hist-)
     if [ "$db" = small ]; then
-        load_flags+=(--history-groups "$PROBE_GROUPS" --messages $((PROBE_GROUPS * MESSAGES / GROUPS)))
+        LOAD_FLAGS+=(--history-groups "$PROBE_GROUPS" --messages $((PROBE_GROUPS * MESSAGES / NGROUPS)))
     else
-        load_flags+=(--messages "$MESSAGES")
+        LOAD_FLAGS+=(--messages "$MESSAGES")
     fi
-    local server_flags
     if [ "$backend" = sqlite ]; then
-        server_flags=(--database "sqlite://$OUT/$name.db")
+        SERVER_FLAGS=(--database "sqlite://$OUT/$name.db")
     else
-        local database="nc_hist_${TAG}_$db" prefix="nc-hist-$TAG-$db:"
-        DATABASES+=("$database")
-        PREFIXES+=("$prefix")
-        mariadb -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS $database"
-        server_flags=(--database "mysql://root@127.0.0.1:3306/$database"
-            --redis redis://127.0.0.1:6379 --redis-key-prefix "$prefix")
+        SERVER_FLAGS=(--database "mysql://root@127.0.0.1:3306/nc_hist_${TAG}_$db"
+            --redis redis://127.0.0.1:6379 --redis-key-prefix "nc-hist-$TAG-$db:")
     fi
-    echo "== $name: loading" >&2
-    "$BIN/next-chat-bench" load-history "${server_flags[@]}" "${load_flags[@]}" \
-        >"$OUT/$name-load.json"
-    cat "$OUT/$name-load.json" >&2
+}
+
+# one BACKEND: loads both databases, then RUNS rounds of (start, probe, stop)
+# on each, small and full interleaved so that the machine's noise hits both.
+one() {
+    local backend=$1 db
+    for db in small full; do
+        flags "$backend" "$db"
+        if [ "$backend" = mysql ]; then
+            DATABASES+=("nc_hist_${TAG}_$db")
+            PREFIXES+=("nc-hist-$TAG-$db:")
+            mariadb -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS nc_hist_${TAG}_$db"
+        fi
+        echo "== $backend-$db: loading" >&2
+        "$BIN/next-chat-bench" load-history "${SERVER_FLAGS[@]}" "${LOAD_FLAGS[@]}" \
+            >"$OUT/$backend-$db-load.json"
+        cat "$OUT/$backend-$db-load.json" >&2
+    done
     for run in $(seq "$RUNS"); do
-        local start
-        start=$(start_server "$name-$run" "${server_flags[@]}")
-        echo "$start" >"$OUT/$name-start-$run.txt"
-        "$BIN/next-chat-bench" probe-history --url "http://127.0.0.1:$PORT/next-chat" \
-            --groups "$GROUPS" --probe-groups "$PROBE_GROUPS" --samples "$SAMPLES" \
-            >"$OUT/$name-probe-$run.json"
-        stop_server
-        python3 - "$OUT/$name-probe-$run.json" "$start" >&2 <<'EOF'
+        for db in small full; do
+            local name="$backend-$db"
+            flags "$backend" "$db"
+            start_server "$name-$run" "${SERVER_FLAGS[@]}"
+            echo "$START" >"$OUT/$name-start-$run.txt"
+            "$BIN/next-chat-bench" probe-history --url "http://127.0.0.1:$PORT/next-chat" \
+                --groups "$NGROUPS" --probe-groups "$PROBE_GROUPS" --samples "$SAMPLES" \
+                >"$OUT/$name-probe-$run.json"
+            stop_server
+            python3 - "$OUT/$name-probe-$run.json" "$START" "$name-$run" >&2 <<'EOF2'
 import json, sys
 r = json.load(open(sys.argv[1]))
 f = lambda k: f"{r[k]['p50']:.2f}/{r[k]['p99']:.2f}"
-print(f"  start {sys.argv[2]} s; p50/p99 ms: join {f('join_ms')}, "
+print(f"  {sys.argv[3]}: start {sys.argv[2]} s; p50/p99 ms: join {f('join_ms')}, "
       f"GetHistory {f('get_history_ms')}, ListGroupsPage {f('list_groups_page_ms')}")
-EOF
+EOF2
+        done
     done
     if [ "$backend" = sqlite ]; then
-        # After the server's runs: the file with its WAL, as a deployment has it.
-        du -b "$OUT/$name.db"* | awk '{s += $1} END {print s}' >"$OUT/$name-bytes.txt"
-        rm -f "$OUT/$name.db" "$OUT/$name.db-wal" "$OUT/$name.db-shm"
+        for db in small full; do
+            # After the server's runs: the file with its WAL, as a deployment has it.
+            du -b "$OUT/$backend-$db.db"* | awk '{s += $1} END {print s}' >"$OUT/$backend-$db-bytes.txt"
+            rm -f "$OUT/$backend-$db.db" "$OUT/$backend-$db.db-wal" "$OUT/$backend-$db.db-shm"
+        done
     fi
 }
 

@@ -1,29 +1,33 @@
 #!/usr/bin/env bash
-# Issue 15: 100,000 connections on one machine. Each run starts a fresh
-# embedded server and has next-chat-bench hold C joined connections in groups
-# of 20, from several loopback source addresses:
+# Issue 15: 100,000 connections on one machine. Each run starts fresh embedded
+# servers and has next-chat-bench hold C joined connections in groups of 20:
 #
 #   idle  C idle connections for 10 s: server RSS per connection, the bench's
 #         own RSS per connection, the accept rate (connections made and joined
-#         per second), the server's idle CPU (keep-alive pings);
+#         per second, all of them), the servers' idle CPU (keep-alive pings);
 #   load  the S2 load over C connections: one sender per group of 20 at an
 #         aggregate RATE msg/s for 20 s: p99 and server CPU per delivery.
 #
 #   cargo build --release --bin next-chat-server --bin next-chat-bench
 #   crates/bench/scripts/scale-connections.sh [idle] [load]
-#   # C=100000 RATE=1000 RUNS=3 SOURCES=127.0.0.2-127.0.0.6 OUT=/tmp/next-chat-scale
+#   # C=100000 RATE=1000 RUNS=3 PAIRS=(from the open-file limit) OUT=/tmp/next-chat-scale
 #
-# What the machine needs (checked and printed, not changed, except the
-# open-file limit of this shell, which root may raise up to fs.nr_open):
-# - open files: the server one per connection (plus its own), the bench too;
-#   this script sets `ulimit -n $NOFILE` (default 262144) for both. The server
-#   caps TCP connections at its soft limit less 256 (max_http_connections) and
-#   SignalR connections at max_connections (200,000): both above 100,000 then.
+# Open files bound everything here: a process holds one per connection, and
+# the hard RLIMIT_NOFILE can only be raised with CAP_SYS_RESOURCE (fs.nr_open
+# bounds it). When C connections (plus 300 for the process itself) fit in the
+# hard limit, one server and one bench process hold them all; when they do
+# not, C is split over PAIRS server+bench pairs (server p on port PORT+p, its
+# bench connecting from 127.0.0.(2+p)), started together, and the reports are
+# added up. The bench raises its own soft limit to the hard one; this script
+# does the same for the servers, whose TCP cap (max_http_connections) defaults
+# to the soft limit less 256 and whose max_connections (200,000) is above C.
+#
+# Other kernel settings (printed to $OUT/limits.txt, not changed):
 # - local ports: one source address has net.ipv4.ip_local_port_range's ports
-#   (32768-60999: 28,232) per server address, so 100,000 connections come from
-#   5 addresses of 127.0.0.0/8 (--source-ip), which Linux routes to lo as is.
-# - net.core.somaxconn (4096) bounds the accept backlog; the bench opens
-#   CONCURRENCY (256) at once, far below it.
+#   (32768-60999: 28,232) per server address; one server holding 100,000 needs
+#   --source-ip with 4+ addresses of 127.0.0.0/8, which Linux routes to lo;
+# - net.core.somaxconn (4096) bounds the accept backlog; each bench opens
+#   CONCURRENCY (256) at once, below it; fs.file-max bounds all open files.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
@@ -32,37 +36,45 @@ OUT=${OUT:-/tmp/next-chat-scale}
 RUNS=${RUNS:-3}
 C=${C:-100000}
 RATE=${RATE:-1000}
-SOURCES=${SOURCES:-127.0.0.2-127.0.0.6}
 CONCURRENCY=${CONCURRENCY:-256}
-NOFILE=${NOFILE:-262144}
 PORT=${PORT:-5110}
 mkdir -p "$OUT"
-ulimit -Hn "$NOFILE" 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
+HARD=$(ulimit -Hn)
+# Connections one process may hold, in whole groups of 20.
+PER_PROCESS=$(( (HARD - 300) / 20 * 20 ))
+PAIRS=${PAIRS:-$(( (C + PER_PROCESS - 1) / PER_PROCESS ))}
+# Each pair's share, in whole groups.
+PER_PAIR=$(( ((C + PAIRS - 1) / PAIRS + 19) / 20 * 20 ))
+if [ "$PAIRS" -eq 1 ]; then
+    # One server: 28,000 ports per source address.
+    SOURCES=${SOURCES:-127.0.0.2-127.0.0.$(( 2 + C / 25000 ))}
+fi
 
 {
-    echo "ulimit -n $(ulimit -n)"
+    echo "ulimit -n $(ulimit -n) (hard $HARD); $PAIRS server+bench pair(s) of $PER_PAIR connections"
     for key in net.ipv4.ip_local_port_range fs.nr_open fs.file-max net.core.somaxconn \
         net.ipv4.tcp_max_syn_backlog net.ipv4.tcp_mem net.netfilter.nf_conntrack_max; do
         echo "$key = $(sysctl -n "$key" 2>/dev/null | tr '\t' ' ' || echo '?')"
     done
+    grep CapEff /proc/self/status
 } | tee "$OUT/limits.txt" >&2
 
-SERVER=
+SERVERS=()
 cleanup() {
-    if [ -n "$SERVER" ]; then
-        kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true
-    fi
-    SERVER=
+    for pid in "${SERVERS[@]:-}"; do
+        [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+    done
+    SERVERS=()
 }
 trap cleanup EXIT
 
 start_server() {
-    local name=$1
+    local name=$1 port=$2
     rm -f "$OUT/$name.db" "$OUT/$name.db-wal" "$OUT/$name.db-shm"
-    "$BIN/next-chat-server" --listen "127.0.0.1:$PORT" --database "sqlite://$OUT/$name.db" \
+    "$BIN/next-chat-server" --listen "127.0.0.1:$port" --database "sqlite://$OUT/$name.db" \
         >"$OUT/$name.log" 2>&1 &
-    SERVER=$!
+    SERVERS+=($!)
     for _ in $(seq 200); do
         grep -q "^listening on" "$OUT/$name.log" 2>/dev/null && return 0
         sleep 0.05
@@ -72,43 +84,36 @@ start_server() {
     exit 1
 }
 
-bench() {
+# run NAME BENCH-FLAGS...: PAIRS servers, then PAIRS benches at once; reports
+# in $OUT/NAME-p<pair>.json, summed up in $OUT/NAME.json.
+run() {
     local name=$1
     shift
     echo "== $name" >&2
-    "$BIN/next-chat-bench" --quiet --threads 1 --json --url "http://127.0.0.1:$PORT/next-chat" \
-        -c "$C" -g 20 --source-ip "$SOURCES" --connect-concurrency "$CONCURRENCY" \
-        --server-pid "$SERVER" "$@" >"$OUT/$name.json" || true
-    python3 - "$OUT/$name.json" >&2 <<'EOF' || true
-import json, sys
-r = json.load(open(sys.argv[1]))
-c, b, s = r["connect"], r["bench"], r.get("server") or {}
-i, l = r.get("idle") or {}, r.get("load") or {}
-print(f"  joined in {c['total_s']:.1f} s ({c['per_second']:.0f}/s); bench RSS "
-      f"{b['rss_per_connection_kib']:.2f} KiB/conn, peak {b['rss_peak_mib']:.0f} MiB; "
-      f"server {s.get('cores', 0):.2f} cores", end="")
-if i:
-    print(f"; server RSS {i['rss_per_connection_kib']:.2f} KiB/conn", end="")
-if l:
-    print(f"; lost {l['lost']} of {l['expected']}, p99 {l['latency_ms']['p99']:.1f} ms, "
-          f"{s.get('cpu_us_per_delivery') or 0:.1f} us/delivery", end="")
-print()
-EOF
+    for p in $(seq 0 $((PAIRS - 1))); do start_server "$name-p$p" $((PORT + p)); done
+    local benches=()
+    for p in $(seq 0 $((PAIRS - 1))); do
+        local sources=${SOURCES:-127.0.0.$((2 + p))}
+        "$BIN/next-chat-bench" --quiet --threads 1 --json \
+            --url "http://127.0.0.1:$((PORT + p))/next-chat" -c "$PER_PAIR" -g 20 \
+            --source-ip "$sources" --connect-concurrency "$CONCURRENCY" \
+            --server-pid "${SERVERS[$p]}" "$@" >"$OUT/$name-p$p.json" &
+        benches+=($!)
+    done
+    for pid in "${benches[@]}"; do wait "$pid" || true; done
+    cleanup
+    python3 "$ROOT/crates/bench/scripts/scale-sum.py" "$OUT/$name" "$PAIRS" | tee "$OUT/$name.txt" >&2
 }
 
 idle() {
-    for run in $(seq "$RUNS"); do
-        start_server "idle-$run"
-        bench "idle-$run" --idle --settle 10
-        cleanup
-    done
+    for run in $(seq "$RUNS"); do run "idle-$run" --idle --settle 10; done
 }
 
 load() {
+    local rate
+    rate=$(python3 -c "print($RATE / $PAIRS)")
     for run in $(seq "$RUNS"); do
-        start_server "load-$run"
-        bench "load-$run" -r "$RATE" -l 200 -d 20 -w 5 --drain 20
-        cleanup
+        run "load-$run" -r "$rate" -l 200 -d 20 -w 5 --drain 20
     done
 }
 
