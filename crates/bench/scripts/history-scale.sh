@@ -178,7 +178,7 @@ EOF
 [ $# -gt 0 ] || set -- sqlite mysql
 for backend in "$@"; do
     case "$backend" in
-        sqlite | mysql) one "$backend" small; one "$backend" full ;;
+        sqlite | mysql) one "$backend" ;;
         *) echo "unknown backend $backend (sqlite, mysql)" >&2; exit 2 ;;
     esac
 done
