@@ -12,9 +12,10 @@
 //! Message `i` (0-based) goes to group `i % H` (H = `--history-groups`) with id
 //! `<base + i>-0`, so ids interleave over the groups as live traffic's would,
 //! and every group with history holds the same messages whatever `--groups` is.
-//! SQLite gets them in id order (its `messages_by_id` index grows at its end
-//! and the primary key's few thousand insertion points stay cached); MySQL,
-//! whose only index is the primary key, gets them group by group, in key order.
+//! They are written group by group, in primary-key order, so that every insert
+//! lands at the end of the table's B-tree. SQLite's secondary index
+//! (`messages_by_id`), which that order would fill at random, is dropped for
+//! the load and made again from its own SQL afterwards, in one sort.
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -176,6 +177,16 @@ struct MessagePlan {
 }
 
 impl MessagePlan {
+    /// Every message index below `messages`, group by group, in id order
+    /// within each group: the table's primary-key order.
+    fn key_order(&self, messages: u64) -> impl Iterator<Item = u64> + use<> {
+        let groups = self.history_groups;
+        let per_group = messages.div_ceil(groups);
+        (0..groups).flat_map(move |g| {
+            (0..per_group).map(move |k| k * groups + g).take_while(move |&i| i < messages)
+        })
+    }
+
     fn row(&self, i: u64) -> Row {
         let group = (i % self.history_groups) as usize;
         Row {
@@ -277,15 +288,29 @@ async fn load_sqlite(args: &LoadArgs, plan: &MessagePlan, names: &[String]) -> R
         insert.build().execute(&mut *tx).await.map_err(|e| fail("insert groups", &e))?;
     }
     tx.commit().await.map_err(|e| fail("commit", &e))?;
+    // Secondary indexes, as the migrations made them: dropped for the load,
+    // made again from their own SQL after it.
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, sql FROM sqlite_master \
+         WHERE type = 'index' AND tbl_name = 'messages' AND sql IS NOT NULL",
+    )
+    .fetch_all(&mut db)
+    .await
+    .map_err(|e| fail("read the schema", &e))?;
+    for (name, _) in &indexes {
+        let drop = format!("DROP INDEX \"{}\"", name.replace('"', "\"\""));
+        db.execute(drop.as_str()).await.map_err(|e| fail("drop index", &e))?;
+    }
     let authors: Vec<String> = (0..AUTHORS).map(|a| format!("user-{a}")).collect();
     let started = Instant::now();
-    let mut i = 0u64;
-    while i < args.messages {
-        let end = (i + ROWS_PER_TRANSACTION).min(args.messages);
+    let mut order = plan.key_order(args.messages).peekable();
+    let mut done = 0u64;
+    while order.peek().is_some() {
         let mut tx = db.begin().await.map_err(|e| fail("begin", &e))?;
-        while i < end {
-            let n = (end - i).min(SQLITE_ROWS_PER_INSERT as u64);
-            let rows: Vec<Row> = (i..i + n).map(|i| plan.row(i)).collect();
+        let mut in_transaction = 0;
+        while in_transaction < ROWS_PER_TRANSACTION && order.peek().is_some() {
+            let rows: Vec<Row> =
+                order.by_ref().take(SQLITE_ROWS_PER_INSERT).map(|i| plan.row(i)).collect();
             let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT OR IGNORE INTO messages \
                  (group_id, id_millis, id_seq, author_id, send_time_ms, text) ",
@@ -299,10 +324,14 @@ async fn load_sqlite(args: &LoadArgs, plan: &MessagePlan, names: &[String]) -> R
                     .push_bind(row.text.as_str());
             });
             insert.build().execute(&mut *tx).await.map_err(|e| fail("insert messages", &e))?;
-            i += n;
+            in_transaction += rows.len() as u64;
+            done += rows.len() as u64;
+            progress(args, done, started);
         }
         tx.commit().await.map_err(|e| fail("commit", &e))?;
-        progress(args, i, started);
+    }
+    for (_, sql) in &indexes {
+        db.execute(sql.as_str()).await.map_err(|e| fail("create index", &e))?;
     }
     // Back to what the server opens: WAL.
     db.execute("PRAGMA journal_mode = WAL").await.map_err(|e| fail("set WAL", &e))?;
@@ -324,35 +353,24 @@ async fn load_mysql(args: &LoadArgs, plan: &MessagePlan, names: &[String]) -> Re
         MySqlConnection::connect_with(&options).await.map_err(|e| fail("cannot connect", &e))?;
     db.execute("SET SESSION unique_checks = 0").await.map_err(|e| fail("set", &e))?;
     let authors: Vec<String> = (0..AUTHORS).map(|a| format!("user-{a}")).collect();
-    let history_groups = plan.history_groups;
-    let per_group = args.messages.div_ceil(history_groups);
     let started = Instant::now();
     let mut done = 0u64;
     let mut in_transaction = 0u64;
     let mut batch: Vec<Row> = Vec::with_capacity(MYSQL_ROWS_PER_INSERT);
     db.execute("BEGIN").await.map_err(|e| fail("begin", &e))?;
-    // Group by group, in primary-key order: message i = k * H + g.
-    for g in 0..history_groups {
-        for k in 0..per_group {
-            let i = k * history_groups + g;
-            if i >= args.messages {
-                break;
+    for i in plan.key_order(args.messages) {
+        batch.push(plan.row(i));
+        if batch.len() == MYSQL_ROWS_PER_INSERT {
+            insert_mysql(&mut db, &batch, names, &authors).await.map_err(|e| fail("insert", &e))?;
+            done += batch.len() as u64;
+            in_transaction += batch.len() as u64;
+            batch.clear();
+            if in_transaction >= ROWS_PER_TRANSACTION {
+                db.execute("COMMIT").await.map_err(|e| fail("commit", &e))?;
+                db.execute("BEGIN").await.map_err(|e| fail("begin", &e))?;
+                in_transaction = 0;
             }
-            batch.push(plan.row(i));
-            if batch.len() == MYSQL_ROWS_PER_INSERT {
-                insert_mysql(&mut db, &batch, names, &authors)
-                    .await
-                    .map_err(|e| fail("insert", &e))?;
-                done += batch.len() as u64;
-                in_transaction += batch.len() as u64;
-                batch.clear();
-                if in_transaction >= ROWS_PER_TRANSACTION {
-                    db.execute("COMMIT").await.map_err(|e| fail("commit", &e))?;
-                    db.execute("BEGIN").await.map_err(|e| fail("begin", &e))?;
-                    in_transaction = 0;
-                }
-                progress(args, done, started);
-            }
+            progress(args, done, started);
         }
     }
     if !batch.is_empty() {
@@ -617,6 +635,17 @@ mod tests {
             assert_eq!(text.len(), length);
         }
         assert!(message_text(12, 345, 100).starts_with("message 345 of group 12: the quick"));
+    }
+
+    #[test]
+    fn key_order_is_every_message_once_group_by_group() {
+        let plan = MessagePlan { history_groups: 3, base: 1000, length: 30 };
+        let order: Vec<u64> = plan.key_order(8).collect();
+        assert_eq!(order, [0, 3, 6, 1, 4, 7, 2, 5]);
+        let keys: Vec<(usize, i64)> =
+            order.iter().map(|&i| plan.row(i)).map(|r| (r.group, r.millis)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        assert_eq!(plan.key_order(0).count(), 0);
     }
 
     #[test]
