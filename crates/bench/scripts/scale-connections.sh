@@ -18,7 +18,8 @@
 # hard limit, one server and one bench process hold them all; when they do
 # not, C is split over PAIRS server+bench pairs (server p on port PORT+p, its
 # bench connecting from 127.0.0.(2+p)), started together, and the reports are
-# added up. The bench raises its own soft limit to the hard one; this script
+# added up; the benches start their measured windows together (--ready-file,
+# --go-file), once the last of them has joined. The bench raises its own soft limit to the hard one; this script
 # does the same for the servers, whose TCP cap (max_http_connections) defaults
 # to the soft limit less 256 and whose max_connections (200,000) is above C.
 #
@@ -110,14 +111,29 @@ run() {
     echo "== $name" >&2
     for p in $(seq 0 $((PAIRS - 1))); do start_server "$name-p$p" $((PORT + p)); done
     local benches=()
+    rm -f "$OUT/$name".ready-* "$OUT/$name.go"
     for p in $(seq 0 $((PAIRS - 1))); do
         local sources=${SOURCES:-127.0.0.$((2 + p))}
         "$BIN/next-chat-bench" --quiet --threads 1 --json \
             --url "http://127.0.0.1:$((PORT + p))/next-chat" -c "$PER_PAIR" -g 20 \
             --source-ip "$sources" --connect-concurrency "$CONCURRENCY" \
-            --server-pid "${SERVERS[$p]}" "$@" >"$OUT/$name-p$p.json" &
+            --server-pid "${SERVERS[$p]}" --ready-file "$OUT/$name.ready-$p" \
+            --go-file "$OUT/$name.go" "$@" >"$OUT/$name-p$p.json" &
         benches+=($!)
     done
+    # Every pair's measured window starts together, after the last join (a
+    # bench that failed to connect has exited: stop waiting for it).
+    while :; do
+        local waiting=0
+        for p in $(seq 0 $((PAIRS - 1))); do
+            if [ ! -e "$OUT/$name.ready-$p" ] && kill -0 "${benches[$p]}" 2>/dev/null; then
+                waiting=1
+            fi
+        done
+        [ "$waiting" = 0 ] && break
+        sleep 0.2
+    done
+    touch "$OUT/$name.go"
     for pid in "${benches[@]}"; do wait "$pid" || true; done
     cleanup
     python3 "$ROOT/crates/bench/scripts/scale-sum.py" "$OUT/$name" "$PAIRS" | tee "$OUT/$name.txt" >&2

@@ -94,6 +94,16 @@ pub struct Args {
     #[arg(long, default_value_t = 5.0)]
     pub settle: f64,
 
+    /// Once every connection has joined, create this file (empty): with
+    /// --go-file, several bench processes can start their load together.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+
+    /// Once every connection has joined, wait until this file exists (checked
+    /// every 50 ms) before the warm-up starts or the idle connections are held.
+    #[arg(long, value_name = "FILE")]
+    pub go_file: Option<PathBuf>,
+
     /// Print the report as JSON on stdout (the progress bar still goes to stderr).
     #[arg(long)]
     pub json: bool,

@@ -86,6 +86,7 @@ pub async fn run(args: Args, threads: usize) -> Result<Finished, String> {
         open_all(&args, plans, &settings, &progress, &mut tasks, &control_rx, &stats).await?;
     let connect_total = connect_started.elapsed();
     let bench_rss_joined = own_rss();
+    wait_for_go(&args, &progress).await?;
 
     let mut rss_max = procfs::total_rss(&args.server_pid).0;
     let mut server = None;
@@ -291,6 +292,21 @@ fn plans(args: &Args, prefix: &str) -> Result<Vec<Plan>, String> {
             }
         })
         .collect())
+}
+
+/// `--ready-file` and `--go-file`: says that this process has joined all its
+/// connections, then waits for the word to go (the connections keep running).
+async fn wait_for_go(args: &Args, progress: &ProgressBar) -> Result<(), String> {
+    if let Some(ready) = &args.ready_file {
+        std::fs::write(ready, b"").map_err(|e| format!("--ready-file {}: {e}", ready.display()))?;
+    }
+    let Some(go) = &args.go_file else { return Ok(()) };
+    progress.set_message(format!("waiting for {}", go.display()));
+    while !go.exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        progress.tick();
+    }
+    Ok(())
 }
 
 /// Connection `index`'s source address: the sources in turn within each URL's
