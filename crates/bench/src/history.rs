@@ -247,7 +247,7 @@ pub async fn load(args: LoadArgs) -> Result<Loaded, String> {
 }
 
 fn progress(args: &LoadArgs, done: u64, started: Instant) {
-    if !args.quiet && done % 1_000_000 == 0 && done > 0 {
+    if !args.quiet && done.is_multiple_of(1_000_000) && done > 0 {
         let seconds = started.elapsed().as_secs_f64();
         eprintln!(
             "load-history: {done} of {} messages in {seconds:.0} s ({:.0}/s)",
