@@ -44,6 +44,9 @@ CONCURRENCY=${CONCURRENCY:-16}
 SERVER_FLAGS=${SERVER_FLAGS:---http-header-timeout-secs 60}
 PORT=${PORT:-5110}
 mkdir -p "$OUT"
+# Room for all C in one process, if this shell may raise its hard limit
+# (CAP_SYS_RESOURCE; fs.nr_open bounds it); else the pairs below.
+ulimit -Hn $((C + 1000)) 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 HARD=$(ulimit -Hn)
 # Connections one process may hold, in whole groups of 20.
