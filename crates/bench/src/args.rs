@@ -1,17 +1,22 @@
 //! The command line: what load to generate, against which servers, and what to
 //! report.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Load generator for Next Chat: opens C connections in groups of G, has one
 /// member of each group send at an aggregate rate R, and reports deliveries,
 /// loss, latency, and the server's CPU and memory.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "next-chat-bench", version)]
+#[command(name = "next-chat-bench", version, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    /// Instead of a fan-out run: fill or probe history at scale.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Hub URL(s); connections go round-robin over them. Repeat the flag or
     /// separate with commas.
     #[arg(long = "url", value_delimiter = ',', default_value = "http://127.0.0.1:5000/next-chat")]
@@ -70,6 +75,14 @@ pub struct Args {
     #[arg(long, default_value = "bench-")]
     pub user_prefix: String,
 
+    /// Local (source) addresses to connect from, in turn. One source address
+    /// has only as many ports per server address as
+    /// `net.ipv4.ip_local_port_range` holds (about 28,000), so 100,000
+    /// connections to one server need four or more. A list, or a range such as
+    /// 127.0.0.2-127.0.0.5 (all of 127.0.0.0/8 is loopback on Linux).
+    #[arg(long = "source-ip", value_delimiter = ',', value_name = "IP|IP-IP")]
+    pub source_ips: Vec<String>,
+
     /// Connections being opened (and joined) at once.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
@@ -86,6 +99,16 @@ pub struct Args {
     /// In --idle mode, how long to hold the connections before measuring, seconds.
     #[arg(long, default_value_t = 5.0)]
     pub settle: f64,
+
+    /// Once every connection has joined, create this file (empty): with
+    /// --go-file, several bench processes can start their load together.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+
+    /// Once every connection has joined, wait until this file exists (checked
+    /// every 50 ms) before the warm-up starts or the idle connections are held.
+    #[arg(long, value_name = "FILE")]
+    pub go_file: Option<PathBuf>,
 
     /// Print the report as JSON on stdout (the progress bar still goes to stderr).
     #[arg(long)]
@@ -113,6 +136,38 @@ pub struct Args {
     /// connection's token is minted with it. Or set NEXT_CHAT_JWT_SECRET.
     #[arg(long, value_name = "FILE")]
     pub jwt_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Fill the server's history tables directly (stop the server first):
+    /// --messages over --groups, in SQLite or in MySQL with the groups in Redis.
+    /// Prints what it wrote as JSON.
+    LoadHistory(crate::history::LoadArgs),
+    /// Measure JoinGroup (with OnHistory), GetHistory paging and ListGroupsPage
+    /// latency on groups load-history made, through a running server. Prints JSON.
+    ProbeHistory(crate::history::ProbeArgs),
+}
+
+/// Most addresses one `--source-ip` range may name.
+const MAX_SOURCES: u32 = 1024;
+
+/// One `--source-ip` item: an address, or an IPv4 range `A-B`, both ends included.
+fn parse_sources(item: &str) -> Result<Vec<IpAddr>, String> {
+    let bad = |why: &str| format!("--source-ip {item:?}: {why}");
+    let Some((first, last)) = item.split_once('-') else {
+        return Ok(vec![item.trim().parse().map_err(|_| bad("not an IP address"))?]);
+    };
+    let first: Ipv4Addr = first.trim().parse().map_err(|_| bad("not an IPv4 range A-B"))?;
+    let last: Ipv4Addr = last.trim().parse().map_err(|_| bad("not an IPv4 range A-B"))?;
+    let (a, b) = (u32::from(first), u32::from(last));
+    if a > b {
+        return Err(bad("the range's first address is above its last"));
+    }
+    if b - a >= MAX_SOURCES {
+        return Err(bad(&format!("at most {MAX_SOURCES} addresses")));
+    }
+    Ok((a..=b).map(|n| IpAddr::V4(Ipv4Addr::from(n))).collect())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -183,6 +238,34 @@ impl Args {
         if self.connect_concurrency == 0 {
             return Err("--connect-concurrency must be at least 1".into());
         }
+        self.sources()?;
+        Ok(())
+    }
+
+    /// `--source-ip`, ranges expanded; empty: the kernel picks the source.
+    pub fn sources(&self) -> Result<Vec<IpAddr>, String> {
+        let mut all = Vec::new();
+        for item in &self.source_ips {
+            all.extend(parse_sources(item)?);
+        }
+        Ok(all)
+    }
+
+    /// Refuses a run that would need more local ports per (source, server)
+    /// pair than the kernel hands out (`range`: how many ephemeral ports).
+    pub fn check_ports(&self, range: u64) -> Result<(), String> {
+        let pairs = (self.sources()?.len().max(1) * self.urls.len()) as u64;
+        let per_pair = (self.connections as u64).div_ceil(pairs);
+        if per_pair > range {
+            let needed = (self.connections as u64).div_ceil(range * self.urls.len() as u64);
+            return Err(format!(
+                "{} connections need {per_pair} local ports per source address and server, \
+                 but net.ipv4.ip_local_port_range holds {range}: give --source-ip at least \
+                 {needed} addresses (e.g. --source-ip 127.0.0.2-127.0.0.{}) or widen the range",
+                self.connections,
+                needed + 1
+            ));
+        }
         Ok(())
     }
 
@@ -192,5 +275,41 @@ impl Args {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("next-chat-bench").chain(extra.iter().copied()))
+            .expect("valid flags")
+    }
+
+    #[test]
+    fn source_ranges_expand_and_bad_ones_name_the_flag() {
+        let a = args(&["--source-ip", "127.0.0.2-127.0.0.4,::1", "--source-ip", "10.0.0.1"]);
+        let expected: Vec<IpAddr> = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "::1", "10.0.0.1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(a.sources(), Ok(expected));
+        for bad in ["127.0.0.5-127.0.0.2", "127.0.0.x", "::1-::2", "10.0.0.0-10.0.8.0"] {
+            let error = args(&["--source-ip", bad]).validate().unwrap_err();
+            assert!(error.starts_with("--source-ip"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn too_many_connections_for_the_ports_ask_for_more_sources() {
+        let one = args(&["-c", "100000"]);
+        let error = one.check_ports(28_232).unwrap_err();
+        assert!(error.contains("at least 4 addresses"), "{error}");
+        let four = args(&["-c", "100000", "--source-ip", "127.0.0.2-127.0.0.5"]);
+        assert_eq!(four.check_ports(28_232), Ok(()));
+        // Two servers share the load too.
+        let two = args(&["-c", "50000", "--url", "http://a:1/h,http://b:1/h"]);
+        assert_eq!(two.check_ports(28_232), Ok(()));
     }
 }

@@ -11,6 +11,7 @@
 //! (see `wire`), and the codecs of `next-chat-signalr` do the rest.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -45,7 +46,7 @@ pub const MEASURED: u8 = 1;
 pub const ACCEPTED: u8 = 2;
 pub const FAILED: u8 = 4;
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Who a connection is and what it does.
 #[derive(Debug, Clone)]
@@ -53,6 +54,8 @@ pub struct Plan {
     pub index: usize,
     /// `ws://host:port/next-chat`.
     pub ws_url: String,
+    /// The local address to connect from (`--source-ip`); `None`: the kernel's choice.
+    pub source: Option<IpAddr>,
     pub user: String,
     pub group: String,
     pub group_index: usize,
@@ -207,7 +210,7 @@ pub async fn open(plan: Plan, settings: Arc<Settings>) -> Result<Connection, Str
 
 /// TCP, WebSocket upgrade and hub handshake. Returns the socket and any bytes
 /// that followed the handshake response.
-async fn connect(plan: &Plan, settings: &Settings) -> Result<(Socket, Vec<u8>), String> {
+pub(crate) async fn connect(plan: &Plan, settings: &Settings) -> Result<(Socket, Vec<u8>), String> {
     let url = &plan.ws_url;
     let mut request =
         url.as_str().into_client_request().map_err(|e| format!("{url}: not a usable URL: {e}"))?;
@@ -218,7 +221,7 @@ async fn connect(plan: &Plan, settings: &Settings) -> Result<(Socket, Vec<u8>), 
     let host = request.uri().host().unwrap_or_default().trim_matches(['[', ']']).to_string();
     let secure = request.uri().scheme_str() == Some("wss");
     let port = request.uri().port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let tcp = TcpStream::connect((host.as_str(), port))
+    let tcp = tcp_connect(&host, port, plan.source)
         .await
         .map_err(|e| format!("cannot reach {host}:{port}: {e}{}", hint(&e)))?;
     // Latency is what is measured: no Nagle delay on the bench's small sends.
@@ -263,12 +266,62 @@ async fn connect(plan: &Plan, settings: &Settings) -> Result<(Socket, Vec<u8>), 
     }
 }
 
+/// A TCP connection to `host:port`, from `source` when given. The socket is
+/// bound to the source address before it connects, with
+/// `IP_BIND_ADDRESS_NO_PORT` so that the port is chosen at connect time per
+/// destination (a port chosen at bind time would have to be free for every
+/// destination, and finding one slows down as the ports fill up).
+pub async fn tcp_connect(
+    host: &str,
+    port: u16,
+    source: Option<IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(source) = source else { return TcpStream::connect((host, port)).await };
+    let target = tokio::net::lookup_host((host, port))
+        .await?
+        .find(|a| a.is_ipv4() == source.is_ipv4())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("{host} has no address of the --source-ip {source}'s family"),
+            )
+        })?;
+    let socket = if source.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if source.is_ipv4() {
+        bind_address_no_port(&socket);
+    }
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(target).await
+}
+
+/// Linux: defer the choice of the local port from `bind` to `connect`. A
+/// kernel without it still works, with bind-time ports.
+fn bind_address_no_port(socket: &tokio::net::TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `on` (an int, its size given) on our own socket.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 fn hint(error: &std::io::Error) -> &'static str {
     match error.raw_os_error() {
         Some(libc::ECONNREFUSED) => " (is next-chat-server running and listening there?)",
         Some(libc::EMFILE | libc::ENFILE) => " (too many open files: raise `ulimit -n`)",
         Some(libc::EADDRNOTAVAIL) => {
-            " (out of local ports: widen net.ipv4.ip_local_port_range or use more server URLs)"
+            " (out of local ports: add --source-ip addresses, widen \
+             net.ipv4.ip_local_port_range or use more server URLs)"
         }
         _ => "",
     }
@@ -617,6 +670,21 @@ async fn read_data(socket: &mut Socket) -> Result<Bytes, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn connects_from_the_source_address_given() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a listener");
+        let port = listener.local_addr().expect("its address").port();
+        for source in ["127.0.0.2", "127.0.0.3"] {
+            let source: IpAddr = source.parse().expect("an address");
+            let stream = tcp_connect("127.0.0.1", port, Some(source)).await.expect("connects");
+            let (_, peer) = listener.accept().await.expect("accepts");
+            assert_eq!(peer.ip(), source);
+            assert_eq!(stream.local_addr().expect("bound").ip(), source);
+        }
+        let plain = tcp_connect("127.0.0.1", port, None).await.expect("connects");
+        assert_eq!(plain.local_addr().expect("bound").ip().to_string(), "127.0.0.1");
+    }
 
     #[test]
     fn received_counts_duplicates_and_reordering() {

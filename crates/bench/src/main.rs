@@ -4,6 +4,7 @@
 
 mod args;
 mod connection;
+mod history;
 mod payload;
 mod plot;
 mod procfs;
@@ -37,6 +38,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(command) = args.command.clone() {
+        let printed = match command {
+            args::Command::LoadHistory(load) => runtime
+                .block_on(history::load(load))
+                .and_then(|r| serde_json::to_string_pretty(&r).map_err(|e| e.to_string())),
+            args::Command::ProbeHistory(probe) => runtime
+                .block_on(history::probe(probe))
+                .and_then(|r| serde_json::to_string_pretty(&r).map_err(|e| e.to_string())),
+        };
+        return match printed {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("next-chat-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let json = args.json;
     let plot = args.plot.clone();
     let finished = match runtime.block_on(run::run(args, threads)) {

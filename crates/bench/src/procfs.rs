@@ -79,6 +79,21 @@ pub fn raise_open_files_limit() -> u64 {
     limit.rlim_cur
 }
 
+/// How many ephemeral ports the kernel hands out per (source, destination)
+/// pair: the width of `net.ipv4.ip_local_port_range` (28,232 by default).
+pub fn local_ports() -> u64 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| parse_port_range(&text))
+        .unwrap_or(28_232)
+}
+
+fn parse_port_range(text: &str) -> Option<u64> {
+    let mut ends = text.split_whitespace().map(|n| n.parse::<u64>());
+    let (low, high) = (ends.next()?.ok()?, ends.next()?.ok()?);
+    (high >= low).then(|| high - low + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +106,14 @@ mod tests {
         assert!(rss > 0 && peak >= rss);
         assert!(check(&[pid]).is_ok());
         assert!(check(&[u32::MAX]).is_err());
+    }
+
+    #[test]
+    fn port_ranges_are_counted_inclusively() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some(28_232));
+        assert_eq!(parse_port_range("1024 65535"), Some(64_512));
+        assert_eq!(parse_port_range("9 8"), None);
+        assert_eq!(parse_port_range(""), None);
+        assert!(local_ports() > 0);
     }
 }

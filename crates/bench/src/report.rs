@@ -46,6 +46,8 @@ pub struct Config {
 pub struct Connect {
     /// From the first connect to the last join.
     pub total_s: f64,
+    /// Connections made and joined per second over `total_s` (the accept rate).
+    pub per_second: f64,
     /// One connection: TCP, upgrade, handshake, create and join.
     pub per_connection_ms: Summary,
 }
@@ -134,6 +136,9 @@ pub struct Bench {
     pub cpu_s: f64,
     pub cores: f64,
     pub rss_peak_mib: f64,
+    /// The bench's own RSS growth from before the first connect to when all
+    /// were joined, per connection.
+    pub rss_per_connection_kib: f64,
     pub threads: usize,
 }
 
@@ -240,8 +245,8 @@ impl Report {
         let p = &self.connect.per_connection_ms;
         let _ = writeln!(
             out,
-            "  connect        {:.2} s in all; per connection p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            self.connect.total_s, p.p50, p.p99, p.max
+            "  connect        {:.2} s in all ({:.0} per second); per connection p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.connect.total_s, self.connect.per_second, p.p50, p.p99, p.max
         );
         if let Some(load) = &self.load {
             let _ = writeln!(
@@ -317,8 +322,12 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "  bench          CPU {:.2} s ({:.2} cores, {} threads), RSS peak {:.1} MiB",
-            self.bench.cpu_s, self.bench.cores, self.bench.threads, self.bench.rss_peak_mib
+            "  bench          CPU {:.2} s ({:.2} cores, {} threads), RSS peak {:.1} MiB, {:.2} KiB per connection",
+            self.bench.cpu_s,
+            self.bench.cores,
+            self.bench.threads,
+            self.bench.rss_peak_mib,
+            self.bench.rss_per_connection_kib
         );
         for e in &self.errors {
             let _ = writeln!(out, "  error ×{:<6} {}", e.count, e.error);

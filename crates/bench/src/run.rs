@@ -2,6 +2,7 @@
 //! schedule, watch the server while the measured window runs, drain, and turn
 //! the connections' outcomes into a report.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::args::Args;
-use crate::connection::{self, Connection, Control, Outcome, Plan, Schedule, Settings};
+use crate::connection::{self, Control, Outcome, Plan, Schedule, Settings};
 use crate::procfs;
 use crate::report::{self, Bench, Config, Connect, ErrorCount, Idle, Report, Server, Summary};
 use crate::stats::Stats;
@@ -45,6 +46,7 @@ pub async fn run(args: Args, threads: usize) -> Result<Finished, String> {
             args.connections
         ));
     }
+    args.check_ports(procfs::local_ports())?;
     let bench_cpu_start = procfs::cpu_seconds(std::process::id()).unwrap_or(0.0);
     let group_prefix = args.group_prefix.clone().unwrap_or_else(|| {
         let run: u32 = rand::rng().random();
@@ -72,15 +74,19 @@ pub async fn run(args: Args, threads: usize) -> Result<Finished, String> {
     let progress = progress_bar(&args);
 
     let rss_before = procfs::total_rss(&args.server_pid).0;
+    let own_rss = || procfs::rss_kib(std::process::id()).map_or(0, |(rss, _)| rss);
+    let bench_rss_before = own_rss();
     let connect_started = Instant::now();
-    let (connections, connect_times) = open_all(&args, plans, &settings, &progress).await?;
-    let connect_total = connect_started.elapsed();
-
+    // Each connection runs (reads, answers the server's pings, pings itself)
+    // from the moment it has joined: with 100,000 connections the last join
+    // can come more than the server's 30 s client timeout after the first.
     let (control, control_rx) = watch::channel(Control::Wait);
     let mut tasks = JoinSet::new();
-    for connection in connections {
-        tasks.spawn(connection.run(control_rx.clone(), stats.clone()));
-    }
+    let connect_times =
+        open_all(&args, plans, &settings, &progress, &mut tasks, &control_rx, &stats).await?;
+    let connect_total = connect_started.elapsed();
+    let bench_rss_joined = own_rss();
+    wait_for_go(&args, &progress).await?;
 
     let mut rss_max = procfs::total_rss(&args.server_pid).0;
     let mut server = None;
@@ -233,6 +239,7 @@ pub async fn run(args: Args, threads: usize) -> Result<Finished, String> {
         },
         connect: Connect {
             total_s: connect_total.as_secs_f64(),
+            per_second: args.connections as f64 / connect_total.as_secs_f64().max(1e-6),
             per_connection_ms: Summary::from_micros(&connect_times),
         },
         load,
@@ -242,6 +249,8 @@ pub async fn run(args: Args, threads: usize) -> Result<Finished, String> {
             cpu_s: bench_cpu,
             cores: bench_cpu / bench_elapsed.max(1e-3),
             rss_peak_mib: Report::mib(procfs::rss_kib(std::process::id()).unwrap_or((0, 0)).1),
+            rss_per_connection_kib: bench_rss_joined.saturating_sub(bench_rss_before) as f64
+                / args.connections as f64,
             threads,
         },
         errors: stats
@@ -258,6 +267,7 @@ pub async fn run(args: Args, threads: usize) -> Result<Finished, String> {
 /// creates the group or sends.
 fn plans(args: &Args, prefix: &str) -> Result<Vec<Plan>, String> {
     let ws_urls: Vec<String> = args.urls.iter().map(|u| ws_url(u)).collect::<Result<_, _>>()?;
+    let sources = args.sources()?;
     let mut rank = 0;
     Ok((0..args.connections)
         .map(|index| {
@@ -275,6 +285,7 @@ fn plans(args: &Args, prefix: &str) -> Result<Vec<Plan>, String> {
                 ws_url: ws_urls
                     [if args.url_per_group { group_index } else { index } % ws_urls.len()]
                 .clone(),
+                source: source_of(index, ws_urls.len(), &sources),
                 user: format!("{}{index}", args.user_prefix),
                 group: format!("{prefix}{group_index}"),
                 group_index,
@@ -286,8 +297,29 @@ fn plans(args: &Args, prefix: &str) -> Result<Vec<Plan>, String> {
         .collect())
 }
 
+/// `--ready-file` and `--go-file`: says that this process has joined all its
+/// connections, then waits for the word to go (the connections keep running).
+async fn wait_for_go(args: &Args, progress: &ProgressBar) -> Result<(), String> {
+    if let Some(ready) = &args.ready_file {
+        std::fs::write(ready, b"").map_err(|e| format!("--ready-file {}: {e}", ready.display()))?;
+    }
+    let Some(go) = &args.go_file else { return Ok(()) };
+    progress.set_message(format!("waiting for {}", go.display()));
+    while !go.exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        progress.tick();
+    }
+    Ok(())
+}
+
+/// Connection `index`'s source address: the sources in turn within each URL's
+/// share, so that every (source, URL) pair gets an equal part.
+fn source_of(index: usize, urls: usize, sources: &[IpAddr]) -> Option<IpAddr> {
+    (!sources.is_empty()).then(|| sources[(index / urls.max(1)) % sources.len()])
+}
+
 /// `http(s)://h:p/next-chat` → `ws(s)://h:p/next-chat` (ws:// and wss:// pass through).
-fn ws_url(url: &str) -> Result<String, String> {
+pub(crate) fn ws_url(url: &str) -> Result<String, String> {
     if let Some(rest) = url.strip_prefix("http://") {
         Ok(format!("ws://{rest}"))
     } else if let Some(rest) = url.strip_prefix("https://") {
@@ -300,20 +332,24 @@ fn ws_url(url: &str) -> Result<String, String> {
 }
 
 /// Opens every connection, at most `--connect-concurrency` at once; the group
-/// creators first when `--create` is given. Fails on the first connection that
+/// creators first when `--create` is given; and starts each one's task in
+/// `tasks` as soon as it has joined. Fails on the first connection that
 /// cannot be made, saying how many were made.
 async fn open_all(
     args: &Args,
     plans: Vec<Plan>,
     settings: &Arc<Settings>,
     progress: &ProgressBar,
-) -> Result<(Vec<Connection>, Histogram<u64>), String> {
+    tasks: &mut JoinSet<Outcome>,
+    control: &watch::Receiver<Control>,
+    stats: &Arc<Stats>,
+) -> Result<Histogram<u64>, String> {
     progress.set_length(plans.len() as u64);
     progress.set_message("connecting and joining");
     let (creators, others): (Vec<Plan>, Vec<Plan>) = plans.into_iter().partition(|p| p.create);
     let semaphore = Arc::new(Semaphore::new(args.connect_concurrency));
     let failed = Arc::new(AtomicBool::new(false));
-    let mut connections = Vec::with_capacity(args.connections);
+    let mut made = 0usize;
     let mut times = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
         .map_err(|e| format!("histogram: {e}"))?;
     let mut first_error: Option<String> = None;
@@ -341,7 +377,8 @@ async fn open_all(
             match joined.map_err(|e| format!("a connect task failed: {e}"))? {
                 Some(Ok((connection, took))) => {
                     times.saturating_record(took.as_micros() as u64);
-                    connections.push(connection);
+                    tasks.spawn(connection.run(control.clone(), stats.clone()));
+                    made += 1;
                     progress.inc(1);
                 }
                 Some(Err(e)) => {
@@ -354,12 +391,11 @@ async fn open_all(
         if let Some(error) = first_error.take() {
             return Err(format!(
                 "{error}\n({} of {} connections were made, {errors} failed; stopped there)",
-                connections.len(),
-                args.connections
+                made, args.connections
             ));
         }
     }
-    Ok((connections, times))
+    Ok(times)
 }
 
 fn progress_bar(args: &Args) -> ProgressBar {
@@ -397,5 +433,20 @@ mod tests {
         assert!(by_group.iter().all(|(group, url)| {
             url == if *group == 0 { "ws://a/next-chat" } else { "ws://b/next-chat" }
         }));
+    }
+
+    #[test]
+    fn sources_rotate_evenly_over_every_url() {
+        let sources: Vec<IpAddr> =
+            ["127.0.0.2", "127.0.0.3", "127.0.0.4"].iter().map(|s| s.parse().unwrap()).collect();
+        // Two URLs: connection i goes to URL i % 2; each pair gets 1 in 6.
+        let mut pairs = std::collections::HashMap::new();
+        for index in 0..600 {
+            let source = source_of(index, 2, &sources).expect("a source");
+            *pairs.entry((index % 2, source)).or_insert(0) += 1;
+        }
+        assert_eq!(pairs.len(), 6, "{pairs:?}");
+        assert!(pairs.values().all(|&n| n == 100), "{pairs:?}");
+        assert_eq!(source_of(5, 1, &[]), None);
     }
 }

@@ -89,3 +89,37 @@ async fn a_run_over_tls_with_jwt_counts_add_up() {
     let flags = ["--ca-file", ca.ca_file.to_str().unwrap(), "--jwt-secret-file", secret];
     assert_counts_add_up(&bench(&server, &flags).await);
 }
+
+/// `--ready-file` appears once every connection has joined, and the load
+/// waits for `--go-file`: nothing is sent before it exists.
+#[tokio::test]
+async fn the_load_waits_for_the_go_file() {
+    let server = TestServer::embedded().await;
+    let dir = tempfile::tempdir().expect("a directory");
+    let (ready, go) = (dir.path().join("ready"), dir.path().join("go"));
+    let mut bench = tokio::process::Command::new(binary("next-chat-bench"))
+        .args(["--url", &server.url, "--connections", "4", "--group-size", "2"])
+        .args(["--rate", "20", "--duration", "1", "--warmup", "0", "--quiet", "--json"])
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("--go-file")
+        .arg(&go)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("next-chat-bench runs");
+    next_chat_testkit::eventually(std::time::Duration::from_secs(20), "the ready file", || {
+        let ready = ready.clone();
+        async move { ready.exists() }
+    })
+    .await;
+    // Without the barrier a 1 s load would be over 1.6 s after the joins; held
+    // at it, the bench is still waiting 3 s later.
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(3), bench.wait()).await;
+    assert!(waited.is_err(), "the bench did not wait for --go-file: {waited:?}");
+    std::fs::write(&go, b"").expect("the go file");
+    let output = bench.wait_with_output().await.expect("the bench finishes");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert!(count(&report, "accepted") > 0, "{report}");
+    assert_eq!(count(&report, "lost"), 0, "{report}");
+}
