@@ -207,6 +207,8 @@ struct Parked {
     /// The writer must take the socket back before anything more is written
     /// directly: a direct write left bytes unflushed, or a record was queued.
     writer_needed: bool,
+    /// A direct write left bytes for the writer to flush.
+    unflushed: bool,
     /// When a record last went out directly (for keep-alive).
     last_write: Option<Instant>,
     /// The writer parked after the handshake chose a protocol: its keep-alive
@@ -240,6 +242,7 @@ impl DirectWrite for Direct {
         // so it is ready; if it is not, the writer sorts it out.
         if !matches!(Pin::new(&mut *sink).poll_ready(&mut cx), Poll::Ready(Ok(()))) {
             parked.writer_needed = true;
+            parked.unflushed = true;
             self.wake.notify_one();
             return connection.queue(outgoing);
         }
@@ -259,6 +262,7 @@ impl DirectWrite for Direct {
             Poll::Pending => {
                 parked.last_write = Some(Instant::now());
                 parked.writer_needed = true;
+                parked.unflushed = true;
                 self.wake.notify_one();
                 Ok(())
             }
@@ -290,6 +294,11 @@ enum Woken {
 /// socket back. Returns it, what woke the writer, and whether a direct write
 /// left something to flush.
 async fn idle(sink: WsSink, outbound: &mut Outbound, direct: &Direct) -> (WsSink, Woken, bool) {
+    if !direct.load.has_time() {
+        // Busy: senders queue anyway, so the socket stays here.
+        let woken = outbound.next().await.map_or(Woken::End, Woken::Record);
+        return (sink, woken, false);
+    }
     {
         // Under the lock senders queue under: nothing can be queued between
         // finding the queue empty and parking.
@@ -310,7 +319,8 @@ async fn idle(sink: WsSink, outbound: &mut Outbound, direct: &Direct) -> (WsSink
     };
     let mut parked = lock(&direct.state);
     let sink = parked.sink.take().expect("only the writer takes the parked socket");
-    let unflushed = std::mem::take(&mut parked.writer_needed);
+    parked.writer_needed = false;
+    let unflushed = std::mem::take(&mut parked.unflushed);
     (sink, woken, unflushed)
 }
 
