@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
+use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::{Sink, SinkExt, StreamExt};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -186,8 +186,6 @@ type WsSink = SplitSink<WebSocket, Message>;
 #[derive(Debug)]
 pub(crate) struct Direct {
     state: Mutex<Parked>,
-    /// Wakes the writer when a direct write could not finish at once.
-    wake: Notify,
     /// Under heavy load records are queued even for an idle writer: it then
     /// writes several at once (see `load`).
     load: Arc<Load>,
@@ -195,7 +193,7 @@ pub(crate) struct Direct {
 
 impl Direct {
     pub(crate) fn new(load: Arc<Load>) -> Direct {
-        Direct { state: Mutex::default(), wake: Notify::new(), load }
+        Direct { state: Mutex::default(), load }
     }
 }
 
@@ -243,7 +241,6 @@ impl DirectWrite for Direct {
         if !matches!(Pin::new(&mut *sink).poll_ready(&mut cx), Poll::Ready(Ok(()))) {
             parked.writer_needed = true;
             parked.unflushed = true;
-            self.wake.notify_one();
             return connection.queue(outgoing);
         }
         let Some(message) = message_for(protocol, outgoing.record) else { return Ok(()) };
@@ -263,7 +260,11 @@ impl DirectWrite for Direct {
                 parked.last_write = Some(Instant::now());
                 parked.writer_needed = true;
                 parked.unflushed = true;
-                self.wake.notify_one();
+                // An empty record wakes the writer to flush (a Notify here
+                // would cost every connection its room, idle ones too). The
+                // queue is empty while the socket is parked, so it fits; if
+                // the connection is closing, the writer is woken anyway.
+                let _ = connection.queue(Outgoing { record: Bytes::new(), sequenced: false });
                 Ok(())
             }
             Poll::Ready(Err(error)) => {
@@ -284,9 +285,8 @@ impl DirectWrite for Direct {
 
 /// What woke an idle writer.
 enum Woken {
-    Record(bytes::Bytes),
-    /// Only to finish a direct write.
-    Flush,
+    /// A record to write; an empty one only asks to finish a direct write.
+    Record(Bytes),
     End,
 }
 
@@ -312,11 +312,7 @@ async fn idle(sink: WsSink, outbound: &mut Outbound, direct: &Direct) -> (WsSink
         parked.sink = Some(sink);
         parked.after_handshake = outbound.connection().negotiated_protocol().is_some();
     }
-    let woken = tokio::select! {
-        biased;
-        () = direct.wake.notified() => Woken::Flush,
-        record = outbound.next() => record.map_or(Woken::End, Woken::Record),
-    };
+    let woken = outbound.next().await.map_or(Woken::End, Woken::Record);
     let mut parked = lock(&direct.state);
     let sink = parked.sink.take().expect("only the writer takes the parked socket");
     parked.writer_needed = false;
@@ -350,8 +346,8 @@ async fn write(mut sink: WsSink, mut outbound: Outbound, direct: Arc<Direct>, _l
             }
         }
         let record = match woken {
+            Woken::Record(record) if record.is_empty() => continue,
             Woken::Record(record) => record,
-            Woken::Flush => continue,
             Woken::End => break,
         };
         let mut bytes = record.len();
@@ -359,8 +355,10 @@ async fn write(mut sink: WsSink, mut outbound: Outbound, direct: Arc<Direct>, _l
         while bytes < MAX_WRITE_BATCH_BYTES
             && let Some(record) = outbound.try_next()
         {
-            bytes += record.len();
-            batch.extend(ws_message(&outbound, record));
+            if !record.is_empty() {
+                bytes += record.len();
+                batch.extend(ws_message(&outbound, record));
+            }
         }
         let send_batch = async {
             for message in batch.drain(..) {
