@@ -106,6 +106,11 @@ pub struct Settings {
     #[arg(long, env = "NEXT_CHAT_SAVE_TIMEOUT_MS", global = true, value_name = "MS")]
     pub save_timeout_ms: Option<u64>,
 
+    /// At most one history write per this many ms under steady load; 0 writes
+    /// each message at once [default: 5]
+    #[arg(long, env = "NEXT_CHAT_HISTORY_BATCH_MS", global = true, value_name = "MS")]
+    pub history_batch_ms: Option<u64>,
+
     /// JoinGroup creates a group that does not exist [default: true]
     #[arg(long, env = "NEXT_CHAT_AUTO_CREATE_GROUPS", global = true, value_name = "BOOL")]
     pub auto_create_groups: Option<bool>,
@@ -368,6 +373,7 @@ impl Settings {
                 max_members,
                 history_on_join,
                 save_timeout_ms,
+                history_batch_ms,
                 auto_create_groups,
                 require_join_to_send,
                 web_page,
@@ -818,6 +824,13 @@ impl Config {
                 Some(ms) => ms,
                 None => 500,
             }),
+            batch_interval: Duration::from_millis(match s.history_batch_ms {
+                Some(ms) if ms > 1000 => {
+                    return Err(bad("history_batch_ms", "must be at most 1000"));
+                }
+                Some(ms) => ms,
+                None => 5,
+            }),
             ..HistoryWriterConfig::default()
         };
         let keep_alive = seconds("keep_alive_secs", s.keep_alive_secs, 15)?;
@@ -993,6 +1006,7 @@ mod tests {
         assert_eq!(config.chat.max_members, 20);
         assert_eq!(config.chat.history_on_join, 100);
         assert_eq!(config.history.save_timeout, Duration::from_millis(500));
+        assert_eq!(config.history.batch_interval, Duration::from_millis(5));
         assert_eq!(config.history.unsaved_max_bytes, 256 * 1024 * 1024);
         assert_eq!(config.max_message_size, 131072);
         assert!(config.migrate);
@@ -1116,6 +1130,11 @@ mod tests {
         assert!(small.to_string().contains("at least 1048576"), "{small}");
         let set = parse(&["--history-unsaved-max-bytes", "2097152"]).unwrap();
         assert_eq!(set.history.unsaved_max_bytes, 2 * 1024 * 1024);
+        let slow = parse(&["--history-batch-ms", "1001"]).unwrap_err();
+        assert_eq!(slow.key, "history_batch_ms");
+        assert!(slow.to_string().contains("at most 1000"), "{slow}");
+        let each = parse(&["--history-batch-ms", "0"]).unwrap();
+        assert_eq!(each.history.batch_interval, Duration::ZERO);
     }
 
     #[test]

@@ -451,3 +451,111 @@ async fn an_expiring_credential_closes_the_connection_with_allow_reconnect() {
     );
     assert_eq!(ws_next(&mut ws).await, None, "then the socket closes");
 }
+
+/// The argument `Seq` invocations carry: their sequence number.
+fn sequence_numbers(bytes: &[u8]) -> Vec<i64> {
+    decode_all(Protocol::Json, bytes)
+        .into_iter()
+        .filter_map(|message| match message {
+            HubMessage::Invocation { target, arguments, .. } if target == "Seq" => {
+                match arguments.first() {
+                    Some(Value::Int(n)) => Some(*n),
+                    other => panic!("Seq without a number: {other:?}"),
+                }
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until the hub knows the connection: an invocation's completion
+/// follows `connected`.
+async fn connection_of(test: &TestServer, ws: &mut Ws) -> next_chat_signalr::server::Connection {
+    ws_send_text(
+        ws,
+        "{\"type\":1,\"invocationId\":\"c\",\"target\":\"Void\",\"arguments\":[]}\u{1e}",
+    )
+    .await;
+    assert_eq!(ws_next(ws).await.as_deref(), Some(&b"{\"type\":3,\"invocationId\":\"c\"}\x1e"[..]));
+    let ids = test.hub.connection_ids();
+    assert_eq!(ids.len(), 1);
+    test.hub.connection(&ids[0]).expect("connected")
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_gets_a_prefix_in_order_then_is_closed_as_slow() {
+    // A record sent while the writer is idle goes straight to the socket; once
+    // the socket's buffers are full, records queue behind what it has not
+    // written, and the queue's bound closes the connection.
+    let mut test = spawn(HubConfig { outbound_queue_capacity: 8, ..HubConfig::default() }).await;
+    let mut ws = ws_json(test.addr, "alice").await;
+    let connection = connection_of(&test, &mut ws).await;
+    let payload = Value::Str("x".repeat(16 * 1024));
+    let mut sent = 0;
+    let refused = loop {
+        // No await in this loop, and this test's runtime has one thread: the
+        // writer task cannot run, so only direct writes get past 8 records.
+        match connection.send_invocation("Seq", vec![Value::Int(sent), payload.clone()]) {
+            Ok(()) => sent += 1,
+            Err(error) => break error,
+        }
+        assert!(sent < 100_000, "the socket's buffers and the queue are bounded");
+    };
+    assert_eq!(refused, next_chat_signalr::server::SendError::QueueFull);
+    assert!(sent > 8, "records went straight to the socket, not only into the queue of 8");
+    let mut received = Vec::new();
+    while let Some(bytes) = ws_next(&mut ws).await {
+        received.extend(sequence_numbers(&bytes));
+    }
+    let expected: Vec<i64> = (0..received.len() as i64).collect();
+    assert_eq!(received, expected, "a prefix of what was sent, in order, nothing skipped");
+    assert!(!received.is_empty() && received.len() as i64 <= sent);
+    assert_eq!(test.next_end().await.1, "slow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_writes_and_queued_records_keep_their_order_with_a_slow_reader() {
+    // The sender runs ahead of the reader by up to WINDOW records, so the
+    // socket's buffers fill and drain again and again: records go out directly,
+    // queue behind an unfinished write, and go out directly again once the
+    // writer has caught up. Whatever the path, they arrive in order.
+    const TOTAL: i64 = 3000;
+    const WINDOW: i64 = 300;
+    let test = spawn(HubConfig::default()).await;
+    let mut ws = ws_json(test.addr, "alice").await;
+    let connection = connection_of(&test, &mut ws).await;
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let progress = std::sync::Arc::new(tokio::sync::Notify::new());
+    let sender = {
+        let (read, progress) = (read.clone(), progress.clone());
+        tokio::spawn(async move {
+            let payload = Value::Str("y".repeat(8 * 1024));
+            for n in 0..TOTAL {
+                while n - read.load(std::sync::atomic::Ordering::Acquire) >= WINDOW {
+                    let notified = progress.notified();
+                    if n - read.load(std::sync::atomic::Ordering::Acquire) < WINDOW {
+                        break;
+                    }
+                    notified.await;
+                }
+                connection
+                    .send_invocation("Seq", vec![Value::Int(n), payload.clone()])
+                    .expect("the window keeps the queue from filling");
+                if n % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let mut next = 0;
+    while next < TOTAL {
+        let bytes = ws_next(&mut ws).await.expect("the connection stays open");
+        for n in sequence_numbers(&bytes) {
+            assert_eq!(n, next, "records arrive in the order they were sent");
+            next += 1;
+        }
+        read.store(next, std::sync::atomic::Ordering::Release);
+        progress.notify_one();
+    }
+    tokio::time::timeout(WAIT, sender).await.expect("the sender finishes").expect("no panic");
+}

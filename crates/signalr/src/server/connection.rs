@@ -98,6 +98,27 @@ struct Shared {
     /// How stateful reconnect ended the connection, if it did (see [`ReconnectEnd`]).
     reconnect_end: AtomicU8,
     close: watch::Sender<Option<CloseRequest>>,
+    /// The transport's socket, for writing records straight to it while its
+    /// writer is idle (plain WebSockets); `None`: every record is queued.
+    direct: Option<Arc<dyn DirectWrite>>,
+}
+
+/// A transport that lets a sender write a record to the socket itself while
+/// the transport's writer is idle, instead of queueing it and waking the writer
+/// task (a cross-thread wake-up and a task poll per record).
+///
+/// **Order:** an implementation writes directly only when nothing is queued and
+/// its writer holds nothing unwritten, and decides that and queues (through
+/// [`Connection::queue`]) under one lock, so a record written directly never
+/// overtakes one queued before it. It never waits: a write the socket cannot
+/// take at once is finished by the writer task.
+pub(crate) trait DirectWrite: Send + Sync + std::fmt::Debug + 'static {
+    /// Writes `outgoing` now, or queues it with `connection.queue`.
+    fn write_or_queue(&self, connection: &Connection, outgoing: Outgoing) -> Result<(), SendError>;
+
+    /// When a record last went straight to the socket, for keep-alive: a Ping
+    /// follows the last write of either kind by a whole interval.
+    fn last_write(&self) -> Option<Instant>;
 }
 
 /// How stateful reconnect ended a connection, for the hub's metrics.
@@ -135,6 +156,19 @@ impl Connection {
         config: &HubConfig,
         keep_alive: Option<Duration>,
     ) -> (Connection, Outbound) {
+        Self::with_direct(id, user, transport, config, keep_alive, None)
+    }
+
+    /// As [`Connection::new`], for a transport whose socket senders may write to
+    /// directly while its writer is idle (see [`DirectWrite`]).
+    pub(crate) fn with_direct(
+        id: String,
+        user: String,
+        transport: Transport,
+        config: &HubConfig,
+        keep_alive: Option<Duration>,
+        direct: Option<Arc<dyn DirectWrite>>,
+    ) -> (Connection, Outbound) {
         let (tx, rx) = mpsc::channel(config.outbound_queue_capacity.max(1));
         let (close, close_rx) = watch::channel(None);
         let connection = Connection {
@@ -150,6 +184,7 @@ impl Connection {
                 resumable: AtomicBool::new(false),
                 reconnect_end: AtomicU8::new(0),
                 close,
+                direct,
             }),
         };
         let outbound = Outbound {
@@ -225,6 +260,14 @@ impl Connection {
     }
 
     fn enqueue(&self, outgoing: Outgoing) -> Result<(), SendError> {
+        match &self.shared.direct {
+            Some(direct) => direct.write_or_queue(self, outgoing),
+            None => self.queue(outgoing),
+        }
+    }
+
+    /// Puts a record on the outbound queue for the transport's writer.
+    pub(crate) fn queue(&self, outgoing: Outgoing) -> Result<(), SendError> {
         let size = outgoing.record.len();
         let before = self.shared.queued_bytes.fetch_add(size, Ordering::Relaxed);
         if before > 0 && before + size > self.shared.max_queued_bytes {
@@ -438,6 +481,11 @@ impl Outbound {
                 () = fired(timer) => {
                     // The timer may have been armed before later writes: ping only
                     // if nothing went out for a whole interval, else wait the rest.
+                    if let Some(direct) = &self.connection.shared.direct
+                        && let Some(at) = direct.last_write()
+                    {
+                        self.last_write = self.last_write.max(at);
+                    }
                     match self.ping_deadline() {
                         Some(due) if due <= Instant::now() => {
                             if let Some(protocol) = self.connection.negotiated_protocol() {

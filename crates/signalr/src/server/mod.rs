@@ -11,6 +11,7 @@
 
 mod connection;
 mod http;
+mod load;
 mod long_polling;
 mod registry;
 mod session;
@@ -260,6 +261,8 @@ pub(crate) struct ServerState<H: Hub> {
     pub(crate) hub: Arc<H>,
     pub(crate) config: HubConfig,
     pub(crate) registry: Arc<Registry>,
+    /// Whether the runtime has time for direct socket writes (see `load`).
+    pub(crate) load: Arc<load::Load>,
 }
 
 /// Serves one hub over HTTP. Cheap to keep; the router holds the shared state.
@@ -277,7 +280,8 @@ impl<H: Hub> HubServer<H> {
             max_pending_negotiations_per_user: config.max_pending_negotiations_per_user,
         };
         let registry = Arc::new(Registry::new(limits));
-        Self { state: Arc::new(ServerState { hub, config, registry }) }
+        let load = load::Load::start();
+        Self { state: Arc::new(ServerState { hub, config, registry, load }) }
     }
 
     /// Routes `POST {path}/negotiate` and `GET`/`POST`/`DELETE {path}`.

@@ -86,14 +86,15 @@ pub(crate) async fn run<H: Hub>(
     // arm (it doubled an idle connection's memory).
     let mut session =
         pin!(run_inner(server, connection.clone(), inbound, liveness, reconnect).instrument(span));
-    let expiry = async {
-        match expires_at {
-            Some(at) => {
-                tokio::time::sleep(at.duration_since(SystemTime::now()).unwrap_or_default()).await
-            }
-            None => std::future::pending().await,
-        }
+    // Without an expiry the session is awaited alone: a `select!` would poll
+    // a never-ready branch (and draw a random number) on every wake-up.
+    let Some(expires_at) = expires_at else {
+        session.await;
+        drop(live);
+        return;
     };
+    let expiry =
+        tokio::time::sleep(expires_at.duration_since(SystemTime::now()).unwrap_or_default());
     tokio::select! {
         () = session.as_mut() => {}
         () = expiry => {
