@@ -39,7 +39,7 @@ metric() { # metric PORT NAME
     curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'
 }
 
-printf '%-7s %-9s %-12s %-14s %-16s %-10s %s\n' shards instance entries "entries/accepted" "bus bytes/s" "shards" "p99 ms"
+printf '%-7s %-9s %-12s %-14s %-16s %-10s %s\n' shards instance entries "entries/accepted" "bus bytes/s" "shards read" "p99 ms"
 for shards in $SHARDS; do
     run="bus-$shards-$$"
     prefix="$run:"
@@ -60,7 +60,15 @@ for shards in $SHARDS; do
     done
     url_list=$(IFS=,; echo "${urls[*]}")
     "$BIN/next-chat-bench" --quiet --json --url "$url_list" --url-per-group \
-        -c "$CONNECTIONS" -g 20 -r "$RATE" -l 200 -d "$DURATION" -w 3 >"$OUT/$run.json" || true
+        -c "$CONNECTIONS" -g 20 -r "$RATE" -l 200 -d "$DURATION" -w 3 >"$OUT/$run.json" &
+    bench=$!
+    # Which shards each instance reads, mid-run (all connections joined).
+    sleep $((DURATION / 2 + 3))
+    read_now=()
+    for i in $(seq 0 $((INSTANCES - 1))); do
+        read_now+=("$(metric $((5200 + i)) nextchat_bus_shards_read)")
+    done
+    wait "$bench" || true
     sent=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["load"]["accepted_total"])' "$OUT/$run.json")
     p99=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["load"]["latency_ms"]["p99"])' "$OUT/$run.json")
     seconds=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["config"]["duration_s"] + r["config"]["warmup_s"])' "$OUT/$run.json")
@@ -68,9 +76,8 @@ for shards in $SHARDS; do
         port=$((5200 + i))
         entries=$(metric "$port" nextchat_bus_entries_received_total)
         bytes=$(metric "$port" nextchat_bus_bytes_received_total)
-        read_now=$(metric "$port" nextchat_bus_shards_read)
         python3 -c 'import sys; s,i,e,sent,b,sec,sh,p=sys.argv[1:]; print(f"{s:<7} {i:<9} {e:<12} {int(e)/max(int(sent),1):<14.2f} {float(b)/float(sec):<16.0f} {sh:<10} {p}")' \
-            "$shards" "$i" "$entries" "$sent" "$bytes" "$seconds" "$read_now" "$p99"
+            "$shards" "$i" "$entries" "$sent" "$bytes" "$seconds" "${read_now[$i]}" "$p99"
     done
     cleanup
     redis-cli --scan --pattern "$prefix*" | xargs -r -d '\n' redis-cli del >/dev/null
