@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Static checks of the delivery files: the Dockerfile, the Helm chart and the
 CI workflows. No Docker engine, Kubernetes or helm binary is needed; what can
-only be verified against a cluster is listed in README.md (Deploying to Kubernetes).
+only be verified against a cluster is listed in docs/kubernetes.md.
 
 Run from anywhere (the repository's test command installs the dependencies,
 tests/requirements.txt, into .venv):
@@ -126,20 +126,18 @@ def check_chart_metadata() -> None:
     for required in ["values.yaml", "README.md", "templates/NOTES.txt"]:
         if not (CHART / required).exists():
             problems.append(f"{required} is missing")
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = readme.find("\n## Deploying to Kubernetes\n")
-    if start < 0:
-        problems.append("README.md has no '## Deploying to Kubernetes' section")
-    end = readme.find("\n## ", start + 1)
-    guide = readme[start:end if end > 0 else len(readme)]
+    guide_path = ROOT / "docs" / "kubernetes.md"
+    guide = guide_path.read_text(encoding="utf-8") if guide_path.exists() else ""
+    if not guide:
+        problems.append("docs/kubernetes.md (the deploying guide) is missing")
     for section in ("Prerequisites", "Install", "Upgrade", "Test", "Scale replicas",
                     "Use an external Redis or MySQL", "Sticky sessions"):
-        if f"### {section}\n" not in guide:
-            problems.append(f"README.md's deploying section has no '### {section}' section")
+        if f"\n## {section}\n" not in guide:
+            problems.append(f"docs/kubernetes.md has no '## {section}' section")
     for word in ("kubectl", "helm install", "helm upgrade", "helm test", "replicaCount",
                  "externalRedis.url", "externalDatabase.url", "affinity"):
         if word not in guide:
-            problems.append(f"README.md's deploying section does not mention {word}")
+            problems.append(f"docs/kubernetes.md does not mention {word}")
     fail_if(problems)
 
 
@@ -434,7 +432,7 @@ API_VERSIONS = {
 }
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
-# The value combinations the READMEs document, and the ones the chart must refuse
+# The value combinations the docs document, and the ones the chart must refuse
 # (the pull-request workflow renders the same ones with the real helm).
 RENDER_CASES: dict[str, dict] = {
     "defaults": {},
