@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15: history at scale. For each backend, two databases with the same
+# History at scale (docs/performance/at-scale.md). For each backend, two databases with the same
 # NGROUPS groups:
 #
 #   small  history only in the first PROBE_GROUPS groups, MESSAGES/NGROUPS each

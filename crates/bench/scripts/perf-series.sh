@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurement series of the README's Performance section: S1-S5, three runs
+# The measurement series of docs/performance (the scenarios in docs/performance/README.md): S1-S5, three runs
 # each, every run against a freshly started server (fresh SQLite file, or a
 # fresh MySQL database and Redis key prefix), reports as JSON in $OUT.
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15: 100,000 connections on one machine. Each run starts fresh embedded
+# 100,000 connections on one machine (docs/performance/at-scale.md). Each run starts fresh embedded
 # servers and has next-chat-bench hold C joined connections in groups of 20:
 #
 #   idle  C idle connections for 10 s: server RSS per connection, the bench's

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Summarizes the JSON reports of perf-series.sh: per scenario (and rate), each
-run's figures and their median, as Markdown tables for docs/PERFORMANCE-RUNS.md."""
+run's figures and their median, as Markdown tables for docs/performance/runs.md."""
 
 import json
 import re
