@@ -6,8 +6,10 @@
 //! its subscriptions (`LocalFanout::subscribe_at_most`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::domain::UserId;
 
@@ -94,7 +96,7 @@ impl UserLimits {
     }
 
     fn lock(&self) -> MutexGuard<'_, UserState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     /// Takes a token for `what`, or returns how long until one is available.
@@ -130,7 +132,7 @@ impl Users {
 
     /// The user's limits, shared with its other connections here; pair with `disconnected`.
     pub fn connected(&self, user: &UserId) -> Arc<UserLimits> {
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut users = self.users.lock();
         let (connections, limits) = users.entry(user.clone()).or_insert_with(|| {
             (0, Arc::new(UserLimits::new(Instant::now(), &self.messages, &self.creations)))
         });
@@ -140,7 +142,7 @@ impl Users {
 
     /// Forgets the user when its last connection here is gone.
     pub fn disconnected(&self, user: &UserId) {
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut users = self.users.lock();
         if let Some((connections, _)) = users.get_mut(user) {
             *connections -= 1;
             if *connections == 0 {
@@ -151,7 +153,7 @@ impl Users {
 
     /// Users with a connection here (for tests).
     pub fn len(&self) -> usize {
-        self.users.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.users.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
