@@ -249,13 +249,11 @@ impl ChatService {
             Limited::Messages => (self.users.messages(), "messages per second"),
             Limited::GroupCreations => (self.users.creations(), "groups created per minute"),
         };
-        session.limits.take(what, rate, Instant::now()).map_err(|retry_after| {
-            ChatError::RateLimited {
-                what: description,
-                limit: rate.per_period,
-                user: session.user.clone(),
-                retry_after,
-            }
+        session.limits.take(what).map_err(|retry_after| ChatError::RateLimited {
+            what: description,
+            limit: rate.per_period,
+            user: session.user.clone(),
+            retry_after,
         })
     }
 
