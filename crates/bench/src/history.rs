@@ -20,6 +20,7 @@
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use backon::{ConstantBuilder, Retryable};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use next_chat_signalr::{HubMessage, Outcome, Protocol, Value};
@@ -280,21 +281,14 @@ async fn load_sqlite(args: &LoadArgs, plan: &MessagePlan, names: &[String]) -> R
     // closed, but on a loaded machine SQLite's worker threads may release the
     // file late (a CI run failed once with "database is locked" after the
     // 5 s busy timeout): try for up to half a minute more.
-    let mut attempts = 0;
-    let mut db = loop {
-        match SqliteConnection::connect_with(&options).await {
-            Ok(db) => break db,
-            // SQLITE_BUSY is code 5.
-            Err(e)
-                if attempts < 6
-                    && e.as_database_error().and_then(|d| d.code()).as_deref() == Some("5") =>
-            {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(fail("cannot open", &e)),
-        }
-    };
+    let busy_retries =
+        ConstantBuilder::new().with_delay(Duration::from_millis(500)).with_max_times(6);
+    let mut db = (|| SqliteConnection::connect_with(&options))
+        .retry(busy_retries)
+        // SQLITE_BUSY is code 5.
+        .when(|e| e.as_database_error().and_then(|d| d.code()).as_deref() == Some("5"))
+        .await
+        .map_err(|e| fail("cannot open", &e))?;
     let mut tx = db.begin().await.map_err(|e| fail("begin", &e))?;
     for chunk in names.chunks(GROUPS_PER_STATEMENT) {
         let mut insert: QueryBuilder<Sqlite> =

@@ -4,13 +4,14 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
 use next_chat_signalr::protocol::{Outcome, Protocol as WireProtocol};
 use next_chat_signalr::value::Value;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -227,8 +228,7 @@ impl Client {
     /// (with no error) is the last event. Returns when the connection is closed.
     pub async fn close(self) {
         let _ = self.inner.shutdown.send(true);
-        let supervisor =
-            self.inner.supervisor.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let supervisor = self.inner.supervisor.lock().take();
         if let Some(supervisor) = supervisor {
             let _ = supervisor.await;
         }
@@ -247,12 +247,11 @@ impl Client {
 
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
-        // No code panics while holding it, so a poisoned lock still holds consistent state.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     fn delivery(&self) -> MutexGuard<'_, Delivery> {
-        self.delivery.lock().unwrap_or_else(PoisonError::into_inner)
+        self.delivery.lock()
     }
 
     fn handle(&self) -> Result<ConnectionHandle, ClientError> {
@@ -381,15 +380,16 @@ async fn reconnect(
     shutdown: &mut watch::Receiver<bool>,
     mut last_error: Option<String>,
 ) -> Option<JoinHandle<ConnectionEnd>> {
+    let mut delays = policy.delays();
     let mut attempt = 0u32;
     loop {
-        if policy.max_attempts.is_some_and(|max| attempt >= max) {
+        let Some(delay) = delays.next() else {
             shared.finish(last_error);
             return None;
-        }
+        };
         let connected = tokio::select! {
             connected = async {
-                tokio::time::sleep(policy.delay(attempt)).await;
+                tokio::time::sleep(delay).await;
                 transport::open(&shared.options).await
             } => connected,
             _ = shutdown.changed() => {

@@ -6,8 +6,16 @@
 //! its subscriptions (`LocalFanout::subscribe_at_most`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+use parking_lot::Mutex;
 
 use crate::domain::UserId;
 
@@ -34,46 +42,29 @@ impl Rate {
     }
 }
 
-/// A token bucket that starts full, kept as one instant (the GCRA form): no
-/// floating point, and no timer to refill it.
-#[derive(Debug)]
-struct TokenBucket {
-    /// The moment the bucket would be empty: a token is available while
-    /// `now >= empty_at + interval`; full means `empty_at <= now - burst * interval`.
-    empty_at: Instant,
+/// A token bucket (`governor`'s generic cell rate algorithm: one atomic
+/// instant, no lock, no timer to refill it) that starts full.
+type Bucket<C = MonotonicClock> =
+    RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+fn bucket<C: Clock>(rate: &Rate, clock: C) -> Bucket<C> {
+    let period = rate.interval().max(Duration::from_nanos(1));
+    let quota = Quota::with_period(period).expect("a non-zero period");
+    // A burst of 0 would refuse every call; the settings require at least 1.
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct_with_clock(quota.allow_burst(burst), clock)
 }
 
-impl TokenBucket {
-    fn full(now: Instant, rate: &Rate) -> TokenBucket {
-        let credit = rate.interval() * rate.burst;
-        TokenBucket { empty_at: now.checked_sub(credit).unwrap_or(now) }
-    }
-
-    /// Takes one token, or says how long until one is available.
-    fn take(&mut self, now: Instant, rate: &Rate) -> Result<(), Duration> {
-        let interval = rate.interval();
-        let floor = now.checked_sub(interval * rate.burst).unwrap_or(self.empty_at);
-        let start = self.empty_at.max(floor);
-        let next = start + interval;
-        if next <= now {
-            self.empty_at = next;
-            Ok(())
-        } else {
-            Err(next - now)
-        }
-    }
+/// Takes one token, or says how long until one is available.
+fn take<C: Clock>(bucket: &Bucket<C>, clock: &C) -> Result<(), Duration> {
+    bucket.check().map_err(|not_until| not_until.wait_time_from(clock.now()))
 }
 
-/// One user's buckets on this instance.
+/// One user's buckets on this instance, shared by its connections here.
 #[derive(Debug)]
 pub struct UserLimits {
-    state: Mutex<UserState>,
-}
-
-#[derive(Debug)]
-struct UserState {
-    messages: TokenBucket,
-    creations: TokenBucket,
+    messages: Bucket,
+    creations: Bucket,
 }
 
 /// Which rate a refused call exceeded.
@@ -84,25 +75,18 @@ pub enum Limited {
 }
 
 impl UserLimits {
-    fn new(now: Instant, messages: &Rate, creations: &Rate) -> UserLimits {
+    fn new(messages: &Rate, creations: &Rate) -> UserLimits {
         UserLimits {
-            state: Mutex::new(UserState {
-                messages: TokenBucket::full(now, messages),
-                creations: TokenBucket::full(now, creations),
-            }),
+            messages: bucket(messages, MonotonicClock),
+            creations: bucket(creations, MonotonicClock),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, UserState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Takes a token for `what`, or returns how long until one is available.
-    pub fn take(&self, what: Limited, rate: &Rate, now: Instant) -> Result<(), Duration> {
-        let mut state = self.lock();
+    pub fn take(&self, what: Limited) -> Result<(), Duration> {
         match what {
-            Limited::Messages => state.messages.take(now, rate),
-            Limited::GroupCreations => state.creations.take(now, rate),
+            Limited::Messages => take(&self.messages, &MonotonicClock),
+            Limited::GroupCreations => take(&self.creations, &MonotonicClock),
         }
     }
 }
@@ -130,17 +114,17 @@ impl Users {
 
     /// The user's limits, shared with its other connections here; pair with `disconnected`.
     pub fn connected(&self, user: &UserId) -> Arc<UserLimits> {
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        let (connections, limits) = users.entry(user.clone()).or_insert_with(|| {
-            (0, Arc::new(UserLimits::new(Instant::now(), &self.messages, &self.creations)))
-        });
+        let mut users = self.users.lock();
+        let (connections, limits) = users
+            .entry(user.clone())
+            .or_insert_with(|| (0, Arc::new(UserLimits::new(&self.messages, &self.creations))));
         *connections += 1;
         Arc::clone(limits)
     }
 
     /// Forgets the user when its last connection here is gone.
     pub fn disconnected(&self, user: &UserId) {
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut users = self.users.lock();
         if let Some((connections, _)) = users.get_mut(user) {
             *connections -= 1;
             if *connections == 0 {
@@ -151,7 +135,7 @@ impl Users {
 
     /// Users with a connection here (for tests).
     pub fn len(&self) -> usize {
-        self.users.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.users.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -161,37 +145,52 @@ impl Users {
 
 #[cfg(test)]
 mod tests {
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
 
     #[test]
     fn a_bucket_allows_the_burst_then_the_rate() {
         let rate = Rate::per_second(10, 5);
-        let start = Instant::now();
-        let mut bucket = TokenBucket::full(start, &rate);
+        let clock = FakeRelativeClock::default();
+        let bucket = bucket(&rate, clock.clone());
         for _ in 0..5 {
-            assert!(bucket.take(start, &rate).is_ok());
+            assert!(take(&bucket, &clock).is_ok());
         }
-        let wait = bucket.take(start, &rate).unwrap_err();
-        assert_eq!(wait, Duration::from_millis(100));
-        assert!(bucket.take(start + Duration::from_millis(99), &rate).is_err());
-        assert!(bucket.take(start + Duration::from_millis(100), &rate).is_ok());
+        assert_eq!(take(&bucket, &clock), Err(Duration::from_millis(100)));
+        clock.advance(Duration::from_millis(99));
+        assert!(take(&bucket, &clock).is_err());
+        clock.advance(Duration::from_millis(1));
+        assert!(take(&bucket, &clock).is_ok());
         // A long pause saves up no more than the burst.
-        let later = start + Duration::from_secs(60);
+        clock.advance(Duration::from_secs(60));
         for _ in 0..5 {
-            assert!(bucket.take(later, &rate).is_ok());
+            assert!(take(&bucket, &clock).is_ok());
         }
-        assert!(bucket.take(later, &rate).is_err());
+        assert!(take(&bucket, &clock).is_err());
     }
 
     #[test]
     fn a_steady_sender_at_the_rate_is_never_refused() {
         let rate = Rate::per_second(1000, 1000);
-        let start = Instant::now();
-        let mut bucket = TokenBucket::full(start, &rate);
+        let clock = FakeRelativeClock::default();
+        let bucket = bucket(&rate, clock.clone());
         for i in 0..10_000u32 {
-            let now = start + Duration::from_millis(u64::from(i));
-            assert!(bucket.take(now, &rate).is_ok(), "message {i}");
+            assert!(take(&bucket, &clock).is_ok(), "message {i}");
+            clock.advance(Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn a_users_connections_share_its_buckets() {
+        let users = Users::new(Rate::per_minute(1, 2), Rate::per_minute(1, 1));
+        let ann = UserId::from_trusted("ann");
+        let (first, second) = (users.connected(&ann), users.connected(&ann));
+        assert!(first.take(Limited::Messages).is_ok());
+        assert!(second.take(Limited::Messages).is_ok());
+        assert!(first.take(Limited::Messages).is_err(), "the burst of 2 is the user's");
+        assert!(second.take(Limited::GroupCreations).is_ok());
+        assert!(first.take(Limited::GroupCreations).is_err());
     }
 
     #[test]

@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tracing::{instrument, warn};
 
 use crate::backend::{Membership, Messaging};
@@ -96,16 +97,16 @@ impl Session {
     }
 
     fn has_joined(&self, group: &GroupId) -> bool {
-        self.joined.lock().unwrap_or_else(|p| p.into_inner()).contains(group)
+        self.joined.lock().contains(group)
     }
 
     fn set_joined(&self, group: &GroupId, joined: bool) -> bool {
-        let mut groups = self.joined.lock().unwrap_or_else(|p| p.into_inner());
+        let mut groups = self.joined.lock();
         if joined { groups.insert(group.clone()) } else { groups.remove(group) }
     }
 
     fn joined_count(&self) -> usize {
-        self.joined.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.joined.lock().len()
     }
 }
 
@@ -222,8 +223,7 @@ impl ChatService {
 
     /// Leaves every group the connection joined. Called once, on disconnect.
     pub async fn close_session(&self, session: &Session) {
-        let groups: Vec<GroupId> =
-            session.joined.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let groups: Vec<GroupId> = session.joined.lock().drain().collect();
         for group in groups {
             self.unsubscribe(&group, session);
             if let Err(error) =
@@ -249,13 +249,11 @@ impl ChatService {
             Limited::Messages => (self.users.messages(), "messages per second"),
             Limited::GroupCreations => (self.users.creations(), "groups created per minute"),
         };
-        session.limits.take(what, rate, Instant::now()).map_err(|retry_after| {
-            ChatError::RateLimited {
-                what: description,
-                limit: rate.per_period,
-                user: session.user.clone(),
-                retry_after,
-            }
+        session.limits.take(what).map_err(|retry_after| ChatError::RateLimited {
+            what: description,
+            limit: rate.per_period,
+            user: session.user.clone(),
+            retry_after,
         })
     }
 

@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use next_chat_core::{
     BackendError, ChatService, HistoryObserver, HistoryStore, HistoryWriter, LocalFanout,
     Membership, Messaging,
@@ -67,16 +68,23 @@ async fn connect_with_retry(
     observer: &Arc<dyn HistoryObserver>,
 ) -> anyhow::Result<Backends> {
     let deadline = Instant::now() + config.startup_timeout;
-    let mut delay = Duration::from_millis(250);
+    let mut delays = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .without_max_times()
+        .build();
     loop {
-        match Backends::connect(config, fanout, observer).await {
+        let error = match Backends::connect(config, fanout, observer).await {
             Ok(backends) => return Ok(backends),
-            Err(error) if Instant::now() + delay < deadline => {
+            Err(error) => error,
+        };
+        match delays.next() {
+            Some(delay) if Instant::now() + delay < deadline => {
                 warn!(error = format!("{error:#}"), retry_in = ?delay, "backends not reachable yet");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(error) => return Err(error),
+            _ => return Err(error),
         }
     }
 }

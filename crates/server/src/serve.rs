@@ -194,7 +194,7 @@ fn is_connection_error(error: &io::Error) -> bool {
 struct Refusals {
     response: bytes::Bytes,
     at_once: Arc<AtomicUsize>,
-    last_warning: std::sync::Mutex<Option<Instant>>,
+    last_warning: parking_lot::Mutex<Option<Instant>>,
     cap: usize,
 }
 
@@ -210,7 +210,7 @@ impl Refusals {
         Self {
             response: response.into(),
             at_once: Arc::new(AtomicUsize::new(0)),
-            last_warning: std::sync::Mutex::new(None),
+            last_warning: parking_lot::Mutex::new(None),
             cap,
         }
     }
@@ -231,7 +231,7 @@ impl Refusals {
     }
 
     fn warn_now_and_then(&self) {
-        let mut last = self.last_warning.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self.last_warning.lock();
         if last.is_none_or(|at| at.elapsed() >= CAP_WARNING_INTERVAL) {
             *last = Some(Instant::now());
             warn!(

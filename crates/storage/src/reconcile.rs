@@ -13,7 +13,7 @@
 //! the next round retries.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::Script;
@@ -21,6 +21,7 @@ use ::redis::streams::StreamRangeReply;
 use async_trait::async_trait;
 use next_chat_core::history::append_or_set_aside;
 use next_chat_core::{BackendError, GroupId, HistoryObserver, HistoryStore, Message, MessageId};
+use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -130,7 +131,7 @@ impl StreamHistoryReconciler {
 
     /// Stops the background rounds.
     pub fn shutdown(&self) {
-        let task = self.task.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+        let task = self.task.lock().take();
         if let Some(task) = task {
             task.abort();
         }

@@ -13,6 +13,7 @@ mod connection;
 mod http;
 mod load;
 mod long_polling;
+mod rate;
 mod registry;
 mod session;
 mod sse;

@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::connection::{CloseRequest, Connection};
 use super::long_polling::PollState;
+use super::rate::RateLimit;
 use super::registry::LiveGuard;
 use super::stateful::Reconnect;
 use super::{Hub, HubConfig, Invoked, ServerState};
@@ -532,7 +533,7 @@ impl<'a> Invocations<'a> {
             // while a client keeps several queued).
             self.queued = VecDeque::new();
         }
-        match self.rate.acquire(config, Instant::now()) {
+        match self.rate.acquire(config) {
             Ok(()) => {
                 self.starting = Some(start_call(hub, session, call));
                 None
@@ -574,30 +575,6 @@ impl<'a> Invocations<'a> {
     /// The next completion of the calls finishing, `None` when none is left.
     async fn next_finished(&mut self) -> Option<Completed> {
         self.finishing.next().await
-    }
-}
-
-/// The per-connection invocation rate limit, a token bucket kept as one instant
-/// (the generic cell rate algorithm): `ready_at` is when the bucket would be full
-/// again, so a call is allowed when `ready_at` is less than one burst ahead of
-/// now, and each call moves it one interval later.
-#[derive(Default)]
-struct RateLimit {
-    ready_at: Option<Instant>,
-}
-
-impl RateLimit {
-    /// `Err` is how long until a call would be allowed.
-    fn acquire(&mut self, config: &HubConfig, now: Instant) -> Result<(), Duration> {
-        let interval = Duration::from_secs(1) / config.invocations_per_second.max(1);
-        let tolerance = interval * config.invocation_burst.max(1).saturating_sub(1);
-        let ready_at = self.ready_at.map_or(now, |at| at.max(now));
-        let allowed_from = ready_at.checked_sub(tolerance).unwrap_or(now);
-        if allowed_from > now {
-            return Err(allowed_from - now);
-        }
-        self.ready_at = Some(ready_at + interval);
-        Ok(())
     }
 }
 
@@ -730,53 +707,5 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits(per_second: u32, burst: u32) -> HubConfig {
-        HubConfig {
-            invocations_per_second: per_second,
-            invocation_burst: burst,
-            ..HubConfig::default()
-        }
-    }
-
-    #[test]
-    fn rate_limit_allows_a_burst_then_the_rate() {
-        let config = limits(10, 5);
-        let mut rate = RateLimit::default();
-        let start = Instant::now();
-        for _ in 0..5 {
-            assert_eq!(rate.acquire(&config, start), Ok(()));
-        }
-        // The sixth call at once waits for one interval (100 ms).
-        assert_eq!(rate.acquire(&config, start), Err(Duration::from_millis(100)));
-        assert_eq!(
-            rate.acquire(&config, start + Duration::from_millis(60)),
-            Err(Duration::from_millis(40))
-        );
-        assert_eq!(rate.acquire(&config, start + Duration::from_millis(100)), Ok(()));
-        // Over a quiet second the bucket fills again, but never past the burst.
-        let later = start + Duration::from_secs(10);
-        for _ in 0..5 {
-            assert_eq!(rate.acquire(&config, later), Ok(()));
-        }
-        assert!(rate.acquire(&config, later).is_err());
-    }
-
-    #[test]
-    fn rate_limit_keeps_a_steady_sender_under_it() {
-        let config = limits(2000, 2000);
-        let mut rate = RateLimit::default();
-        let start = Instant::now();
-        // 1000 calls a second for 10 s, as the seed's load test sends.
-        for i in 0..10_000u32 {
-            let at = start + Duration::from_millis(u64::from(i));
-            assert_eq!(rate.acquire(&config, at), Ok(()), "call {i}");
-        }
     }
 }

@@ -3,7 +3,7 @@
 //! groups this instance's connections have joined (see `reader`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ::redis::streams::StreamRangeReply;
 use ::redis::{FromRedisValue, Script, Value};
@@ -12,6 +12,7 @@ use next_chat_core::{
     BackendError, GroupId, LocalFanout, Message, MessageId, MessageText, Messaging, NewMessage,
     OnAccepted, UserId,
 };
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -306,8 +307,7 @@ impl Messaging for RedisMessaging {
 
     async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        let readers =
-            std::mem::take(&mut *self.readers.lock().unwrap_or_else(|poison| poison.into_inner()));
+        let readers = std::mem::take(&mut *self.readers.lock());
         for reader in readers {
             let _ = reader.await;
         }
@@ -316,7 +316,7 @@ impl Messaging for RedisMessaging {
 
 impl Drop for RedisMessaging {
     fn drop(&mut self) {
-        let readers = self.readers.get_mut().unwrap_or_else(|poison| poison.into_inner());
+        let readers = self.readers.get_mut();
         for reader in readers.drain(..) {
             reader.abort();
         }
