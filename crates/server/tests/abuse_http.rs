@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{RS, WAIT, http, json_hub, json_invoke};
-use next_chat_testkit::TestServer;
+use next_chat_testkit::{TestServer, eventually_ok, http};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
@@ -108,16 +108,11 @@ fn token(negotiate_body: &str) -> String {
     value["connectionToken"].as_str().expect("a connectionToken").to_owned()
 }
 
-/// One HTTP/1.1 request with a body on a connection of its own: (status, body).
+/// One HTTP request with a body on a connection of its own: (status, body).
 async fn request(port: u16, method: &str, path: &str, user: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: {user}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.expect("write head");
-    stream.write_all(body).await.expect("write body");
-    read_response(&mut stream).await
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let response = http::request(method, &url, &[("Authorization", user)], body.to_vec()).await;
+    (response.status, response.body)
 }
 
 async fn read_response(stream: &mut TcpStream) -> (u16, Vec<u8>) {
@@ -230,15 +225,13 @@ async fn tcp_connections_over_the_cap_get_503_naming_the_setting() {
 
     // A place freed is a place taken by the next client.
     held.pop();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (status, body) = http(server.port, "GET", "/healthz", &[]).await;
-        if status == 200 {
-            break;
+    eventually_ok(WAIT, "served once a connection closed", || async {
+        match http(server.port, "GET", "/healthz", &[]).await {
+            (200, _) => Ok(()),
+            refused => Err(refused),
         }
-        assert!(Instant::now() < deadline, "still refused after a connection closed: {body}");
-        tokio::task::yield_now().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -268,16 +261,8 @@ async fn signalr_connections_are_capped_in_total_and_per_user() {
 
     // A closed connection gives its place back.
     drop(ann.pop());
-    let deadline = Instant::now() + WAIT;
-    let mut again = loop {
-        match try_websocket(&server, "ann", None).await {
-            Ok(socket) => break socket,
-            Err(refused) => {
-                assert!(Instant::now() < deadline, "ann still refused: {refused:?}");
-                tokio::task::yield_now().await;
-            }
-        }
-    };
+    let mut again =
+        eventually_ok(WAIT, "ann let in again", || try_websocket(&server, "ann", None)).await;
     handshake(&mut again).await;
 }
 
@@ -359,16 +344,16 @@ async fn a_second_post_while_one_is_in_flight_is_refused_with_409() {
 
     // Once the server is reading it, another POST to the same connection is
     // refused. (It may get in first, before the server has read the first head.)
-    let deadline = Instant::now() + WAIT;
-    let refusal = loop {
+    let refusal = eventually_ok(WAIT, "a POST during another is refused", || async {
         let (status, body) = request(server.port, "POST", &path, "ann", record.as_bytes()).await;
-        if status == 409 {
-            break String::from_utf8_lossy(&body).to_string();
+        let body = String::from_utf8_lossy(&body).to_string();
+        match status {
+            409 => Ok(body),
+            200 => Err(body),
+            other => panic!("a POST during another: {other} {body}"),
         }
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        assert!(Instant::now() < deadline, "a POST during another was never refused");
-        tokio::task::yield_now().await;
-    };
+    })
+    .await;
     assert!(refusal.contains("another POST to this connection is still in progress"), "{refusal}");
 
     // The first completes normally, and POSTs one at a time go on working.

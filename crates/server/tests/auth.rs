@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use common::{WAIT, expect_close, json_hub};
 use next_chat_client::{Client, ClientError, ClientOptions, Event};
-use next_chat_testkit::TestServer;
 use next_chat_testkit::identity::{
     SigningKey, TEST_SECRET, TestCa, hs256_token, now_secs, secret_file, sign_hs256,
 };
+use next_chat_testkit::{TestServer, eventually_ok};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -267,16 +267,15 @@ async fn a_rotated_jwks_key_is_picked_up_without_a_restart() {
     // The provider rotates: the new key in, the old one out.
     *jwks.document.lock().unwrap() = json!({ "keys": [second.jwk()] }).to_string();
     // An unknown kid makes the server fetch again, at most once a second.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually_ok(WAIT, "the new key is picked up", || async {
         let answer = negotiate(&server, &token(&second)).await;
         if answer.status == 200 {
-            break;
+            return Ok(());
         }
-        assert!(tokio::time::Instant::now() < deadline, "the new key was never picked up");
         assert!(answer.challenge.contains("unknown key id"), "{answer:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(answer)
+    })
+    .await;
     let old = negotiate(&server, &token(&first)).await;
     assert_eq!(old.status, 401, "the retired key no longer verifies: {old:?}");
     let fetches = *jwks.fetches.lock().unwrap();
@@ -332,19 +331,12 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     std::fs::copy(&second.key_file, &key).unwrap();
     std::fs::copy(&second.cert_file, &cert).unwrap();
     // The files are polled every 5 s.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match connect(&second).await {
-            Ok((client, _)) => {
-                client.close().await;
-                break;
-            }
-            Err(error) => {
-                assert!(tokio::time::Instant::now() < deadline, "never renewed: {error}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
+    let (client, _events) =
+        eventually_ok(Duration::from_secs(20), "the renewed certificate is served", || {
+            connect(&second)
+        })
+        .await;
+    client.close().await;
     assert!(connect(&first).await.is_err(), "the old certificate is no longer served");
 }
 
