@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use next_chat_contract::Callback;
 use next_chat_signalr::protocol::{Decoder, HubMessage, Outcome, Protocol as WireProtocol};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -284,18 +285,16 @@ impl Driver {
             tracing::warn!(target, "callback without an argument ignored");
             return;
         };
-        if target.eq_ignore_ascii_case("OnMessage") {
-            match wire::message(argument) {
+        match Callback::parse(target) {
+            Some(Callback::OnMessage) => match wire::message(argument) {
                 Ok(message) => self.delivery().message(message),
                 Err(e) => tracing::warn!("OnMessage ignored: {e}"),
-            }
-        } else if target.eq_ignore_ascii_case("OnHistory") {
-            match wire::messages(argument) {
+            },
+            Some(Callback::OnHistory) => match wire::messages(argument) {
                 Ok(messages) => self.on_history(messages),
                 Err(e) => tracing::warn!("OnHistory ignored: {e}"),
-            }
-        } else {
-            tracing::debug!(target, "unknown callback ignored");
+            },
+            None => tracing::debug!(target, "unknown callback ignored"),
         }
     }
 
