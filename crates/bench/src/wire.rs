@@ -10,8 +10,11 @@
 //! any `OnMessage` that does not have the expected shape, goes through the full
 //! decoder of `next-chat-signalr`.
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 use memchr::memmem;
+use next_chat_contract::{Callback, Method, keys};
 use next_chat_signalr::json::{self, RECORD_SEPARATOR};
 use next_chat_signalr::msgpack;
 use next_chat_signalr::{HubMessage, Outcome, Protocol, Value};
@@ -46,12 +49,12 @@ pub struct Completion {
 pub fn invocation(
     protocol: Protocol,
     invocation_id: String,
-    target: &str,
+    method: Method,
     args: Vec<Value>,
 ) -> Bytes {
     protocol.encode(&HubMessage::Invocation {
         invocation_id: Some(invocation_id),
-        target: target.to_string(),
+        target: method.name().to_string(),
         arguments: args,
         stream_ids: Vec::new(),
     })
@@ -121,12 +124,28 @@ fn split(protocol: Protocol, data: &[u8], each: &mut impl FnMut(Record)) -> Resu
     Ok(used)
 }
 
+/// The JSON keys the lean path looks for, spelled from the contract once:
+/// `"target":"OnMessage"` and `"text":"`.
+struct JsonNeedles {
+    on_message: memmem::Finder<'static>,
+    text: memmem::Finder<'static>,
+}
+
+static JSON_NEEDLES: LazyLock<JsonNeedles> = LazyLock::new(|| {
+    let finder = |needle: String| memmem::Finder::new(needle.as_bytes()).into_owned();
+    JsonNeedles {
+        on_message: finder(format!("\"target\":\"{}\"", Callback::OnMessage.name())),
+        text: finder(format!("\"{}\":\"", keys::TEXT)),
+    }
+});
+
 fn read_json(record: &[u8]) -> Result<Record, String> {
+    let needles = &*JSON_NEEDLES;
     if record.starts_with(b"{\"type\":1,")
-        && memmem::find(record, b"\"target\":\"OnMessage\"").is_some()
-        && let Some(at) = memmem::find(record, b"\"text\":\"")
+        && needles.on_message.find(record).is_some()
+        && let Some(at) = needles.text.find(record)
     {
-        return Ok(bench_or_foreign(&record[at + 8..]));
+        return Ok(bench_or_foreign(&record[at + needles.text.needle().len()..]));
     }
     json::decode_record(record).map(from_message).map_err(|e| e.to_string())
 }
@@ -145,8 +164,10 @@ fn bench_or_foreign(text: &[u8]) -> Record {
 /// The fully decoded message, for everything the lean paths do not take.
 fn from_message(message: HubMessage) -> Record {
     match message {
-        HubMessage::Invocation { target, arguments, .. } if target == "OnMessage" => {
-            let text = arguments.first().and_then(|m| m.get("text")).and_then(Value::as_str);
+        HubMessage::Invocation { target, arguments, .. }
+            if target == Callback::OnMessage.name() =>
+        {
+            let text = arguments.first().and_then(|m| m.get(keys::TEXT)).and_then(Value::as_str);
             text.map_or(Record::Foreign, |t| bench_or_foreign(t.as_bytes()))
         }
         HubMessage::Completion { invocation_id, outcome } => {
@@ -171,11 +192,11 @@ fn msgpack_on_message_text(body: &[u8]) -> Option<Record> {
     }
     r.skip()?; // headers
     r.skip()?; // invocation id (nil)
-    if r.str()? != b"OnMessage" || r.array_len()? < 1 {
+    if r.str()? != Callback::OnMessage.name().as_bytes() || r.array_len()? < 1 {
         return None;
     }
     for _ in 0..r.map_len()? {
-        if r.str()? == b"text" {
+        if r.str()? == keys::TEXT.as_bytes() {
             return Some(bench_or_foreign(r.str()?));
         }
         r.skip()?;
@@ -263,16 +284,17 @@ mod tests {
     use crate::payload::Phase;
 
     fn on_message(text: &str) -> HubMessage {
+        let message = next_chat_contract::Message {
+            id: "1732776000000-0".into(),
+            author_id: "bench-0".into(),
+            group_id: "g".into(),
+            send_time: UNIX_EPOCH + Duration::from_millis(5),
+            text: text.into(),
+        };
         HubMessage::Invocation {
             invocation_id: None,
-            target: "OnMessage".into(),
-            arguments: vec![Value::Map(vec![
-                ("id".into(), "1732776000000-0".into()),
-                ("authorId".into(), "bench-0".into()),
-                ("groupId".into(), "g".into()),
-                ("sendTime".into(), Value::Timestamp(UNIX_EPOCH + Duration::from_millis(5))),
-                ("text".into(), text.into()),
-            ])],
+            target: Callback::OnMessage.name().into(),
+            arguments: vec![message.into_value()],
             stream_ids: Vec::new(),
         }
     }

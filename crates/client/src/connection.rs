@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{SinkExt, StreamExt};
+use next_chat_contract::Callback;
 use next_chat_signalr::protocol::{Decoder, HubMessage, Outcome, Protocol as WireProtocol};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -286,18 +287,16 @@ impl Driver {
             tracing::warn!(target, "callback without an argument ignored");
             return;
         };
-        if target.eq_ignore_ascii_case("OnMessage") {
-            match wire::message(argument) {
+        match Callback::parse(target) {
+            Some(Callback::OnMessage) => match wire::message(argument) {
                 Ok(message) => self.delivery().message(message),
                 Err(e) => tracing::warn!("OnMessage ignored: {e}"),
-            }
-        } else if target.eq_ignore_ascii_case("OnHistory") {
-            match wire::messages(argument) {
+            },
+            Some(Callback::OnHistory) => match wire::messages(argument) {
                 Ok(messages) => self.on_history(messages),
                 Err(e) => tracing::warn!("OnHistory ignored: {e}"),
-            }
-        } else {
-            tracing::debug!(target, "unknown callback ignored");
+            },
+            None => tracing::debug!(target, "unknown callback ignored"),
         }
     }
 

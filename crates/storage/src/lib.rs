@@ -9,6 +9,7 @@
 //! `reconcile::StreamHistoryReconciler`, which copies from the streams into MySQL
 //! what an instance that died could not store.
 
+pub mod bulk;
 mod clock;
 pub mod embedded;
 mod health;

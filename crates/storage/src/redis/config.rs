@@ -117,8 +117,9 @@ impl RedisConfig {
         self.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
     }
 
-    /// The sorted set that lists `group`.
-    pub(crate) fn group_list_key(&self, group: &GroupId) -> String {
+    /// The sorted set that lists `group` (public for tools that list groups
+    /// in bulk, see `bulk::create_redis_groups`).
+    pub fn group_list_key(&self, group: &GroupId) -> String {
         if self.cluster {
             let part = fnv1a(group) % CLUSTER_GROUP_LIST_PARTS as u64;
             format!("{}groups:{part}", self.key_prefix)
