@@ -102,7 +102,9 @@ impl Bounds {
         let Some(number) = value.as_number() else { return Ok(()) };
         let hint = unset.map(|text| format!(" (leave it unset for {text})")).unwrap_or_default();
         match (self.min, self.max) {
-            (Some(min), _) if number < min => Err(bad(key, format!("must be at least {min}{hint}"))),
+            (Some(min), _) if number < min => {
+                Err(bad(key, format!("must be at least {min}{hint}")))
+            }
             (_, Some(max)) if number > max => Err(bad(key, format!("must be at most {max}{hint}"))),
             _ => Ok(()),
         }
@@ -220,14 +222,24 @@ macro_rules! resolve {
 }
 
 macro_rules! default_info {
-    ((unset)) => { $crate::config::declare::DefaultValue::Unset };
-    ((unset $text:literal)) => { $crate::config::declare::DefaultValue::Derived($text) };
-    (($default:expr)) => { $crate::config::declare::DefaultValue::Value(&$default) };
+    ((unset)) => {
+        $crate::config::declare::DefaultValue::Unset
+    };
+    ((unset $text:literal)) => {
+        $crate::config::declare::DefaultValue::Derived($text)
+    };
+    (($default:expr)) => {
+        $crate::config::declare::DefaultValue::Value(&$default)
+    };
 }
 
 macro_rules! bound {
-    () => { None };
-    ($bound:expr) => { Some($bound as u64) };
+    () => {
+        None
+    };
+    ($bound:expr) => {
+        Some($bound as u64)
+    };
 }
 
 macro_rules! settings {

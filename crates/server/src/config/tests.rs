@@ -51,8 +51,7 @@ fn defaults_are_the_contracts() {
 #[test]
 fn chat_rule_limits_are_settings() {
     let config =
-        parse(&["--user-messages-per-second", "10", "--groups-created-per-minute", "3"])
-            .unwrap();
+        parse(&["--user-messages-per-second", "10", "--groups-created-per-minute", "3"]).unwrap();
     assert_eq!(config.chat.user_messages, Rate::per_second(10, 20), "burst defaults to 2 s");
     assert_eq!(config.chat.groups_created, Rate::per_minute(3, 3));
     let err = parse(&["--history-page-max-bytes", "100"]).unwrap_err();
@@ -107,8 +106,7 @@ fn a_redis_cluster_is_named_by_seed_nodes() {
     assert_eq!(redis.stream_shards, DEFAULT_STREAM_SHARDS);
     let bad = parse(&["--redis", "redis://a:1,http://b:2", "--redis-cluster"]).unwrap_err();
     assert_eq!(bad.key, "redis");
-    let braces =
-        parse(&["--redis", "redis://a:1", "--redis-cluster", "--redis-key-prefix", "{x}"]);
+    let braces = parse(&["--redis", "redis://a:1", "--redis-cluster", "--redis-key-prefix", "{x}"]);
     assert_eq!(braces.unwrap_err().key, "redis_key_prefix");
     assert!(!parse(&["--redis", "redis://a:1"]).unwrap().redis.unwrap().cluster);
     assert_eq!(redact_url("redis://u:secret@a:1,redis://b:2"), "redis://u:***@a:1,redis://b:2");
@@ -131,10 +129,7 @@ fn bad_values_name_the_key() {
     let off = parse(&[&scan[..], &["--redis-recent-scan-entries", "0"]].concat()).unwrap();
     assert_eq!(off.redis.unwrap().recent_scan_entries, 0);
     assert_eq!(parse(&scan).unwrap().redis.unwrap().recent_scan_entries, 200);
-    assert_eq!(
-        parse(&["--http-max-head-bytes", "100"]).unwrap_err().key,
-        "http_max_head_bytes"
-    );
+    assert_eq!(parse(&["--http-max-head-bytes", "100"]).unwrap_err().key, "http_max_head_bytes");
     assert_eq!(
         parse(&["--max-connections-per-ip", "0"]).unwrap_err().key,
         "max_connections_per_ip"
@@ -185,16 +180,12 @@ fn auth_settings_name_the_key() {
     assert!(err.to_string().contains("not jwt_public_key and jwks"), "{err}");
     let jwks = parse(&["--auth", "jwt", "--jwks", "https://idp/jwks", "--jwt-issuer", "i"]);
     let AuthConfig::Jwt(jwt) = jwks.unwrap().auth else { panic!("jwt") };
-    assert!(
-        matches!(&jwt.keys, KeySource::Jwks(JwksSource::Url(u)) if u == "https://idp/jwks")
-    );
+    assert!(matches!(&jwt.keys, KeySource::Jwks(JwksSource::Url(u)) if u == "https://idp/jwks"));
     assert_eq!(jwt.issuer.as_deref(), Some("i"));
     assert_eq!(jwt.leeway, Duration::from_secs(30));
     assert_eq!(jwt.user_claim, "sub");
     assert_eq!(
-        parse(&["--auth", "jwt", "--jwks", "j.json", "--jwt-leeway-secs", "7200"])
-            .unwrap_err()
-            .key,
+        parse(&["--auth", "jwt", "--jwks", "j.json", "--jwt-leeway-secs", "7200"]).unwrap_err().key,
         "jwt_leeway_secs"
     );
     assert_eq!(parse(&["--jwks", "j.json"]).unwrap_err().key, "jwks");
@@ -228,8 +219,7 @@ fn the_secret_comes_from_the_environment_or_a_file_never_a_flag() {
 
 #[test]
 fn migrate_flag_and_subcommand() {
-    let cli =
-        Cli::try_parse_from(["s", "migrate", "--database", "mysql://u:p@h:3306/db"]).unwrap();
+    let cli = Cli::try_parse_from(["s", "migrate", "--database", "mysql://u:p@h:3306/db"]).unwrap();
     assert!(matches!(cli.command, Some(Command::Migrate)));
     let config = Config::load(&cli.settings).unwrap();
     assert_eq!(config.database.redacted(), "mysql://u:***@h:3306/db");
