@@ -22,6 +22,7 @@ use tokio::sync::{Notify, oneshot};
 use tracing::warn;
 
 use crate::backend::HistoryStore;
+use crate::defaults;
 use crate::domain::{GroupId, Message, MessageId};
 use crate::error::BackendError;
 
@@ -51,11 +52,11 @@ pub struct HistoryWriterConfig {
 impl Default for HistoryWriterConfig {
     fn default() -> Self {
         HistoryWriterConfig {
-            save_timeout: Duration::from_millis(500),
+            save_timeout: Duration::from_millis(defaults::SAVE_TIMEOUT_MS),
             batch_max: 500,
             batch_max_bytes: 4 * 1024 * 1024,
-            unsaved_max_bytes: 256 * 1024 * 1024,
-            batch_interval: Duration::from_millis(5),
+            unsaved_max_bytes: defaults::HISTORY_UNSAVED_MAX_BYTES,
+            batch_interval: Duration::from_millis(defaults::HISTORY_BATCH_MS),
         }
     }
 }

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use tracing::{instrument, warn};
 
 use crate::backend::{Membership, Messaging};
+use crate::defaults;
 use crate::domain::{
     ConnectionId, GroupId, JoinOutcome, Limits, Message, MessageId, MessageText, NewMessage, UserId,
 };
@@ -58,20 +59,24 @@ impl Default for ChatConfig {
     fn default() -> Self {
         ChatConfig {
             limits: Limits::default(),
-            max_members: 20,
-            history_on_join: 100,
-            require_join_to_send: true,
-            auto_create_groups: true,
+            max_members: defaults::MAX_MEMBERS,
+            history_on_join: defaults::HISTORY_ON_JOIN,
+            require_join_to_send: defaults::REQUIRE_JOIN_TO_SEND,
+            auto_create_groups: defaults::AUTO_CREATE_GROUPS,
             list_groups_max: 1000,
             history_page_max: 500,
-            history_page_max_bytes: 1024 * 1024,
-            max_groups_per_connection: 100,
-            max_connections_per_user_in_group: 10,
-            // Twice the seed's load test (one connection, 1000 messages/s),
-            // with two seconds of that rate as burst for a sender that stalled.
-            user_messages: Rate::per_second(2000, 4000),
-            groups_created: Rate::per_minute(60, 60),
-            max_groups: 100_000,
+            history_page_max_bytes: defaults::HISTORY_PAGE_MAX_BYTES,
+            max_groups_per_connection: defaults::MAX_GROUPS_PER_CONNECTION,
+            max_connections_per_user_in_group: defaults::MAX_CONNECTIONS_PER_USER_IN_GROUP,
+            user_messages: Rate::per_second(
+                defaults::USER_MESSAGES_PER_SECOND,
+                defaults::USER_MESSAGES_PER_SECOND * 2,
+            ),
+            groups_created: Rate::per_minute(
+                defaults::GROUPS_CREATED_PER_MINUTE,
+                defaults::GROUPS_CREATED_PER_MINUTE,
+            ),
+            max_groups: defaults::MAX_GROUPS,
         }
     }
 }
