@@ -192,6 +192,16 @@ pub struct Settings {
     #[arg(long, env = "NEXT_CHAT_MAX_HTTP_CONNECTIONS", global = true, value_name = "N")]
     pub max_http_connections: Option<usize>,
 
+    /// TCP connections from one client address that have not yet made an
+    /// authenticated request; beyond it a new one is closed at once [default: 64]
+    #[arg(
+        long,
+        env = "NEXT_CHAT_MAX_UNAUTHENTICATED_CONNECTIONS_PER_IP",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_unauthenticated_connections_per_ip: Option<usize>,
+
     /// SignalR connections open at once; beyond it 503 [default: 200000]
     #[arg(long, env = "NEXT_CHAT_MAX_CONNECTIONS", global = true, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -292,6 +302,11 @@ pub struct Settings {
     #[arg(long, env = "NEXT_CHAT_AUTH", global = true, value_name = "header|jwt")]
     pub auth: Option<String>,
 
+    /// With auth header, answer clients on other machines too, not only loopback
+    /// ones: for a proxy that authenticates its users and sets the header [default: false]
+    #[arg(long, env = "NEXT_CHAT_ALLOW_REMOTE_HEADER_AUTH", global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_remote_header_auth: Option<bool>,
+
     /// File holding the HS256 secret (at least 32 bytes); or set NEXT_CHAT_JWT_SECRET
     #[arg(long, env = "NEXT_CHAT_JWT_SECRET_FILE", global = true, value_name = "FILE")]
     pub jwt_secret_file: Option<PathBuf>,
@@ -309,8 +324,9 @@ pub struct Settings {
     #[arg(long, env = "NEXT_CHAT_JWT_ISSUER", global = true, value_name = "ISSUER")]
     pub jwt_issuer: Option<String>,
 
-    /// The `aud` a token must carry [default: not checked]
-    #[arg(long, env = "NEXT_CHAT_JWT_AUDIENCE", global = true, value_name = "AUDIENCE")]
+    /// The `aud` a token must carry; required with jwt_public_key or jwks, where
+    /// `any` accepts every audience [default: not checked with an HS256 secret]
+    #[arg(long, env = "NEXT_CHAT_JWT_AUDIENCE", global = true, value_name = "AUDIENCE|any")]
     pub jwt_audience: Option<String>,
 
     /// Seconds of clock skew allowed on `exp` and `nbf` [default: 30]
@@ -393,6 +409,7 @@ impl Settings {
                 http_header_timeout_secs,
                 http_max_head_bytes,
                 max_http_connections,
+                max_unauthenticated_connections_per_ip,
                 max_connections,
                 max_connections_per_user,
                 max_connections_per_ip,
@@ -412,6 +429,7 @@ impl Settings {
                 groups_created_per_minute,
                 max_groups,
                 auth,
+                allow_remote_header_auth,
                 jwt_secret_file,
                 jwt_public_key,
                 jwks,
@@ -467,9 +485,12 @@ impl Database {
                     "a mysql:// URL needs a database name: mysql://USER:PASS@HOST:3306/NAME",
                 ));
             }
+            next_chat_storage::check_mysql_url(&url).map_err(|error| {
+                bad("database", format!("'{}' is not a valid URL: {error}", redact_url(&url)))
+            })?;
             return Ok(Database::MySql(url));
         }
-        Err(bad("database", format!("'{url}' must start with sqlite:// or mysql://")))
+        Err(bad("database", format!("'{}' must start with sqlite:// or mysql://", redact_url(url))))
     }
 
     /// The URL with any password hidden, for logs.
@@ -482,22 +503,7 @@ impl Database {
 }
 
 /// Hides the password of `scheme://user:password@host`.
-pub fn redact_url(url: &str) -> String {
-    if url.contains(',') {
-        // A Redis Cluster's seed nodes.
-        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
-    }
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use next_chat_storage::redact_url;
 
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -540,6 +546,7 @@ pub struct Config {
     pub http_max_head_bytes: usize,
     /// `None`: derived from the open-file limit when the server starts.
     pub max_http_connections: Option<usize>,
+    pub max_unauthenticated_connections_per_ip: usize,
     pub max_connections: usize,
     pub max_connections_per_user: usize,
     /// `None`: no cap (behind a proxy every client has the proxy's address).
@@ -556,6 +563,9 @@ pub struct Config {
     pub redis_stream_max_bytes: u64,
     /// `auth` and the `jwt_*` settings.
     pub auth: AuthConfig,
+    /// `allow_remote_header_auth`: with `auth: header`, clients off loopback
+    /// are answered too (else 403).
+    pub allow_remote_header_auth: bool,
     /// `tls_cert` and `tls_key`: serve HTTPS and WSS.
     pub tls: Option<TlsFiles>,
 }
@@ -647,9 +657,9 @@ fn auth_config(s: &Settings) -> Result<AuthConfig, ConfigError> {
         return Err(bad("jwt_user_claim", "must name a claim"));
     }
     Ok(AuthConfig::Jwt(JwtConfig {
+        audience: jwt_audience(s, &keys)?,
         keys,
         issuer: s.jwt_issuer.clone().filter(|issuer| !issuer.is_empty()),
-        audience: s.jwt_audience.clone().filter(|audience| !audience.is_empty()),
         leeway: Duration::from_secs(match s.jwt_leeway_secs {
             Some(secs) if secs > 3600 => {
                 return Err(bad("jwt_leeway_secs", "must be at most 3600"));
@@ -660,6 +670,24 @@ fn auth_config(s: &Settings) -> Result<AuthConfig, ConfigError> {
         jwks_refresh: seconds("jwks_refresh_secs", s.jwks_refresh_secs, 300)?,
         jwks_min_refetch: seconds("jwks_min_refetch_secs", s.jwks_min_refetch_secs, 10)?,
     }))
+}
+
+/// The `aud` tokens must carry. An identity provider (a JWKS or its public
+/// key) signs tokens for every application it serves, so there the audience is
+/// what tells this server's tokens apart: it must be given, or waived with
+/// `any`. An HS256 secret is this server's own, and the audience optional.
+fn jwt_audience(s: &Settings, keys: &KeySource) -> Result<Option<String>, ConfigError> {
+    match s.jwt_audience.as_deref().map(str::trim) {
+        Some("any") => Ok(None),
+        Some(audience) if !audience.is_empty() => Ok(Some(audience.to_owned())),
+        _ if matches!(keys, KeySource::Secret(_)) => Ok(None),
+        _ => Err(bad(
+            "jwt_audience",
+            "is required with jwt_public_key or jwks: an identity provider signs tokens for \
+             other applications too; set it to the aud of this server's tokens, or to `any` \
+             to accept every audience",
+        )),
+    }
 }
 
 fn tls_files(s: &Settings) -> Result<Option<TlsFiles>, ConfigError> {
@@ -731,6 +759,9 @@ impl Config {
                             format!("'{}' must start with redis:// or rediss://", redact_url(node)),
                         ));
                     }
+                    next_chat_storage::check_redis_url(node).map_err(|error| {
+                        bad("redis", format!("'{}' is not a valid URL: {error}", redact_url(node)))
+                    })?;
                 }
                 if nodes.len() > 1 && !cluster {
                     return Err(bad(
@@ -842,6 +873,7 @@ impl Config {
         let tls = tls_files(s)?;
         Ok(Config {
             auth,
+            allow_remote_header_auth: s.allow_remote_header_auth.unwrap_or(false),
             tls,
             listen,
             migrate: s.migrate.unwrap_or(matches!(database, Database::Sqlite(_))),
@@ -900,6 +932,11 @@ impl Config {
                 Some(0) => return Err(bad("max_http_connections", "must be at least 1")),
                 other => other,
             },
+            max_unauthenticated_connections_per_ip: positive(
+                "max_unauthenticated_connections_per_ip",
+                s.max_unauthenticated_connections_per_ip,
+                64,
+            )?,
             max_connections: positive("max_connections", s.max_connections, 200_000)?,
             max_connections_per_user: positive(
                 "max_connections_per_user",
@@ -1165,7 +1202,16 @@ mod tests {
         let both = ["--auth", "jwt", "--jwt-public-key", "k.pem", "--jwks", "https://idp/jwks"];
         let err = parse(&both).unwrap_err();
         assert!(err.to_string().contains("not jwt_public_key and jwks"), "{err}");
-        let jwks = parse(&["--auth", "jwt", "--jwks", "https://idp/jwks", "--jwt-issuer", "i"]);
+        let jwks = parse(&[
+            "--auth",
+            "jwt",
+            "--jwks",
+            "https://idp/jwks",
+            "--jwt-issuer",
+            "i",
+            "--jwt-audience",
+            "chat",
+        ]);
         let AuthConfig::Jwt(jwt) = jwks.unwrap().auth else { panic!("jwt") };
         assert!(
             matches!(&jwt.keys, KeySource::Jwks(JwksSource::Url(u)) if u == "https://idp/jwks")
@@ -1174,16 +1220,68 @@ mod tests {
         assert_eq!(jwt.leeway, Duration::from_secs(30));
         assert_eq!(jwt.user_claim, "sub");
         assert_eq!(
-            parse(&["--auth", "jwt", "--jwks", "j.json", "--jwt-leeway-secs", "7200"])
-                .unwrap_err()
-                .key,
+            parse(&[
+                "--auth",
+                "jwt",
+                "--jwks",
+                "j.json",
+                "--jwt-audience",
+                "any",
+                "--jwt-leeway-secs",
+                "7200"
+            ])
+            .unwrap_err()
+            .key,
             "jwt_leeway_secs"
         );
         assert_eq!(parse(&["--jwks", "j.json"]).unwrap_err().key, "jwks");
+        // A provider's keys need an audience (or `any`); this server's own secret does not.
+        let no_audience = parse(&["--auth", "jwt", "--jwks", "j.json"]).unwrap_err();
+        assert_eq!(no_audience.key, "jwt_audience");
+        assert!(no_audience.to_string().contains("`any`"), "{no_audience}");
+        let pem = ["--auth", "jwt", "--jwt-public-key", "k.pem"];
+        assert_eq!(parse(&pem).unwrap_err().key, "jwt_audience");
+        let any = parse(&[&pem[..], &["--jwt-audience", "any"]].concat()).unwrap();
+        let AuthConfig::Jwt(jwt) = any.auth else { panic!("jwt") };
+        assert_eq!(jwt.audience, None, "any: not checked");
+        let named = parse(&[&pem[..], &["--jwt-audience", "chat"]].concat()).unwrap();
+        let AuthConfig::Jwt(jwt) = named.auth else { panic!("jwt") };
+        assert_eq!(jwt.audience.as_deref(), Some("chat"));
         assert_eq!(parse(&["--tls-cert", "c.pem"]).unwrap_err().key, "tls_key");
         assert_eq!(parse(&["--tls-key", "k.pem"]).unwrap_err().key, "tls_cert");
         let tls = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap().tls;
         assert_eq!(tls, Some(TlsFiles { cert: "c.pem".into(), key: "k.pem".into() }));
+    }
+
+    #[test]
+    fn edge_settings_default_to_safe_values() {
+        let config = parse(&[]).unwrap();
+        assert!(!config.allow_remote_header_auth, "header mode answers loopback only");
+        assert_eq!(config.max_unauthenticated_connections_per_ip, 64);
+        let set =
+            parse(&["--allow-remote-header-auth", "--max-unauthenticated-connections-per-ip", "3"])
+                .unwrap();
+        assert!(set.allow_remote_header_auth);
+        assert_eq!(set.max_unauthenticated_connections_per_ip, 3);
+        let zero = parse(&["--max-unauthenticated-connections-per-ip", "0"]).unwrap_err();
+        assert_eq!(zero.key, "max_unauthenticated_connections_per_ip");
+    }
+
+    #[test]
+    fn malformed_backend_urls_are_configuration_errors_without_the_password() {
+        let err = parse(&["--redis", "redis://user:secret@[bad:1/0"]).unwrap_err();
+        assert_eq!(err.key, "redis");
+        assert!(!err.to_string().contains("secret"), "{err}");
+        assert!(err.to_string().contains("redis://user:***@[bad:1/0"), "{err}");
+        let seeds = ["--redis", "redis://a:1,redis://u:secret@b:x", "--redis-cluster"];
+        let err = parse(&seeds).unwrap_err();
+        assert_eq!(err.key, "redis");
+        assert!(!err.to_string().contains("secret"), "{err}");
+        let err = parse(&["--database", "mysql://u:secret@[h:1/chat"]).unwrap_err();
+        assert_eq!(err.key, "database");
+        assert!(!err.to_string().contains("secret"), "{err}");
+        let err = parse(&["--database", "postgres://u:secret@h/chat"]).unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
     }
 
     #[test]
