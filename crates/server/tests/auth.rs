@@ -253,9 +253,19 @@ async fn a_rotated_jwks_key_is_picked_up_without_a_restart() {
     let second = SigningKey::generate("2026-02");
     let jwks = JwksServer::start(json!({ "keys": [first.jwk()] })).await;
     let server = TestServer::start(
-        ["--auth", "jwt", "--jwks", &jwks.url, "--jwks-min-refetch-secs", "1"]
-            .map(String::from)
-            .to_vec(),
+        // Its tokens carry no `aud`: this test is about the keys.
+        [
+            "--auth",
+            "jwt",
+            "--jwks",
+            &jwks.url,
+            "--jwt-audience",
+            "any",
+            "--jwks-min-refetch-secs",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec(),
     )
     .await;
     let token = |key: &SigningKey| key.sign(&json!({"sub": "ann", "exp": now_secs() + 600}));
@@ -344,8 +354,13 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
 fn jwt_settings_are_checked_at_start_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let short = secret_file(dir.path(), "too short");
-    let cases: [(&[&str], &str); 4] = [
+    let pem = dir.path().join("public.pem");
+    std::fs::write(&pem, SigningKey::generate("k").public_pem()).unwrap();
+    let cases: [(&[&str], &str); 6] = [
         (&["--auth", "jwt"], "auth: jwt needs keys"),
+        // A provider's keys sign tokens for other applications too.
+        (&["--auth", "jwt", "--jwt-public-key", pem.to_str().unwrap()], "jwt_audience"),
+        (&["--auth", "jwt", "--jwks", "https://idp.invalid/jwks.json"], "jwt_audience"),
         (&["--auth", "jwt", "--jwt-secret-file", short.to_str().unwrap()], "jwt_secret_file"),
         (&["--jwt-issuer", "x"], "jwt_issuer: is set but auth is header"),
         (&["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.pem"], "tls_cert"),

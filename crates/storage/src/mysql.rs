@@ -26,6 +26,7 @@ use next_chat_core::{
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{ConnectOptions, Connection, MySql, QueryBuilder, Row};
 
+use crate::backend_url::redact_in;
 use crate::clock::{millis_of, time_of};
 use crate::health::Health;
 use crate::reconcile::ExistingMessages;
@@ -98,7 +99,8 @@ pub fn statement_max_bytes(max_allowed_packet: u64) -> usize {
 }
 
 fn options(url: &str) -> Result<MySqlConnectOptions, BackendError> {
-    MySqlConnectOptions::from_str(url).map_err(|e| error("bad database url", e))
+    MySqlConnectOptions::from_str(url)
+        .map_err(|e| error("bad database url", redact_in(&e.to_string(), url)))
 }
 
 /// Creates the database named in `url` if it is missing, and applies the
@@ -115,7 +117,7 @@ pub async fn migrate(url: &str) -> Result<(), BackendError> {
         .database("information_schema")
         .connect()
         .await
-        .map_err(|e| error("cannot connect", e))?;
+        .map_err(|e| error("cannot connect", redact_in(&e.to_string(), url)))?;
     let quoted = database.replace('`', "``");
     sqlx::query(&format!(
         "CREATE DATABASE IF NOT EXISTS `{quoted}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
@@ -131,7 +133,7 @@ pub async fn migrate(url: &str) -> Result<(), BackendError> {
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await
-        .map_err(|e| error("cannot connect", e))?;
+        .map_err(|e| error("cannot connect", redact_in(&e.to_string(), url)))?;
     let applied = sqlx::migrate!("./migrations/mysql").run(&pool).await;
     pool.close().await;
     applied.map_err(|e| error("cannot apply migrations", e))?;
@@ -202,7 +204,7 @@ impl MySqlHistory {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options(url)?)
             .await
-            .map_err(|e| error("cannot connect", e))?;
+            .map_err(|e| error("cannot connect", redact_in(&e.to_string(), url)))?;
         let packet: u64 = sqlx::query_scalar("SELECT @@max_allowed_packet")
             .fetch_one(&pool)
             .await

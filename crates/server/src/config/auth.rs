@@ -41,15 +41,34 @@ pub(super) fn auth_config(s: &Settings, v: &Values) -> Result<AuthConfig, Config
     if v.jwt_user_claim.is_empty() {
         return Err(bad("jwt_user_claim", "must name a claim"));
     }
+    let keys = key_source(s, v)?;
     Ok(AuthConfig::Jwt(JwtConfig {
-        keys: key_source(s, v)?,
+        audience: jwt_audience(v, &keys)?,
+        keys,
         issuer: v.jwt_issuer.clone().filter(|issuer| !issuer.is_empty()),
-        audience: v.jwt_audience.clone().filter(|audience| !audience.is_empty()),
         leeway: Duration::from_secs(v.jwt_leeway_secs),
         user_claim: v.jwt_user_claim.clone(),
         jwks_refresh: Duration::from_secs(v.jwks_refresh_secs),
         jwks_min_refetch: Duration::from_secs(v.jwks_min_refetch_secs),
     }))
+}
+
+/// The `aud` tokens must carry. An identity provider (a JWKS or its public
+/// key) signs tokens for every application it serves, so there the audience is
+/// what tells this server's tokens apart: it must be given, or waived with
+/// `any`. An HS256 secret is this server's own, and the audience optional.
+fn jwt_audience(v: &Values, keys: &KeySource) -> Result<Option<String>, ConfigError> {
+    match v.jwt_audience.as_deref().map(str::trim) {
+        Some("any") => Ok(None),
+        Some(audience) if !audience.is_empty() => Ok(Some(audience.to_owned())),
+        _ if matches!(keys, KeySource::Secret(_)) => Ok(None),
+        _ => Err(bad(
+            "jwt_audience",
+            "is required with jwt_public_key or jwks: an identity provider signs tokens for \
+             other applications too; set it to the aud of this server's tokens, or to `any` \
+             to accept every audience",
+        )),
+    }
 }
 
 /// The one kind of key tokens are checked with: the secret (from

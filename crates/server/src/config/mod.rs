@@ -103,6 +103,7 @@ pub struct Config {
     pub http_max_head_bytes: usize,
     /// `None`: derived from the open-file limit when the server starts.
     pub max_http_connections: Option<usize>,
+    pub max_unauthenticated_connections_per_ip: usize,
     pub max_connections: usize,
     pub max_connections_per_user: usize,
     /// `None`: no cap (behind a proxy every client has the proxy's address).
@@ -119,6 +120,9 @@ pub struct Config {
     pub redis_stream_max_bytes: u64,
     /// `auth` and the `jwt_*` settings.
     pub auth: AuthConfig,
+    /// `allow_remote_header_auth`: with `auth: header`, clients off loopback
+    /// are answered too (else 403).
+    pub allow_remote_header_auth: bool,
     /// `tls_cert` and `tls_key`: serve HTTPS and WSS.
     pub tls: Option<TlsFiles>,
 }
@@ -168,6 +172,8 @@ impl Config {
             http_header_timeout: Duration::from_secs(v.http_header_timeout_secs),
             http_max_head_bytes: v.http_max_head_bytes,
             max_http_connections: v.max_http_connections,
+            max_unauthenticated_connections_per_ip: v.max_unauthenticated_connections_per_ip,
+            allow_remote_header_auth: v.allow_remote_header_auth,
             max_connections: v.max_connections,
             max_connections_per_user: v.max_connections_per_user,
             max_connections_per_ip: v.max_connections_per_ip,

@@ -37,6 +37,9 @@ pub(super) fn redis(v: &Values) -> Result<Option<RedisSettings>, ConfigError> {
                 format!("'{}' must start with redis:// or rediss://", redact_url(node)),
             ));
         }
+        next_chat_storage::check_redis_url(node).map_err(|error| {
+            bad("redis", format!("'{}' is not a valid URL: {error}", redact_url(node)))
+        })?;
     }
     if nodes.len() > 1 && !v.redis_cluster {
         return Err(bad(

@@ -33,6 +33,10 @@ settings! {
     /// TCP connections open at once; beyond it a new one gets 503 and is closed
     max_http_connections: usize, default (unset "the open-file limit less 256"), min 1,
         env "NEXT_CHAT_MAX_HTTP_CONNECTIONS", value "N";
+    /// TCP connections from one client address that have not yet made an
+    /// authenticated request; beyond it a new one is closed at once
+    max_unauthenticated_connections_per_ip: usize, default (64), min 1,
+        env "NEXT_CHAT_MAX_UNAUTHENTICATED_CONNECTIONS_PER_IP", value "N";
     /// Seconds of silence after which the server sends a Ping
     keep_alive_secs: u64, default (15), min 1, env "NEXT_CHAT_KEEP_ALIVE_SECS", value "SECS";
     /// Seconds without a message from a client before it is disconnected (more than keep_alive_secs)
@@ -184,6 +188,10 @@ settings! {
     /// How a connection's user is known: `header` (the Authorization header or
     /// access_token is the user id; development only) or `jwt` (a signed JWT)
     auth: String, default ("header"), env "NEXT_CHAT_AUTH", value "header|jwt";
+    /// With auth header, answer clients on other machines too, not only loopback
+    /// ones: for a proxy that authenticates its users and sets the header
+    allow_remote_header_auth: bool, default (false), env "NEXT_CHAT_ALLOW_REMOTE_HEADER_AUTH",
+        value "BOOL";
     /// File holding the HS256 secret (at least 32 bytes); or set NEXT_CHAT_JWT_SECRET
     jwt_secret_file: std::path::PathBuf, default (unset), env "NEXT_CHAT_JWT_SECRET_FILE",
         value "FILE";
@@ -196,9 +204,10 @@ settings! {
     /// The `iss` a token must carry
     jwt_issuer: String, default (unset "not checked"), env "NEXT_CHAT_JWT_ISSUER",
         value "ISSUER";
-    /// The `aud` a token must carry
-    jwt_audience: String, default (unset "not checked"), env "NEXT_CHAT_JWT_AUDIENCE",
-        value "AUDIENCE";
+    /// The `aud` a token must carry; required with jwt_public_key or jwks, where
+    /// `any` accepts every audience
+    jwt_audience: String, default (unset "not checked with an HS256 secret"),
+        env "NEXT_CHAT_JWT_AUDIENCE", value "AUDIENCE|any";
     /// Seconds of clock skew allowed on `exp` and `nbf`
     jwt_leeway_secs: u64, default (30), max 3600, env "NEXT_CHAT_JWT_LEEWAY_SECS", value "SECS";
     /// The claim that holds the user id

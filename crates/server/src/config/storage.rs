@@ -34,9 +34,12 @@ impl Database {
                     "a mysql:// URL needs a database name: mysql://USER:PASS@HOST:3306/NAME",
                 ));
             }
+            next_chat_storage::check_mysql_url(&url).map_err(|error| {
+                bad("database", format!("'{}' is not a valid URL: {error}", redact_url(&url)))
+            })?;
             return Ok(Database::MySql(url));
         }
-        Err(bad("database", format!("'{url}' must start with sqlite:// or mysql://")))
+        Err(bad("database", format!("'{}' must start with sqlite:// or mysql://", redact_url(url))))
     }
 
     /// The URL with any password hidden, for logs.
@@ -49,22 +52,7 @@ impl Database {
 }
 
 /// Hides the password of `scheme://user:password@host`.
-pub fn redact_url(url: &str) -> String {
-    if url.contains(',') {
-        // A Redis Cluster's seed nodes.
-        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
-    }
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use next_chat_storage::redact_url;
 
 pub(super) fn database(v: &Values) -> Result<Database, ConfigError> {
     let database = Database::parse(&v.database)?;

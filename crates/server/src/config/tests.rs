@@ -178,7 +178,16 @@ fn auth_settings_name_the_key() {
     let both = ["--auth", "jwt", "--jwt-public-key", "k.pem", "--jwks", "https://idp/jwks"];
     let err = parse(&both).unwrap_err();
     assert!(err.to_string().contains("not jwt_public_key and jwks"), "{err}");
-    let jwks = parse(&["--auth", "jwt", "--jwks", "https://idp/jwks", "--jwt-issuer", "i"]);
+    let jwks = parse(&[
+        "--auth",
+        "jwt",
+        "--jwks",
+        "https://idp/jwks",
+        "--jwt-issuer",
+        "i",
+        "--jwt-audience",
+        "chat",
+    ]);
     let AuthConfig::Jwt(jwt) = jwks.unwrap().auth else { panic!("jwt") };
     assert!(matches!(&jwt.keys, KeySource::Jwks(JwksSource::Url(u)) if u == "https://idp/jwks"));
     assert_eq!(jwt.issuer.as_deref(), Some("i"));
@@ -189,6 +198,18 @@ fn auth_settings_name_the_key() {
         "jwt_leeway_secs"
     );
     assert_eq!(parse(&["--jwks", "j.json"]).unwrap_err().key, "jwks");
+    // A provider's keys need an audience (or `any`); this server's own secret does not.
+    let no_audience = parse(&["--auth", "jwt", "--jwks", "j.json"]).unwrap_err();
+    assert_eq!(no_audience.key, "jwt_audience");
+    assert!(no_audience.to_string().contains("`any`"), "{no_audience}");
+    let pem = ["--auth", "jwt", "--jwt-public-key", "k.pem"];
+    assert_eq!(parse(&pem).unwrap_err().key, "jwt_audience");
+    let any = parse(&[&pem[..], &["--jwt-audience", "any"]].concat()).unwrap();
+    let AuthConfig::Jwt(jwt) = any.auth else { panic!("jwt") };
+    assert_eq!(jwt.audience, None, "any: not checked");
+    let named = parse(&[&pem[..], &["--jwt-audience", "chat"]].concat()).unwrap();
+    let AuthConfig::Jwt(jwt) = named.auth else { panic!("jwt") };
+    assert_eq!(jwt.audience.as_deref(), Some("chat"));
     assert_eq!(parse(&["--tls-cert", "c.pem"]).unwrap_err().key, "tls_key");
     assert_eq!(parse(&["--tls-key", "k.pem"]).unwrap_err().key, "tls_cert");
     let tls = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap().tls;
@@ -311,4 +332,35 @@ fn every_setting_is_a_file_key() {
     let f = file.to_str().unwrap();
     assert_eq!(parse(&["--config", f]).unwrap().chat.max_members, 20);
     assert_eq!(parse(&["--config", f, "--max-members", "3"]).unwrap().chat.max_members, 3);
+}
+
+#[test]
+fn edge_settings_default_to_safe_values() {
+    let config = parse(&[]).unwrap();
+    assert!(!config.allow_remote_header_auth, "header mode answers loopback only");
+    assert_eq!(config.max_unauthenticated_connections_per_ip, 64);
+    let set =
+        parse(&["--allow-remote-header-auth", "--max-unauthenticated-connections-per-ip", "3"])
+            .unwrap();
+    assert!(set.allow_remote_header_auth);
+    assert_eq!(set.max_unauthenticated_connections_per_ip, 3);
+    let zero = parse(&["--max-unauthenticated-connections-per-ip", "0"]).unwrap_err();
+    assert_eq!(zero.key, "max_unauthenticated_connections_per_ip");
+}
+
+#[test]
+fn malformed_backend_urls_are_configuration_errors_without_the_password() {
+    let err = parse(&["--redis", "redis://user:secret@[bad:1/0"]).unwrap_err();
+    assert_eq!(err.key, "redis");
+    assert!(!err.to_string().contains("secret"), "{err}");
+    assert!(err.to_string().contains("redis://user:***@[bad:1/0"), "{err}");
+    let seeds = ["--redis", "redis://a:1,redis://u:secret@b:x", "--redis-cluster"];
+    let err = parse(&seeds).unwrap_err();
+    assert_eq!(err.key, "redis");
+    assert!(!err.to_string().contains("secret"), "{err}");
+    let err = parse(&["--database", "mysql://u:secret@[h:1/chat"]).unwrap_err();
+    assert_eq!(err.key, "database");
+    assert!(!err.to_string().contains("secret"), "{err}");
+    let err = parse(&["--database", "postgres://u:secret@h/chat"]).unwrap_err();
+    assert!(!err.to_string().contains("secret"), "{err}");
 }
