@@ -90,6 +90,10 @@ pub struct Settings {
     #[arg(long, env = "NEXT_CHAT_REDIS_RECENT_SCAN_ENTRIES", global = true, value_name = "N")]
     pub redis_recent_scan_entries: Option<usize>,
 
+    /// After each message, wait until this many Redis replicas hold it (WAIT, up to 1 s), so a completed send survives a Redis failover; fewer fail the send; 0 waits for none, at most 16 [default: 0]
+    #[arg(long, env = "NEXT_CHAT_REDIS_WAIT_REPLICAS", global = true, value_name = "N")]
+    pub redis_wait_replicas: Option<usize>,
+
     /// Apply the database's migrations at start [default: true for sqlite://, false for mysql://]
     #[arg(long, env = "NEXT_CHAT_MIGRATE", global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub migrate: Option<bool>,
@@ -250,7 +254,9 @@ pub struct Settings {
     #[arg(long, env = "NEXT_CHAT_HISTORY_UNSAVED_MAX_BYTES", global = true, value_name = "BYTES")]
     pub history_unsaved_max_bytes: Option<usize>,
     /// Most bytes the Redis streams may hold in all, split over the shards; the
-    /// oldest entries are dropped to stay within it [default: 268435456 (256 MiB)]
+    /// oldest stored entries are dropped to stay within it, and with mysql://
+    /// history SendMessage fails while a shard is full of messages not yet
+    /// stored [default: 268435456 (256 MiB)]
     #[arg(long, env = "NEXT_CHAT_REDIS_STREAM_MAX_BYTES", global = true, value_name = "BYTES")]
     pub redis_stream_max_bytes: Option<u64>,
     /// Most bytes of messages in one OnHistory or GetHistory page; a page holds fewer messages rather than exceed it [default: 1048576]
@@ -369,6 +375,7 @@ impl Settings {
                 redis_stream_shards,
                 redis_stream_maxlen,
                 redis_recent_scan_entries,
+                redis_wait_replicas,
                 migrate,
                 max_members,
                 history_on_join,
@@ -507,7 +514,12 @@ pub struct RedisSettings {
     pub stream_shards: usize,
     pub stream_maxlen: usize,
     pub recent_scan_entries: usize,
+    pub wait_replicas: usize,
 }
+
+/// The most replicas `redis_wait_replicas` may wait for: more than any
+/// deployment runs, and a typo (say 100) is caught at start.
+const WAIT_REPLICAS_MAX: usize = 16;
 
 /// Streams the groups are spread over by default. An instance reads only the
 /// shards of groups joined on it, so more shards read less where instances
@@ -762,6 +774,16 @@ impl Config {
                             return Err(bad(
                                 "redis_recent_scan_entries",
                                 format!("must be at most {RECENT_SCAN_ENTRIES_MAX}"),
+                            ));
+                        }
+                    },
+                    wait_replicas: match s.redis_wait_replicas {
+                        None => 0,
+                        Some(n) if n <= WAIT_REPLICAS_MAX => n,
+                        Some(_) => {
+                            return Err(bad(
+                                "redis_wait_replicas",
+                                format!("must be at most {WAIT_REPLICAS_MAX}"),
                             ));
                         }
                     },
@@ -1061,6 +1083,20 @@ mod tests {
         assert_eq!(err.key, "stateful_reconnect_buffer_bytes");
         let err = parse(&["--stateful-reconnect-window-secs", "0"]).unwrap_err();
         assert_eq!(err.key, "stateful_reconnect_window_secs");
+    }
+
+    #[test]
+    fn redis_wait_replicas_is_off_by_default_and_bounded() {
+        let redis = |args: &[&str]| {
+            let mut all = vec!["--redis", "redis://127.0.0.1:6379"];
+            all.extend_from_slice(args);
+            parse(&all)
+        };
+        assert_eq!(redis(&[]).unwrap().redis.unwrap().wait_replicas, 0);
+        assert_eq!(redis(&["--redis-wait-replicas", "2"]).unwrap().redis.unwrap().wait_replicas, 2);
+        let err = redis(&["--redis-wait-replicas", "17"]).unwrap_err();
+        assert_eq!(err.key, "redis_wait_replicas");
+        assert!(err.to_string().contains("at most 16"), "{err}");
     }
 
     #[test]
