@@ -41,8 +41,11 @@ async fn a_history_outage_and_a_killed_instance_lose_no_completed_send() {
         ["--redis-stream-shards", "1", "--redis-stream-max-bytes", "1048576"].map(String::from),
     );
     let mut server = TestServer::start(args.clone()).await;
-    let (client, _events) =
-        Client::connect(ClientOptions::new(&server.url, "alice")).await.unwrap();
+    // 40 queued calls of 64 KiB each outlast the default call timeout on a
+    // loaded machine; a timed-out send would leave its outcome unknown.
+    let mut options = ClientOptions::new(&server.url, "alice");
+    options.call_timeout = Duration::from_secs(120);
+    let (client, _events) = Client::connect(options).await.unwrap();
     assert_eq!(client.join_group(GROUP).await, Ok(JoinResult::Joined));
 
     proxy.cut();
