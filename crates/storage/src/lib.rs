@@ -27,5 +27,7 @@ pub use embedded::EmbeddedMembership;
 pub use memory::InProcessMessaging;
 pub use mysql::MySqlHistory;
 pub use reconcile::{ExistingMessages, ReconcilerConfig, RoundReport, StreamHistoryReconciler};
-pub use redis::{BusStats, RedisConfig, RedisMembership, RedisMessaging};
+pub use redis::{
+    BusStats, MarkStoredHistory, RedisConfig, RedisMembership, RedisMessaging, StoredMarks,
+};
 pub use sqlite::SqliteStore;

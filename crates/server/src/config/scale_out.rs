@@ -11,6 +11,8 @@ pub struct RedisSettings {
     pub stream_shards: usize,
     pub stream_maxlen: usize,
     pub recent_scan_entries: usize,
+    /// `redis_wait_replicas`: replicas a publish waits for (`WAIT`); 0 for none.
+    pub wait_replicas: usize,
 }
 
 /// Streams the groups are spread over by default. An instance reads only the
@@ -61,6 +63,7 @@ pub(super) fn redis(v: &Values) -> Result<Option<RedisSettings>, ConfigError> {
         stream_shards: v.redis_stream_shards,
         stream_maxlen: v.redis_stream_maxlen,
         recent_scan_entries: v.redis_recent_scan_entries,
+        wait_replicas: v.redis_wait_replicas,
     }))
 }
 

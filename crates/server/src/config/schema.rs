@@ -176,12 +176,20 @@ settings! {
     redis_stream_maxlen: usize, default (100_000), min 1,
         env "NEXT_CHAT_REDIS_STREAM_MAXLEN", value "N";
     /// Most bytes the Redis streams may hold in all, split over the shards (at
-    /// least 1 MiB each); the oldest entries are dropped to stay within it
+    /// least 1 MiB each); the oldest stored entries are dropped to stay within it,
+    /// and with mysql:// history SendMessage fails while a shard is full of
+    /// messages not yet stored
     redis_stream_max_bytes: u64, default (268_435_456),
         env "NEXT_CHAT_REDIS_STREAM_MAX_BYTES", value "BYTES";
     /// How many of a Redis stream's newest entries GetMessagesAfter also reads, for messages other instances have not stored yet; 0 reads none
     redis_recent_scan_entries: usize, default (200), max RECENT_SCAN_ENTRIES_MAX,
         env "NEXT_CHAT_REDIS_RECENT_SCAN_ENTRIES", value "N";
+    /// After each message, wait until this many Redis replicas hold it (WAIT, up
+    /// to 1 s), so a completed send survives a Redis failover; fewer fail the
+    /// send; 0 waits for none
+    // At most 16: more than any deployment runs, and a typo (say 100) is caught at start.
+    redis_wait_replicas: usize, default (0), max 16,
+        env "NEXT_CHAT_REDIS_WAIT_REPLICAS", value "N";
 
     // Authentication and TLS.
 

@@ -364,3 +364,17 @@ fn malformed_backend_urls_are_configuration_errors_without_the_password() {
     let err = parse(&["--database", "postgres://u:secret@h/chat"]).unwrap_err();
     assert!(!err.to_string().contains("secret"), "{err}");
 }
+
+#[test]
+fn redis_wait_replicas_is_off_by_default_and_bounded() {
+    let redis = |args: &[&str]| {
+        let mut all = vec!["--redis", "redis://127.0.0.1:6379"];
+        all.extend_from_slice(args);
+        parse(&all)
+    };
+    assert_eq!(redis(&[]).unwrap().redis.unwrap().wait_replicas, 0);
+    assert_eq!(redis(&["--redis-wait-replicas", "2"]).unwrap().redis.unwrap().wait_replicas, 2);
+    let err = redis(&["--redis-wait-replicas", "17"]).unwrap_err();
+    assert_eq!(err.key, "redis_wait_replicas");
+    assert!(err.to_string().contains("at most 16"), "{err}");
+}
