@@ -97,6 +97,10 @@ async fn history_catches_up_after_a_write_lock_with_300_longest_emoji_messages()
     let mut args = scale.args();
     // Senders need not be members, so nobody receives 300 x 64 KiB per sender.
     args.extend(["--require-join-to-send".into(), "false".into()]);
+    // The group's stream shard must hold all 19 MiB while none of it is stored
+    // (32 MiB per shard): the streams refuse sends rather than trim what
+    // history lacks, and that refusal is tested in durability.rs.
+    args.extend(["--redis-stream-max-bytes".into(), (64u64 << 25).to_string()]);
     let server = TestServer::start(args).await;
     let (admin, _admin_events) = connect(&server, "admin").await;
     admin.create_group(GROUP).await.unwrap();
