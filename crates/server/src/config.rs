@@ -286,6 +286,28 @@ pub struct Settings {
     #[arg(long, env = "NEXT_CHAT_MAX_GROUPS", global = true, value_name = "N")]
     pub max_groups: Option<usize>,
 
+    /// Bytes of history pages (OnHistory, GetHistory, GetMessagesAfter) one user may read per second, per instance [default: 1048576]
+    #[arg(
+        long,
+        env = "NEXT_CHAT_HISTORY_READ_BYTES_PER_SECOND",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub history_read_bytes_per_second: Option<u32>,
+
+    /// Bytes of history pages one user may read at once beyond the rate [default: 8388608]
+    #[arg(long, env = "NEXT_CHAT_HISTORY_READ_BURST_BYTES", global = true, value_name = "BYTES")]
+    pub history_read_burst_bytes: Option<u32>,
+
+    /// History reads one user may have running at once, per instance [default: 2]
+    #[arg(
+        long,
+        env = "NEXT_CHAT_HISTORY_READS_IN_FLIGHT_PER_USER",
+        global = true,
+        value_name = "N"
+    )]
+    pub history_reads_in_flight_per_user: Option<usize>,
+
     /// How a connection's user is known: `header` (the Authorization header or
     /// access_token is the user id; development only) or `jwt` (a signed JWT)
     /// [default: header]
@@ -411,6 +433,9 @@ impl Settings {
                 user_messages_burst,
                 groups_created_per_minute,
                 max_groups,
+                history_read_bytes_per_second,
+                history_read_burst_bytes,
+                history_reads_in_flight_per_user,
                 auth,
                 jwt_secret_file,
                 jwt_public_key,
@@ -816,6 +841,24 @@ impl Config {
                 Rate::per_minute(rate, rate)
             },
             max_groups: positive("max_groups", s.max_groups, 100_000)?,
+            history_read_bytes: {
+                let rate = positive_u32(
+                    "history_read_bytes_per_second",
+                    s.history_read_bytes_per_second,
+                    1024 * 1024,
+                )?;
+                let burst = positive_u32(
+                    "history_read_burst_bytes",
+                    s.history_read_burst_bytes,
+                    8 * 1024 * 1024,
+                )?;
+                Rate::per_second(rate, burst)
+            },
+            history_reads_in_flight_per_user: positive(
+                "history_reads_in_flight_per_user",
+                s.history_reads_in_flight_per_user,
+                2,
+            )?,
             ..ChatConfig::default()
         };
         let history = HistoryWriterConfig {
@@ -1041,6 +1084,32 @@ mod tests {
         assert_eq!(err.key, "history_page_max_bytes");
         assert_eq!(parse(&["--user-messages-burst", "0"]).unwrap_err().key, "user_messages_burst");
         assert_eq!(parse(&["--max-groups", "0"]).unwrap_err().key, "max_groups");
+    }
+
+    #[test]
+    fn history_read_limits() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.chat.history_read_bytes, Rate::per_second(1 << 20, 8 << 20));
+        assert_eq!(config.chat.history_reads_in_flight_per_user, 2);
+        let config = parse(&[
+            "--history-read-bytes-per-second",
+            "5000",
+            "--history-read-burst-bytes",
+            "20000",
+            "--history-reads-in-flight-per-user",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(config.chat.history_read_bytes, Rate::per_second(5000, 20000));
+        assert_eq!(config.chat.history_reads_in_flight_per_user, 1);
+        for key in [
+            "history_read_bytes_per_second",
+            "history_read_burst_bytes",
+            "history_reads_in_flight_per_user",
+        ] {
+            let flag = format!("--{}", key.replace('_', "-"));
+            assert_eq!(parse(&[flag.as_str(), "0"]).unwrap_err().key, key);
+        }
     }
 
     #[test]
