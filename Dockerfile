@@ -2,8 +2,16 @@
 # next-chat, the black-box test runner next-chat-autotest and next-chat-bench.
 #
 #   docker build -t next-chat .
-#   docker run --rm -p 5000:5000 next-chat
+#   docker run --rm -p 5000:5000 -e NEXT_CHAT_AUTH=jwt -e NEXT_CHAT_JWT_SECRET=... next-chat
 #   docker run --rm --entrypoint next-chat-autotest next-chat --url http://HOST:5000/next-chat
+#
+# Authentication is an explicit choice here (see ENV below). The default is
+# auth header in protected mode: the header is the user id, so the server
+# answers only clients on the container's own loopback (docker exec, or
+# --network container:ID); any other client, the host's published port
+# included, gets 403 saying what to set. Serve others with NEXT_CHAT_AUTH=jwt
+# and a key, or, behind a proxy that authenticates its users and sets the
+# header (and only then), NEXT_CHAT_ALLOW_REMOTE_HEADER_AUTH=true.
 #
 # The build command below is scripts/test's build command plus --release;
 # deploy/check.py fails when the two differ, so they cannot drift apart.
@@ -73,6 +81,9 @@ COPY --from=build /out/bin/ /usr/local/bin/
 WORKDIR /var/lib/next-chat
 USER 10001:10001
 ENV NEXT_CHAT_LISTEN=0.0.0.0:5000
+# Listening on every address, the image states how it authenticates: header
+# mode answering loopback clients only (see the top of this file).
+ENV NEXT_CHAT_AUTH=header NEXT_CHAT_ALLOW_REMOTE_HEADER_AUTH=false
 EXPOSE 5000
 # SIGTERM starts the graceful shutdown (Close with allowReconnect, drain, exit 0
 # within 10 s); the server handles it itself as PID 1.

@@ -453,8 +453,12 @@ RENDER_CASES: dict[str, dict] = {
     "external Redis Cluster from a Secret": {
         "redis": {"enabled": False}, "externalRedis": {"cluster": True, "existingSecret": "redis-cluster"}},
     "JWT with an HS256 secret": {"auth": {"mode": "jwt", "jwt": {"existingSecret": "jwt", "issuer": "idp"}}},
-    "JWT with a public key": {"auth": {"mode": "jwt", "jwt": {"existingSecret": "jwt", "keyType": "publicKey"}}},
-    "JWT from a JWKS URL": {"auth": {"mode": "jwt", "jwt": {"jwksUrl": "https://idp.example.com/jwks.json"}}},
+    "JWT with a public key": {"auth": {"mode": "jwt", "jwt": {
+        "existingSecret": "jwt", "keyType": "publicKey", "audience": "next-chat"}}},
+    "JWT from a JWKS URL": {"auth": {"mode": "jwt", "jwt": {
+        "jwksUrl": "https://idp.example.com/jwks.json", "audience": "any"}}},
+    "header auth, loopback only": {"auth": {"mode": "header"}},
+    "header auth behind an authenticating proxy": {"auth": {"mode": "header", "allowRemoteHeaderAuth": True}},
 }
 REFUSED_CASES: dict[str, dict] = {
     "two replicas without Redis": {"redis": {"enabled": False}},
@@ -467,6 +471,9 @@ REFUSED_CASES: dict[str, dict] = {
         "config": {"redis_key_prefix": "{chat}:"}},
     "several Redis URLs without cluster mode": {
         "redis": {"enabled": False}, "externalRedis": {"url": "redis://a:6379,redis://b:6379"}},
+    "a JWKS without an audience": {"auth": {"mode": "jwt", "jwt": {"jwksUrl": "https://idp.example.com/jwks.json"}}},
+    "a public key without an audience": {"auth": {"mode": "jwt", "jwt": {"existingSecret": "jwt", "keyType": "publicKey"}}},
+    "a public key without its Secret": {"auth": {"mode": "jwt", "jwt": {"keyType": "publicKey", "audience": "any"}}},
 }
 
 
@@ -615,6 +622,18 @@ def check_manifests(case: str, docs: list[dict], values: dict) -> list[str]:
         for name in ("NEXT_CHAT_DATABASE", "NEXT_CHAT_CONFIG", "NEXT_CHAT_LISTEN"):
             if name not in env:
                 problems.append(f"{case}: the server has no {name}")
+        # Authentication is explicit: header mode says whether clients off
+        # loopback are answered; jwt mode without a key of yours reads the
+        # secret the chart generated.
+        auth = values["auth"]
+        if auth["mode"] == "header":
+            want = "true" if auth["allowRemoteHeaderAuth"] else "false"
+            if (env.get("NEXT_CHAT_ALLOW_REMOTE_HEADER_AUTH") or {}).get("value") != want:
+                problems.append(f"{case}: header mode without NEXT_CHAT_ALLOW_REMOTE_HEADER_AUTH={want}")
+        elif not auth["jwt"]["jwksUrl"] and auth["jwt"]["keyType"] == "secret":
+            ref = ((env.get("NEXT_CHAT_JWT_SECRET") or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+            if ref.get("name") != (auth["jwt"]["existingSecret"] or own_secret):
+                problems.append(f"{case}: NEXT_CHAT_JWT_SECRET does not come from the key's Secret: {ref}")
         has_redis = values["redis"]["enabled"] or values["externalRedis"]["url"] or values["externalRedis"]["existingSecret"]
         if bool(has_redis) != ("NEXT_CHAT_REDIS" in env):
             problems.append(f"{case}: NEXT_CHAT_REDIS is {'missing' if has_redis else 'set without a Redis'}")

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
 use next_chat_client::{Client, ClientOptions, Event, Events, JoinResult, Message, Protocol};
+use next_chat_contract::Method;
 use tokio::task::JoinSet;
 
 /// What a scenario returns: a short note for the report line, or why it failed.
@@ -261,11 +262,11 @@ pub fn cross_instance(max_members: usize) -> Vec<Scenario> {
 async fn send_and_receive(run: Run) -> Outcome {
     let group = run.group("one");
     let mut ann = run.connect(&run.user("ann")).await?;
-    ann.client.create_group(&group).await.context("CreateGroup")?;
+    ann.client.create_group(&group).await.context(Method::CreateGroup.name())?;
     ann.join(&group).await?;
     let text = format!("hello from {}", ann.user);
     let sent = Instant::now();
-    ann.client.send_message(&group, &text).await.context("SendMessage")?;
+    ann.client.send_message(&group, &text).await.context(Method::SendMessage.name())?;
     let received =
         ann.receive_texts(&group, std::slice::from_ref(&text), sent + RECEIVE_TIMEOUT).await?;
     let message = &received[0];
@@ -325,7 +326,7 @@ async fn other_users_message(run: Run) -> Outcome {
     ann.join(&group).await?;
     bob.join(&group).await?;
     let text = format!("hi ann, this is {}", bob.user);
-    bob.client.send_message(&group, &text).await.context("SendMessage")?;
+    bob.client.send_message(&group, &text).await.context(Method::SendMessage.name())?;
     let received = ann.receive_texts(&group, &[text], Instant::now() + RECEIVE_TIMEOUT).await?;
     ensure!(
         received[0].author_id == bob.user,
@@ -349,7 +350,7 @@ async fn no_room(run: Run, max_members: usize) -> Outcome {
             joined?;
         }
         let extra = run.connect(&run.user("extra")).await?;
-        let result = extra.client.join_group(&group).await.context("JoinGroup")?;
+        let result = extra.client.join_group(&group).await.context(Method::JoinGroup.name())?;
         extra.close().await;
         ensure!(
             result == JoinResult::NoRoom,
@@ -371,7 +372,7 @@ async fn history_on_join(run: Run) -> Outcome {
     ann.join(&group).await?;
     let texts: Vec<String> = (0..HISTORY_MESSAGES).map(|i| format!("history {i}")).collect();
     for text in &texts {
-        ann.client.send_message(&group, text).await.context("SendMessage")?;
+        ann.client.send_message(&group, text).await.context(Method::SendMessage.name())?;
     }
     let mut bob = run.connect(&run.user("bob")).await?;
     let history = bob.join(&group).await?;
@@ -379,7 +380,8 @@ async fn history_on_join(run: Run) -> Outcome {
     ensure!(got == texts, "bob's history on join is {got:?}, expected {texts:?}");
     ensure!(history.iter().all(|m| m.author_id == ann.user), "history has the wrong authorId");
     // GetHistory reads the same messages back.
-    let fetched = bob.client.get_history(&group, None, 100).await.context("GetHistory")?;
+    let fetched =
+        bob.client.get_history(&group, None, 100).await.context(Method::GetHistory.name())?;
     let fetched: Vec<&str> = fetched.iter().map(|m| m.text.as_str()).collect();
     ensure!(fetched == texts, "GetHistory returned {fetched:?}, expected {texts:?}");
     ann.close().await;
@@ -424,7 +426,7 @@ async fn across_instances(run: Run) -> Outcome {
         "message ids do not increase in delivery order on the other instance"
     );
     let reply = format!("reply from {} on the other instance", bob.user);
-    bob.client.send_message(&group, &reply).await.context("SendMessage")?;
+    bob.client.send_message(&group, &reply).await.context(Method::SendMessage.name())?;
     let back = ann.receive_texts(&group, &[reply], Instant::now() + RECEIVE_TIMEOUT).await?;
     ensure!(
         back[0].author_id == bob.user,
@@ -443,7 +445,7 @@ async fn history_across_instances(run: Run) -> Outcome {
     ann.join(&group).await?;
     let texts: Vec<String> = (0..HISTORY_MESSAGES).map(|i| format!("history across {i}")).collect();
     for text in &texts {
-        ann.client.send_message(&group, text).await.context("SendMessage")?;
+        ann.client.send_message(&group, text).await.context(Method::SendMessage.name())?;
     }
     let mut bob = run.connect_peer(&run.user("bob")).await?;
     let history = bob.join(&group).await?;
@@ -452,7 +454,8 @@ async fn history_across_instances(run: Run) -> Outcome {
         got == texts,
         "bob's history on join on the other instance is {got:?}, expected {texts:?}"
     );
-    let fetched = bob.client.get_history(&group, None, 100).await.context("GetHistory")?;
+    let fetched =
+        bob.client.get_history(&group, None, 100).await.context(Method::GetHistory.name())?;
     let fetched: Vec<&str> = fetched.iter().map(|m| m.text.as_str()).collect();
     ensure!(
         fetched == texts,
@@ -480,7 +483,7 @@ async fn no_room_across_instances(run: Run, max_members: usize) -> Outcome {
         }
         // The newcomer's instance holds only half of the members: the limit is the deployment's.
         let extra = run.connect_peer(&run.user("extra")).await?;
-        let result = extra.client.join_group(&group).await.context("JoinGroup")?;
+        let result = extra.client.join_group(&group).await.context(Method::JoinGroup.name())?;
         extra.close().await;
         ensure!(
             result == JoinResult::NoRoom,

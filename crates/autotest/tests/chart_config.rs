@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use next_chat_testkit::{ScaleOut, TcpProxy, binary, unique};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use next_chat_testkit::{ScaleOut, ServerOptions, TcpProxy, TestServer, binary, http, unique};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 fn repository() -> PathBuf {
@@ -87,13 +87,20 @@ fn path_with_binaries() -> String {
     format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default())
 }
 
-async fn http_get(address: &str, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    response
+/// A server started with exactly `env` (the chart's, secrets resolved), in
+/// the rendered chart's directory.
+async fn server_with_env(rendered: &Rendered, env: BTreeMap<String, String>) -> TestServer {
+    TestServer::start_with(ServerOptions {
+        env: env.into_iter().collect(),
+        current_dir: Some(rendered.dir.clone()),
+        ..ServerOptions::default()
+    })
+    .await
+}
+
+/// The status of `GET {base_url}{path}`.
+async fn status_of(base_url: &str, path: &str) -> u16 {
+    http::get(&format!("{base_url}{path}")).await.status
 }
 
 #[tokio::test]
@@ -115,25 +122,38 @@ async fn a_server_configured_as_the_chart_does_passes_helm_test_and_drains_in_ti
     let mut migrate_env = rendered.env("migrate.env");
     resolve_secrets(&mut migrate_env, &secrets);
     migrate_env.insert("RETRY_SECONDS".into(), "1".into());
-    let started = Instant::now();
     let mut job = Command::new("/bin/sh")
         .args(["-c", &rendered.read("migrate.sh")])
         .envs(&migrate_env)
         .env("PATH", path_with_binaries())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("the migration script starts");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Two failed attempts, each followed by the script's retry line: the Job
+    // fails while the database is away and tries again instead of ending.
+    let mut job_stderr = BufReader::new(job.stderr.take().expect("piped")).lines();
+    let mut retries = 0;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while retries < 2 {
+            let line = job_stderr.next_line().await.expect("read the Job's stderr");
+            let line = line.expect("the Job keeps running while the database is unreachable");
+            if line.starts_with("migrate failed (is the database up yet?); retrying in 1 s") {
+                retries += 1;
+            }
+        }
+    })
+    .await
+    .expect("two failed attempts within 60 s");
     assert!(job.try_wait().expect("poll the job").is_none(), "migrate finished without a database");
+    tokio::spawn(async move { while let Ok(Some(_)) = job_stderr.next_line().await {} });
     mysql.restore();
     let status = tokio::time::timeout(Duration::from_secs(60), job.wait())
         .await
         .expect("migrate finishes once the database is reachable")
         .expect("wait for the job");
     assert!(status.success(), "the migration Job failed: {status}");
-    assert!(started.elapsed() >= Duration::from_secs(3));
 
     // The server, with the Deployment's environment and the ConfigMap's file.
     let mut env = rendered.env("server.env");
@@ -145,30 +165,12 @@ async fn a_server_configured_as_the_chart_does_passes_helm_test_and_drains_in_ti
     env.insert("NEXT_CHAT_LISTEN".into(), "127.0.0.1:0".into());
     // The only setting not from the chart: a Redis key prefix of this test's own.
     env.insert("NEXT_CHAT_REDIS_KEY_PREFIX".into(), scale.key_prefix.clone());
-    let mut server = Command::new(binary("next-chat-server"))
-        .envs(&env)
-        .current_dir(&rendered.dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("next-chat-server starts");
-    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
-    let address = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(address) = line.strip_prefix("listening on http://") {
-                return address.trim().to_string();
-            }
-        }
-        panic!("next-chat-server exited before listening");
-    })
-    .await
-    .expect("next-chat-server listens within 60 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut server = server_with_env(&rendered, env).await;
+    let address = format!("127.0.0.1:{}", server.port);
 
     // The probes.
-    assert!(http_get(&address, "/readyz").await.starts_with("HTTP/1.1 200"), "readiness probe");
-    assert!(http_get(&address, "/healthz").await.starts_with("HTTP/1.1 200"), "liveness probe");
+    assert_eq!(status_of(&server.base_url, "/readyz").await, 200, "readiness probe");
+    assert_eq!(status_of(&server.base_url, "/healthz").await, 200, "liveness probe");
 
     // helm test: the chart's test Pod runs next-chat-autotest --url ... --max-members.
     let config = rendered.read("config.yaml");
@@ -193,16 +195,14 @@ async fn a_server_configured_as_the_chart_does_passes_helm_test_and_drains_in_ti
     let timing = rendered.env("timing.env");
     let pre_stop: u64 = timing["PRE_STOP_SECONDS"].parse().expect("a number");
     let grace: u64 = timing["GRACE_SECONDS"].parse().expect("a number");
-    let pid = server.id().expect("the server runs").to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
     let stopping = Instant::now();
-    let status = tokio::time::timeout(Duration::from_secs(grace - pre_stop), server.wait())
-        .await
-        .unwrap_or_else(|_| {
-            panic!("the server did not exit within {} s of SIGTERM", grace - pre_stop)
-        })
-        .expect("wait for the server");
+    let status = server.stop().await;
     assert!(status.success(), "the server exited with {status} after SIGTERM");
+    assert!(
+        stopping.elapsed() <= Duration::from_secs(grace - pre_stop),
+        "the server did not exit within {} s of SIGTERM",
+        grace - pre_stop
+    );
     println!("drained in {:?}", stopping.elapsed());
 }
 
@@ -237,26 +237,8 @@ async fn a_jwt_release_passes_helm_test_with_tokens_the_test_pod_mints() {
     env.insert("NEXT_CHAT_LISTEN".into(), "127.0.0.1:0".into());
     // The chart turned the migration Job off: the server applies the schema.
     env.insert("NEXT_CHAT_MIGRATE".into(), "true".into());
-    let mut server = Command::new(binary("next-chat-server"))
-        .envs(&env)
-        .current_dir(&rendered.dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("next-chat-server starts");
-    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
-    let address = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(address) = line.strip_prefix("listening on http://") {
-                return address.trim().to_string();
-            }
-        }
-        panic!("next-chat-server exited before listening");
-    })
-    .await
-    .expect("next-chat-server listens within 60 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut server = server_with_env(&rendered, env).await;
+    let address = format!("127.0.0.1:{}", server.port);
 
     // The test Pod's own environment and arguments, the Service URL replaced
     // by this server's address.
@@ -284,5 +266,5 @@ async fn a_jwt_release_passes_helm_test_with_tokens_the_test_pod_mints() {
     let stdout = String::from_utf8_lossy(&report.stdout);
     print!("{stdout}");
     assert!(report.status.success(), "next-chat-autotest failed:\n{stdout}");
-    server.kill().await.expect("stop the server");
+    server.kill().await;
 }

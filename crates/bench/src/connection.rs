@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use next_chat_contract::{JoinResult, Method};
 use next_chat_signalr::handshake::{self, HandshakeRequest, HandshakeResponse};
 use next_chat_signalr::{Protocol, Value};
 use rand::Rng;
@@ -194,13 +195,13 @@ pub async fn open(plan: Plan, settings: Arc<Settings>) -> Result<Connection, Str
     let mut connection = Connection { plan, settings, socket, records, next_call: 0 };
     if connection.plan.create {
         let group = connection.plan.group.clone();
-        connection.call("CreateGroup", vec![group.into()]).await?;
+        connection.call(Method::CreateGroup, vec![group.into()]).await?;
     }
     let group = connection.plan.group.clone();
-    let joined = connection.call("JoinGroup", vec![group.as_str().into()]).await?;
+    let joined = connection.call(Method::JoinGroup, vec![group.as_str().into()]).await?;
     match joined.result {
-        Some(0) => Ok(connection),
-        Some(1) => Err(format!(
+        Some(result) if result == JoinResult::Ok.wire() => Ok(connection),
+        Some(result) if result == JoinResult::NoRoom.wire() => Err(format!(
             "JoinGroup {group}: the group is full (NoRoom). Another run may still be \
              connected to it, or --group-size is above the server's max_members"
         )),
@@ -344,10 +345,11 @@ fn upgrade_error(url: &str, error: tungstenite::Error) -> String {
 impl Connection {
     /// Sends one invocation and reads until its completion (setup only: no
     /// messages flow yet). A server error is returned as its text.
-    async fn call(&mut self, target: &str, args: Vec<Value>) -> Result<Completion, String> {
+    async fn call(&mut self, method: Method, args: Vec<Value>) -> Result<Completion, String> {
         let id = format!("setup-{}", self.next_call);
         self.next_call += 1;
-        let record = wire::invocation(self.settings.protocol, id.clone(), target, args);
+        let target = method.name();
+        let record = wire::invocation(self.settings.protocol, id.clone(), method, args);
         let timeout = self.settings.timeout;
         let url = self.plan.ws_url.clone();
         self.send_record(record).await.map_err(|e| format!("{url}: {target}: {e}"))?;
@@ -532,7 +534,8 @@ impl Connection {
         };
         payload::write(&mut sending.text, header, self.settings.length);
         let args = vec![self.plan.group.as_str().into(), sending.text.as_str().into()];
-        let record = wire::invocation(self.settings.protocol, seq.to_string(), "SendMessage", args);
+        let record =
+            wire::invocation(self.settings.protocol, seq.to_string(), Method::SendMessage, args);
         if let Some(log) = state.sent.as_mut() {
             log.states.push(if phase == Phase::Measured { MEASURED } else { 0 });
         }

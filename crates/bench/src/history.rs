@@ -5,27 +5,27 @@
 //! waits for: `JoinGroup` with its `OnHistory`, `GetHistory` paging back, and
 //! `ListGroupsPage`.
 //!
-//! The schema is the server's: the loader applies the storage crate's
-//! migrations before it writes, and a test loads a small history and reads it
-//! back through a real server.
+//! The schema, the statements and the group set's key are the server's: the
+//! loader writes through `next_chat_storage::bulk`, and a test loads a small
+//! history and reads it back through a real server.
 //!
 //! Message `i` (0-based) goes to group `i % H` (H = `--history-groups`) with id
 //! `<base + i>-0`, so ids interleave over the groups as live traffic's would,
 //! and every group with history holds the same messages whatever `--groups` is.
 //! They are written group by group, in primary-key order, so that every insert
-//! lands at the end of the table's B-tree. SQLite's secondary index
-//! (`messages_by_id`), which that order would fill at random, is dropped for
-//! the load and made again from its own SQL afterwards, in one sort.
+//! lands at the end of the table's B-tree (storage drops SQLite's secondary
+//! index, which that order would fill at random, for the load).
 
-use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
+use next_chat_contract::{Callback, JoinResult, Method, keys};
 use next_chat_signalr::{HubMessage, Outcome, Protocol, Value};
+use next_chat_storage::RedisConfig;
+use next_chat_storage::bulk::{self, Batching, HistoryRow};
 use rand::Rng;
 use serde::Serialize;
-use sqlx::{Connection as _, Executor as _, MySql, QueryBuilder, Sqlite};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -41,10 +41,6 @@ const MYSQL_ROWS_PER_INSERT: usize = 1000;
 const ROWS_PER_TRANSACTION: u64 = 100_000;
 /// Distinct authors of loaded messages.
 const AUTHORS: u64 = 997;
-/// Groups per `INSERT` or `ZADD`.
-const GROUPS_PER_STATEMENT: usize = 500;
-/// The SQLite page cache while loading, KiB (as `PRAGMA cache_size` takes it, negated).
-const SQLITE_LOAD_CACHE_KIB: i64 = 1 << 20;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
@@ -257,195 +253,65 @@ fn progress(args: &LoadArgs, done: u64, started: Instant) {
     }
 }
 
+/// The plan's rows in the table's primary-key order, as storage loads them.
+fn rows<'a>(
+    args: &LoadArgs,
+    plan: &'a MessagePlan,
+    names: &'a [String],
+    authors: &'a [String],
+) -> impl Iterator<Item = HistoryRow<'a>> + use<'a> {
+    plan.key_order(args.messages).map(move |i| {
+        let row = plan.row(i);
+        HistoryRow {
+            group_id: &names[row.group],
+            id_millis: row.millis as u64,
+            id_seq: 0,
+            author_id: &authors[row.author],
+            send_time_ms: row.millis as u64,
+            text: row.text.into(),
+        }
+    })
+}
+
+fn authors() -> Vec<String> {
+    (0..AUTHORS).map(|a| format!("user-{a}")).collect()
+}
+
 async fn load_sqlite(args: &LoadArgs, plan: &MessagePlan, names: &[String]) -> Result<u64, String> {
-    use sqlx::sqlite::{
-        SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteLockingMode,
-        SqliteSynchronous,
-    };
-    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{}: {what}: {e}", args.database);
-    // The server's schema, by its own migrations; then one exclusive
-    // connection without a journal or fsync, for the load only.
-    let store = next_chat_storage::SqliteStore::open(&args.database)
-        .await
-        .map_err(|e| fail("cannot prepare the schema", &e))?;
-    store.close().await;
-    let options = SqliteConnectOptions::from_str(&args.database)
-        .map_err(|e| fail("not a database URL", &e))?
-        .journal_mode(SqliteJournalMode::Off)
-        .synchronous(SqliteSynchronous::Off)
-        .locking_mode(SqliteLockingMode::Exclusive)
-        .pragma("cache_size", (-SQLITE_LOAD_CACHE_KIB).to_string())
-        .pragma("temp_store", "memory");
-    // Leaving WAL mode needs the file to itself. The store's connections are
-    // closed, but on a loaded machine SQLite's worker threads may release the
-    // file late (a CI run failed once with "database is locked" after the
-    // 5 s busy timeout): try for up to half a minute more.
-    let mut attempts = 0;
-    let mut db = loop {
-        match SqliteConnection::connect_with(&options).await {
-            Ok(db) => break db,
-            // SQLITE_BUSY is code 5.
-            Err(e)
-                if attempts < 6
-                    && e.as_database_error().and_then(|d| d.code()).as_deref() == Some("5") =>
-            {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(fail("cannot open", &e)),
-        }
-    };
-    let mut tx = db.begin().await.map_err(|e| fail("begin", &e))?;
-    for chunk in names.chunks(GROUPS_PER_STATEMENT) {
-        let mut insert: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT OR IGNORE INTO chat_groups (group_id) ");
-        insert.push_values(chunk, |mut b, name| {
-            b.push_bind(name.as_str());
-        });
-        insert.build().execute(&mut *tx).await.map_err(|e| fail("insert groups", &e))?;
-    }
-    tx.commit().await.map_err(|e| fail("commit", &e))?;
-    // Secondary indexes, as the migrations made them: dropped for the load,
-    // made again from their own SQL after it.
-    let indexes: Vec<(String, String)> = sqlx::query_as(
-        "SELECT name, sql FROM sqlite_master \
-         WHERE type = 'index' AND tbl_name = 'messages' AND sql IS NOT NULL",
-    )
-    .fetch_all(&mut db)
-    .await
-    .map_err(|e| fail("read the schema", &e))?;
-    for (name, _) in &indexes {
-        let drop = format!("DROP INDEX \"{}\"", name.replace('"', "\"\""));
-        db.execute(drop.as_str()).await.map_err(|e| fail("drop index", &e))?;
-    }
-    let authors: Vec<String> = (0..AUTHORS).map(|a| format!("user-{a}")).collect();
+    let authors = authors();
     let started = Instant::now();
-    let mut order = plan.key_order(args.messages).peekable();
-    let mut done = 0u64;
-    while order.peek().is_some() {
-        let mut tx = db.begin().await.map_err(|e| fail("begin", &e))?;
-        let mut in_transaction = 0;
-        while in_transaction < ROWS_PER_TRANSACTION && order.peek().is_some() {
-            let rows: Vec<Row> =
-                order.by_ref().take(SQLITE_ROWS_PER_INSERT).map(|i| plan.row(i)).collect();
-            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT OR IGNORE INTO messages \
-                 (group_id, id_millis, id_seq, author_id, send_time_ms, text) ",
-            );
-            insert.push_values(&rows, |mut b, row| {
-                b.push_bind(names[row.group].as_str())
-                    .push_bind(row.millis)
-                    .push_bind(0i64)
-                    .push_bind(authors[row.author].as_str())
-                    .push_bind(row.millis)
-                    .push_bind(row.text.as_str());
-            });
-            insert.build().execute(&mut *tx).await.map_err(|e| fail("insert messages", &e))?;
-            in_transaction += rows.len() as u64;
-            done += rows.len() as u64;
-            progress(args, done, started);
-        }
-        tx.commit().await.map_err(|e| fail("commit", &e))?;
-    }
-    for (_, sql) in &indexes {
-        db.execute(sql.as_str()).await.map_err(|e| fail("create index", &e))?;
-    }
-    // Back to what the server opens: WAL.
-    db.execute("PRAGMA journal_mode = WAL").await.map_err(|e| fail("set WAL", &e))?;
-    db.close().await.map_err(|e| fail("close", &e))?;
+    let batching = Batching {
+        rows_per_insert: SQLITE_ROWS_PER_INSERT,
+        rows_per_transaction: ROWS_PER_TRANSACTION,
+    };
+    let rows = rows(args, plan, names, &authors);
+    bulk::load_sqlite(&args.database, names, rows, batching, |done| progress(args, done, started))
+        .await
+        .map_err(|e| format!("{}: {e}", args.database))?;
     let path = args.database.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or(path);
     std::fs::metadata(path).map(|m| m.len()).map_err(|e| format!("{path}: {e}"))
 }
 
 async fn load_mysql(args: &LoadArgs, plan: &MessagePlan, names: &[String]) -> Result<u64, String> {
-    use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
-    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{}: {what}: {e}", args.database);
-    next_chat_storage::mysql::migrate(&args.database)
-        .await
-        .map_err(|e| fail("cannot prepare the schema", &e))?;
-    let options = MySqlConnectOptions::from_str(&args.database)
-        .map_err(|e| fail("not a database URL", &e))?;
-    let mut db =
-        MySqlConnection::connect_with(&options).await.map_err(|e| fail("cannot connect", &e))?;
-    db.execute("SET SESSION unique_checks = 0").await.map_err(|e| fail("set", &e))?;
-    let authors: Vec<String> = (0..AUTHORS).map(|a| format!("user-{a}")).collect();
+    let authors = authors();
     let started = Instant::now();
-    let mut done = 0u64;
-    let mut in_transaction = 0u64;
-    let mut batch: Vec<Row> = Vec::with_capacity(MYSQL_ROWS_PER_INSERT);
-    db.execute("BEGIN").await.map_err(|e| fail("begin", &e))?;
-    for i in plan.key_order(args.messages) {
-        batch.push(plan.row(i));
-        if batch.len() == MYSQL_ROWS_PER_INSERT {
-            insert_mysql(&mut db, &batch, names, &authors).await.map_err(|e| fail("insert", &e))?;
-            done += batch.len() as u64;
-            in_transaction += batch.len() as u64;
-            batch.clear();
-            if in_transaction >= ROWS_PER_TRANSACTION {
-                db.execute("COMMIT").await.map_err(|e| fail("commit", &e))?;
-                db.execute("BEGIN").await.map_err(|e| fail("begin", &e))?;
-                in_transaction = 0;
-            }
-            progress(args, done, started);
-        }
-    }
-    if !batch.is_empty() {
-        insert_mysql(&mut db, &batch, names, &authors).await.map_err(|e| fail("insert", &e))?;
-    }
-    db.execute("COMMIT").await.map_err(|e| fail("commit", &e))?;
-    db.execute("ANALYZE TABLE messages").await.map_err(|e| fail("analyze", &e))?;
-    let bytes: (u64,) = sqlx::query_as(
-        "SELECT CAST(data_length + index_length AS UNSIGNED) FROM information_schema.tables \
-         WHERE table_schema = DATABASE() AND table_name = 'messages'",
-    )
-    .fetch_one(&mut db)
-    .await
-    .map_err(|e| fail("table size", &e))?;
-    db.close().await.map_err(|e| fail("close", &e))?;
-    Ok(bytes.0)
-}
-
-async fn insert_mysql(
-    db: &mut sqlx::mysql::MySqlConnection,
-    rows: &[Row],
-    names: &[String],
-    authors: &[String],
-) -> Result<(), sqlx::Error> {
-    let mut insert: QueryBuilder<MySql> = QueryBuilder::new(
-        "INSERT IGNORE INTO messages (group_id, id_millis, id_seq, author_id, send_time_ms, text) ",
-    );
-    insert.push_values(rows, |mut b, row| {
-        b.push_bind(names[row.group].as_str())
-            .push_bind(row.millis as u64)
-            .push_bind(0u64)
-            .push_bind(authors[row.author].as_str())
-            .push_bind(row.millis)
-            .push_bind(row.text.as_str());
-    });
-    insert.build().execute(&mut *db).await?;
-    Ok(())
-}
-
-/// The scale-out groups: the sorted set `<prefix>groups`, every score 0.
-async fn create_redis_groups(url: &str, prefix: &str, names: &[String]) -> Result<(), String> {
-    let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
-    let mut redis = client
-        .get_multiplexed_async_connection()
+    let batching = Batching {
+        rows_per_insert: MYSQL_ROWS_PER_INSERT,
+        rows_per_transaction: ROWS_PER_TRANSACTION,
+    };
+    let rows = rows(args, plan, names, &authors);
+    bulk::load_mysql(&args.database, rows, batching, |done| progress(args, done, started))
         .await
-        .map_err(|e| format!("--redis {url}: cannot connect: {e}"))?;
-    let key = format!("{prefix}groups");
-    for chunk in names.chunks(GROUPS_PER_STATEMENT) {
-        let mut zadd = redis::cmd("ZADD");
-        zadd.arg(&key);
-        for name in chunk {
-            zadd.arg(0).arg(name);
-        }
-        zadd.query_async::<()>(&mut redis)
-            .await
-            .map_err(|e| format!("--redis {url}: ZADD: {e}"))?;
-    }
-    Ok(())
+        .map_err(|e| format!("{}: {e}", args.database))
+}
+
+/// The scale-out groups, in the group set where the server's Redis
+/// membership keeps it.
+async fn create_redis_groups(url: &str, prefix: &str, names: &[String]) -> Result<(), String> {
+    let config =
+        RedisConfig { url: url.to_string(), key_prefix: prefix.to_string(), ..Default::default() };
+    bulk::create_redis_groups(&config, names).await.map_err(|e| format!("--redis {url}: {e}"))
 }
 
 /// One connection making calls one at a time.
@@ -457,16 +323,17 @@ struct Caller {
 }
 
 impl Caller {
-    /// Invokes `target` and waits for its completion; returns the `OnHistory`
+    /// Invokes `method` and waits for its completion; returns the `OnHistory`
     /// arrays that came first and the result.
     async fn call(
         &mut self,
-        target: &str,
+        method: Method,
         args: Vec<Value>,
     ) -> Result<(Vec<Value>, Value), String> {
         let id = self.next_id.to_string();
         self.next_id += 1;
-        let record = crate::wire::invocation(Protocol::Json, id.clone(), target, args);
+        let target = method.name();
+        let record = crate::wire::invocation(Protocol::Json, id.clone(), method, args);
         let text = tokio_tungstenite::tungstenite::Utf8Bytes::try_from(record)
             .map_err(|_| "non-UTF-8 JSON".to_string())?;
         futures_util::SinkExt::send(&mut self.socket, WsMessage::Text(text))
@@ -480,7 +347,8 @@ impl Caller {
                 {
                     match message {
                         HubMessage::Invocation { target, mut arguments, .. }
-                            if target == "OnHistory" && !arguments.is_empty() =>
+                            if Callback::parse(&target) == Some(Callback::OnHistory)
+                                && !arguments.is_empty() =>
                         {
                             history.push(arguments.swap_remove(0));
                         }
@@ -521,7 +389,7 @@ impl Caller {
 
 /// The id of the first (oldest) message of a `Message[]`.
 fn oldest_id(messages: &Value) -> Option<String> {
-    messages.as_array()?.first()?.get("id")?.as_str().map(str::to_owned)
+    messages.as_array()?.first()?.get(keys::ID)?.as_str().map(str::to_owned)
 }
 
 pub async fn probe(args: ProbeArgs) -> Result<Probed, String> {
@@ -568,9 +436,9 @@ pub async fn probe(args: ProbeArgs) -> Result<Probed, String> {
         let g = rand::rng().random_range(0..args.probe_groups);
         let group = group_name(&args.group_prefix, g, args.groups);
         let started = Instant::now();
-        let (history, result) = caller.call("JoinGroup", vec![group.as_str().into()]).await?;
+        let (history, result) = caller.call(Method::JoinGroup, vec![group.as_str().into()]).await?;
         let took = micros(started);
-        if result.as_i64() != Some(0) {
+        if result.as_i64() != Some(JoinResult::Ok.wire()) {
             return Err(format!("JoinGroup {group}: result {result:?}, not Ok"));
         }
         let first = history.first().ok_or_else(|| format!("JoinGroup {group}: no OnHistory"))?;
@@ -590,7 +458,7 @@ pub async fn probe(args: ProbeArgs) -> Result<Probed, String> {
             let started = Instant::now();
             let (_, messages) = caller
                 .call(
-                    "GetHistory",
+                    Method::GetHistory,
                     vec![group.as_str().into(), id.into(), Value::Int(args.page_size as i64)],
                 )
                 .await?;
@@ -599,7 +467,7 @@ pub async fn probe(args: ProbeArgs) -> Result<Probed, String> {
             }
             before = oldest_id(&messages);
         }
-        caller.call("LeaveGroup", vec![group.as_str().into()]).await?;
+        caller.call(Method::LeaveGroup, vec![group.as_str().into()]).await?;
         // A page after a random group, or the first page one time in ten.
         let first_page = rand::rng().random_range(0..10) == 0;
         let after = if first_page {
@@ -609,8 +477,9 @@ pub async fn probe(args: ProbeArgs) -> Result<Probed, String> {
             group_name(&args.group_prefix, g, args.groups).into()
         };
         let started = Instant::now();
-        let (_, groups) =
-            caller.call("ListGroupsPage", vec![after, Value::Int(args.list_limit as i64)]).await?;
+        let (_, groups) = caller
+            .call(Method::ListGroupsPage, vec![after, Value::Int(args.list_limit as i64)])
+            .await?;
         if measured {
             list.saturating_record(micros(started));
         }

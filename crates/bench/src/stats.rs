@@ -2,12 +2,11 @@
 //! histograms, live counters for the progress bar and the drain, and a
 //! per-second timeline for the plot. The exact loss, duplicate and order counts
 //! are not here: each connection keeps its own and hands them back at the end.
-
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use parking_lot::{Mutex, MutexGuard};
 
 /// Latency histograms are sharded by connection so that two worker threads
 /// rarely want the same lock.
@@ -152,6 +151,5 @@ fn micros(duration: Duration) -> u64 {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics while holding these locks; a poisoned one is still consistent.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    mutex.lock()
 }

@@ -10,11 +10,15 @@
 //! any `OnMessage` that does not have the expected shape, goes through the full
 //! decoder of `next-chat-signalr`.
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 use memchr::memmem;
+use next_chat_contract::{Callback, Method, keys};
 use next_chat_signalr::json::{self, RECORD_SEPARATOR};
 use next_chat_signalr::msgpack;
 use next_chat_signalr::{HubMessage, Outcome, Protocol, Value};
+use rmp::Marker;
 
 use crate::payload::{self, Header};
 
@@ -45,12 +49,12 @@ pub struct Completion {
 pub fn invocation(
     protocol: Protocol,
     invocation_id: String,
-    target: &str,
+    method: Method,
     args: Vec<Value>,
 ) -> Bytes {
     protocol.encode(&HubMessage::Invocation {
         invocation_id: Some(invocation_id),
-        target: target.to_string(),
+        target: method.name().to_string(),
         arguments: args,
         stream_ids: Vec::new(),
     })
@@ -120,12 +124,28 @@ fn split(protocol: Protocol, data: &[u8], each: &mut impl FnMut(Record)) -> Resu
     Ok(used)
 }
 
+/// The JSON keys the lean path looks for, spelled from the contract once:
+/// `"target":"OnMessage"` and `"text":"`.
+struct JsonNeedles {
+    on_message: memmem::Finder<'static>,
+    text: memmem::Finder<'static>,
+}
+
+static JSON_NEEDLES: LazyLock<JsonNeedles> = LazyLock::new(|| {
+    let finder = |needle: String| memmem::Finder::new(needle.as_bytes()).into_owned();
+    JsonNeedles {
+        on_message: finder(format!("\"target\":\"{}\"", Callback::OnMessage.name())),
+        text: finder(format!("\"{}\":\"", keys::TEXT)),
+    }
+});
+
 fn read_json(record: &[u8]) -> Result<Record, String> {
+    let needles = &*JSON_NEEDLES;
     if record.starts_with(b"{\"type\":1,")
-        && memmem::find(record, b"\"target\":\"OnMessage\"").is_some()
-        && let Some(at) = memmem::find(record, b"\"text\":\"")
+        && needles.on_message.find(record).is_some()
+        && let Some(at) = needles.text.find(record)
     {
-        return Ok(bench_or_foreign(&record[at + 8..]));
+        return Ok(bench_or_foreign(&record[at + needles.text.needle().len()..]));
     }
     json::decode_record(record).map(from_message).map_err(|e| e.to_string())
 }
@@ -144,8 +164,10 @@ fn bench_or_foreign(text: &[u8]) -> Record {
 /// The fully decoded message, for everything the lean paths do not take.
 fn from_message(message: HubMessage) -> Record {
     match message {
-        HubMessage::Invocation { target, arguments, .. } if target == "OnMessage" => {
-            let text = arguments.first().and_then(|m| m.get("text")).and_then(Value::as_str);
+        HubMessage::Invocation { target, arguments, .. }
+            if target == Callback::OnMessage.name() =>
+        {
+            let text = arguments.first().and_then(|m| m.get(keys::TEXT)).and_then(Value::as_str);
             text.map_or(Record::Foreign, |t| bench_or_foreign(t.as_bytes()))
         }
         HubMessage::Completion { invocation_id, outcome } => {
@@ -164,17 +186,17 @@ fn from_message(message: HubMessage) -> Record {
 /// `[1, headers, invocationId, "OnMessage", [{..., "text": T, ...}], ...]`:
 /// the record for `T`, read in place; `None` for any other shape.
 fn msgpack_on_message_text(body: &[u8]) -> Option<Record> {
-    let mut r = Cursor { bytes: body, pos: 0 };
-    if r.array_len()? < 5 || r.byte()? != 0x01 {
+    let mut r = Cursor { rest: body };
+    if r.array_len()? < 5 || rmp::decode::read_pfix(&mut r.rest).ok()? != 0x01 {
         return None;
     }
     r.skip()?; // headers
     r.skip()?; // invocation id (nil)
-    if r.str()? != b"OnMessage" || r.array_len()? < 1 {
+    if r.str()? != Callback::OnMessage.name().as_bytes() || r.array_len()? < 1 {
         return None;
     }
     for _ in 0..r.map_len()? {
-        if r.str()? == b"text" {
+        if r.str()? == keys::TEXT.as_bytes() {
             return Some(bench_or_foreign(r.str()?));
         }
         r.skip()?;
@@ -182,90 +204,69 @@ fn msgpack_on_message_text(body: &[u8]) -> Option<Record> {
     None
 }
 
-/// A minimal MessagePack reader: lengths, strings, and skipping any value.
+/// A minimal MessagePack reader over `rmp`: lengths, strings borrowed in place,
+/// and skipping any value.
 struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+    rest: &'a [u8],
 }
 
 impl<'a> Cursor<'a> {
-    fn byte(&mut self) -> Option<u8> {
-        let b = *self.bytes.get(self.pos)?;
-        self.pos += 1;
-        Some(b)
-    }
-
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let slice = self.bytes.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(slice)
-    }
-
-    fn uint(&mut self, bytes: usize) -> Option<usize> {
-        let mut value = 0usize;
-        for &b in self.take(bytes)? {
-            value = value.checked_shl(8)? | usize::from(b);
-        }
-        Some(value)
+        let (taken, rest) = self.rest.split_at_checked(n)?;
+        self.rest = rest;
+        Some(taken)
     }
 
     fn array_len(&mut self) -> Option<usize> {
-        match self.byte()? {
-            b @ 0x90..=0x9f => Some(usize::from(b & 0x0f)),
-            0xdc => self.uint(2),
-            0xdd => self.uint(4),
-            _ => None,
-        }
+        rmp::decode::read_array_len(&mut self.rest).ok().map(|len| len as usize)
     }
 
     fn map_len(&mut self) -> Option<usize> {
-        match self.byte()? {
-            b @ 0x80..=0x8f => Some(usize::from(b & 0x0f)),
-            0xde => self.uint(2),
-            0xdf => self.uint(4),
-            _ => None,
-        }
+        rmp::decode::read_map_len(&mut self.rest).ok().map(|len| len as usize)
     }
 
     fn str(&mut self) -> Option<&'a [u8]> {
-        let len = match self.byte()? {
-            b @ 0xa0..=0xbf => usize::from(b & 0x1f),
-            0xd9 => self.uint(1)?,
-            0xda => self.uint(2)?,
-            0xdb => self.uint(4)?,
-            _ => return None,
-        };
-        self.take(len)
+        let len = rmp::decode::read_str_len(&mut self.rest).ok()?;
+        self.take(len as usize)
+    }
+
+    /// A length of `width` big-endian bytes.
+    fn len(&mut self, width: usize) -> Option<usize> {
+        let bytes = self.take(width)?;
+        Some(bytes.iter().fold(0, |len, b| len << 8 | usize::from(*b)))
     }
 
     /// Skips one value of any type (nesting bounded by the record's length).
     fn skip(&mut self) -> Option<()> {
-        let b = self.byte()?;
-        let (skip, items) = match b {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
-            0x80..=0x8f => (0, 2 * usize::from(b & 0x0f)),
-            0x90..=0x9f => (0, usize::from(b & 0x0f)),
-            0xa0..=0xbf => (usize::from(b & 0x1f), 0),
-            0xcc | 0xd0 => (1, 0),
-            0xcd | 0xd1 => (2, 0),
-            0xce | 0xd2 | 0xca => (4, 0),
-            0xcf | 0xd3 | 0xcb => (8, 0),
-            0xd9 | 0xc4 => (self.uint(1)?, 0),
-            0xda | 0xc5 => (self.uint(2)?, 0),
-            0xdb | 0xc6 => (self.uint(4)?, 0),
-            0xd4 => (2, 0),
-            0xd5 => (3, 0),
-            0xd6 => (5, 0),
-            0xd7 => (9, 0),
-            0xd8 => (17, 0),
-            0xc7 => (self.uint(1)? + 1, 0),
-            0xc8 => (self.uint(2)? + 1, 0),
-            0xc9 => (self.uint(4)? + 1, 0),
-            0xdc => (0, self.uint(2)?),
-            0xdd => (0, self.uint(4)?),
-            0xde => (0, 2 * self.uint(2)?),
-            0xdf => (0, 2 * self.uint(4)?),
-            0xc1 => return None,
+        let marker = rmp::decode::read_marker(&mut self.rest).ok()?;
+        let (skip, items) = match marker {
+            Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => {
+                (0, 0)
+            }
+            Marker::FixMap(n) => (0, 2 * usize::from(n)),
+            Marker::FixArray(n) => (0, usize::from(n)),
+            Marker::FixStr(n) => (usize::from(n), 0),
+            Marker::U8 | Marker::I8 => (1, 0),
+            Marker::U16 | Marker::I16 => (2, 0),
+            Marker::U32 | Marker::I32 | Marker::F32 => (4, 0),
+            Marker::U64 | Marker::I64 | Marker::F64 => (8, 0),
+            Marker::Str8 | Marker::Bin8 => (self.len(1)?, 0),
+            Marker::Str16 | Marker::Bin16 => (self.len(2)?, 0),
+            Marker::Str32 | Marker::Bin32 => (self.len(4)?, 0),
+            // Extensions: the type byte, then the data.
+            Marker::FixExt1 => (2, 0),
+            Marker::FixExt2 => (3, 0),
+            Marker::FixExt4 => (5, 0),
+            Marker::FixExt8 => (9, 0),
+            Marker::FixExt16 => (17, 0),
+            Marker::Ext8 => (self.len(1)? + 1, 0),
+            Marker::Ext16 => (self.len(2)? + 1, 0),
+            Marker::Ext32 => (self.len(4)? + 1, 0),
+            Marker::Array16 => (0, self.len(2)?),
+            Marker::Array32 => (0, self.len(4)?),
+            Marker::Map16 => (0, 2 * self.len(2)?),
+            Marker::Map32 => (0, 2 * self.len(4)?),
+            Marker::Reserved => return None,
         };
         self.take(skip)?;
         for _ in 0..items {
@@ -283,16 +284,17 @@ mod tests {
     use crate::payload::Phase;
 
     fn on_message(text: &str) -> HubMessage {
+        let message = next_chat_contract::Message {
+            id: "1732776000000-0".into(),
+            author_id: "bench-0".into(),
+            group_id: "g".into(),
+            send_time: UNIX_EPOCH + Duration::from_millis(5),
+            text: text.into(),
+        };
         HubMessage::Invocation {
             invocation_id: None,
-            target: "OnMessage".into(),
-            arguments: vec![Value::Map(vec![
-                ("id".into(), "1732776000000-0".into()),
-                ("authorId".into(), "bench-0".into()),
-                ("groupId".into(), "g".into()),
-                ("sendTime".into(), Value::Timestamp(UNIX_EPOCH + Duration::from_millis(5))),
-                ("text".into(), text.into()),
-            ])],
+            target: Callback::OnMessage.name().into(),
+            arguments: vec![message.into_value()],
             stream_ids: Vec::new(),
         }
     }

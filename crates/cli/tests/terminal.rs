@@ -7,10 +7,18 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use next_chat_client::{Client, ClientOptions, Event};
-use next_chat_testkit::{TestServer, binary, unique};
+use next_chat_testkit::{TestServer, binary, eventually, eventually_ok, unique};
 
 const WAIT: Duration = Duration::from_secs(15);
-const POLL: Duration = Duration::from_millis(50);
+
+/// A screen, printed as it looks when a wait for it fails.
+struct Screen(String);
+
+impl std::fmt::Debug for Screen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\n{}", self.0)
+    }
+}
 
 /// A tmux server of this test's own (`-L`), killed on drop.
 struct Tmux {
@@ -57,17 +65,13 @@ impl Tmux {
 
     /// Polls the screen until `done` holds; returns that screen.
     async fn wait_for(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        let what = format!("the screen shows {what}");
+        eventually_ok(WAIT, &what, || {
             let screen = self.screen(false);
-            if done(&screen) {
-                return screen;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!("the screen never showed {what}:\n{screen}");
-            }
-            tokio::time::sleep(POLL).await;
-        }
+            let shown = if done(&screen) { Ok(screen) } else { Err(Screen(screen)) };
+            async move { shown }
+        })
+        .await
     }
 }
 
@@ -143,11 +147,11 @@ async fn a_message_arriving_mid_line_does_not_garble_the_line() {
 
     tmux.type_text("bye");
     tmux.press("Enter");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tmux.is_running() {
-        assert!(tokio::time::Instant::now() < deadline, "next-chat exits at bye");
-        tokio::time::sleep(POLL).await;
-    }
+    eventually(WAIT, "next-chat exits at bye", || {
+        let running = tmux.is_running();
+        async move { !running }
+    })
+    .await;
 }
 
 #[tokio::test]

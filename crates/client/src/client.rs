@@ -4,13 +4,15 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
+use next_chat_contract::Method;
 use next_chat_signalr::protocol::{Outcome, Protocol as WireProtocol};
 use next_chat_signalr::value::Value;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -144,13 +146,13 @@ impl Client {
 
     /// Creates `group`; creating one that exists is not an error.
     pub async fn create_group(&self, group: &str) -> Result<(), ClientError> {
-        wire::expect_void(self.invoke("CreateGroup", vec![group.into()], None).await?)
+        wire::expect_void(self.invoke(Method::CreateGroup, vec![group.into()], None).await?)
     }
 
     /// Every group's id, sorted, at most 1000.
     pub async fn list_groups(&self) -> Result<Vec<String>, ClientError> {
-        let outcome = self.invoke("ListGroups", Vec::new(), None).await?;
-        wire::group_ids(&wire::expect_result("ListGroups", outcome)?)
+        let outcome = self.invoke(Method::ListGroups, Vec::new(), None).await?;
+        wire::group_ids(&wire::expect_result(Method::ListGroups, outcome)?)
     }
 
     /// The ids of at most `limit` groups after `after` (from the start if `None`), sorted.
@@ -160,16 +162,16 @@ impl Client {
         limit: u32,
     ) -> Result<Vec<String>, ClientError> {
         let arguments = vec![wire::optional_str(after), Value::Int(i64::from(limit))];
-        let outcome = self.invoke("ListGroupsPage", arguments, None).await?;
-        wire::group_ids(&wire::expect_result("ListGroupsPage", outcome)?)
+        let outcome = self.invoke(Method::ListGroupsPage, arguments, None).await?;
+        wire::group_ids(&wire::expect_result(Method::ListGroupsPage, outcome)?)
     }
 
     /// Joins `group`. On `Joined` its history has already been delivered as
     /// [`Event::History`], and its new messages follow as [`Event::Message`].
     pub async fn join_group(&self, group: &str) -> Result<JoinResult, ClientError> {
         let track = JoinTrack { group: group.to_string(), history: None };
-        let outcome = self.invoke("JoinGroup", vec![group.into()], Some(track)).await?;
-        let result = wire::join_result(&wire::expect_result("JoinGroup", outcome)?)?;
+        let outcome = self.invoke(Method::JoinGroup, vec![group.into()], Some(track)).await?;
+        let result = wire::join_result(&wire::expect_result(Method::JoinGroup, outcome)?)?;
         if result == JoinResult::Joined {
             self.inner.shared.state().joined.insert(group.to_string());
         }
@@ -178,7 +180,7 @@ impl Client {
 
     /// Leaves `group`; leaving a group not joined is not an error.
     pub async fn leave_group(&self, group: &str) -> Result<(), ClientError> {
-        wire::expect_void(self.invoke("LeaveGroup", vec![group.into()], None).await?)?;
+        wire::expect_void(self.invoke(Method::LeaveGroup, vec![group.into()], None).await?)?;
         self.inner.shared.state().joined.remove(group);
         self.inner.shared.delivery().forget(group);
         Ok(())
@@ -187,14 +189,14 @@ impl Client {
     /// The user ids of `group`'s members now (on every server instance), sorted.
     /// The client must have joined the group.
     pub async fn list_members(&self, group: &str) -> Result<Vec<String>, ClientError> {
-        let outcome = self.invoke("ListMembers", vec![group.into()], None).await?;
-        wire::strings(&wire::expect_result("ListMembers", outcome)?, "members")
+        let outcome = self.invoke(Method::ListMembers, vec![group.into()], None).await?;
+        wire::strings(&wire::expect_result(Method::ListMembers, outcome)?, "members")
     }
 
     /// Sends `text` to `group`; returns once the server accepted it for delivery.
     pub async fn send_message(&self, group: &str, text: &str) -> Result<(), ClientError> {
         let arguments = vec![group.into(), text.into()];
-        wire::expect_void(self.invoke("SendMessage", arguments, None).await?)
+        wire::expect_void(self.invoke(Method::SendMessage, arguments, None).await?)
     }
 
     /// At most `limit` messages of `group` before the message `before` (the
@@ -227,8 +229,7 @@ impl Client {
     /// (with no error) is the last event. Returns when the connection is closed.
     pub async fn close(self) {
         let _ = self.inner.shutdown.send(true);
-        let supervisor =
-            self.inner.supervisor.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let supervisor = self.inner.supervisor.lock().take();
         if let Some(supervisor) = supervisor {
             let _ = supervisor.await;
         }
@@ -236,7 +237,7 @@ impl Client {
 
     async fn invoke(
         &self,
-        method: &'static str,
+        method: Method,
         arguments: Vec<Value>,
         join: Option<JoinTrack>,
     ) -> Result<Outcome, ClientError> {
@@ -247,12 +248,11 @@ impl Client {
 
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
-        // No code panics while holding it, so a poisoned lock still holds consistent state.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     fn delivery(&self) -> MutexGuard<'_, Delivery> {
-        self.delivery.lock().unwrap_or_else(PoisonError::into_inner)
+        self.delivery.lock()
     }
 
     fn handle(&self) -> Result<ConnectionHandle, ClientError> {
@@ -284,7 +284,7 @@ fn timing(options: &ClientOptions) -> Timing {
 async fn call(
     shared: &Shared,
     handle: &ConnectionHandle,
-    method: &'static str,
+    method: Method,
     arguments: Vec<Value>,
     join: Option<JoinTrack>,
 ) -> Result<Outcome, ClientError> {
@@ -296,7 +296,7 @@ async fn call(
     match tokio::time::timeout(timeout, outcome).await {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(_)) => Err(ClientError::Disconnected),
-        Err(_) => Err(ClientError::Timeout { method, timeout }),
+        Err(_) => Err(ClientError::Timeout { method: method.name(), timeout }),
     }
 }
 
@@ -308,8 +308,8 @@ async fn get_history(
     limit: u32,
 ) -> Result<Vec<Message>, ClientError> {
     let arguments = vec![group.into(), wire::optional_str(before), Value::Int(i64::from(limit))];
-    let outcome = call(shared, handle, "GetHistory", arguments, None).await?;
-    wire::messages(&wire::expect_result("GetHistory", outcome)?)
+    let outcome = call(shared, handle, Method::GetHistory, arguments, None).await?;
+    wire::messages(&wire::expect_result(Method::GetHistory, outcome)?)
 }
 
 async fn get_messages_after(
@@ -320,8 +320,8 @@ async fn get_messages_after(
     limit: u32,
 ) -> Result<Vec<Message>, ClientError> {
     let arguments = vec![group.into(), after_id.into(), Value::Int(i64::from(limit))];
-    let outcome = call(shared, handle, "GetMessagesAfter", arguments, None).await?;
-    wire::messages(&wire::expect_result("GetMessagesAfter", outcome)?)
+    let outcome = call(shared, handle, Method::GetMessagesAfter, arguments, None).await?;
+    wire::messages(&wire::expect_result(Method::GetMessagesAfter, outcome)?)
 }
 
 /// Owns the connection for the client's whole life: waits for it to end, then
@@ -381,15 +381,16 @@ async fn reconnect(
     shutdown: &mut watch::Receiver<bool>,
     mut last_error: Option<String>,
 ) -> Option<JoinHandle<ConnectionEnd>> {
+    let mut delays = policy.delays();
     let mut attempt = 0u32;
     loop {
-        if policy.max_attempts.is_some_and(|max| attempt >= max) {
+        let Some(delay) = delays.next() else {
             shared.finish(last_error);
             return None;
-        }
+        };
         let connected = tokio::select! {
             connected = async {
-                tokio::time::sleep(policy.delay(attempt)).await;
+                tokio::time::sleep(delay).await;
                 transport::open(&shared.options).await
             } => connected,
             _ = shutdown.changed() => {
@@ -447,9 +448,10 @@ async fn rejoin(shared: &Shared, handle: &ConnectionHandle) -> Result<(), Client
         let (history, history_rx) = oneshot::channel();
         let track = JoinTrack { group: group.clone(), history: Some(history) };
         let outcome =
-            call(shared, handle, "JoinGroup", vec![group.as_str().into()], Some(track)).await?;
-        let joined =
-            wire::expect_result("JoinGroup", outcome).and_then(|value| wire::join_result(&value));
+            call(shared, handle, Method::JoinGroup, vec![group.as_str().into()], Some(track))
+                .await?;
+        let joined = wire::expect_result(Method::JoinGroup, outcome)
+            .and_then(|value| wire::join_result(&value));
         let failure = match joined {
             Ok(JoinResult::Joined) => {
                 // The history arrives before the completion, on the same task.

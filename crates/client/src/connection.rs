@@ -4,11 +4,14 @@
 //! caller's business (see `client`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{SinkExt, StreamExt};
+use next_chat_contract::Callback;
 use next_chat_signalr::protocol::{Decoder, HubMessage, Outcome, Protocol as WireProtocol};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
@@ -99,7 +102,7 @@ impl ConnectionEnd {
 
 /// Attempts at a new WebSocket for stateful reconnect before the connection
 /// counts as lost, and the first wait between them (doubling).
-const RESUME_ATTEMPTS: u32 = 3;
+const RESUME_ATTEMPTS: usize = 3;
 const RESUME_BACKOFF: Duration = Duration::from_millis(100);
 
 pub(crate) struct Timing {
@@ -284,18 +287,16 @@ impl Driver {
             tracing::warn!(target, "callback without an argument ignored");
             return;
         };
-        if target.eq_ignore_ascii_case("OnMessage") {
-            match wire::message(argument) {
+        match Callback::parse(target) {
+            Some(Callback::OnMessage) => match wire::message(argument) {
                 Ok(message) => self.delivery().message(message),
                 Err(e) => tracing::warn!("OnMessage ignored: {e}"),
-            }
-        } else if target.eq_ignore_ascii_case("OnHistory") {
-            match wire::messages(argument) {
+            },
+            Some(Callback::OnHistory) => match wire::messages(argument) {
                 Ok(messages) => self.on_history(messages),
                 Err(e) => tracing::warn!("OnHistory ignored: {e}"),
-            }
-        } else {
-            tracing::debug!(target, "unknown callback ignored");
+            },
+            None => tracing::debug!(target, "unknown callback ignored"),
         }
     }
 
@@ -319,10 +320,8 @@ impl Driver {
         }
     }
 
-    fn delivery(&self) -> std::sync::MutexGuard<'_, Delivery> {
-        // Delivery's methods do not panic midway, so a poisoned lock still
-        // holds consistent state.
-        self.delivery.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn delivery(&self) -> parking_lot::MutexGuard<'_, Delivery> {
+        self.delivery.lock()
     }
 
     async fn send_call(&mut self, call: Call) -> Result<(), ConnectionEnd> {
@@ -370,9 +369,16 @@ impl Driver {
         };
         let resume = stateful.resume.clone();
         let mut last_error = ClientError::Disconnected;
-        for attempt in 0..RESUME_ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(RESUME_BACKOFF * 2u32.pow(attempt - 1)).await;
+        // The first attempt at once, then one after each backoff delay.
+        let delays = ExponentialBuilder::new()
+            .with_min_delay(RESUME_BACKOFF)
+            .with_factor(2.0)
+            .without_max_delay()
+            .with_max_times(RESUME_ATTEMPTS - 1)
+            .build();
+        for delay in std::iter::once(None).chain(delays.map(Some)) {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
             }
             let socket = match resume.reopen().await {
                 Ok(socket) => socket,

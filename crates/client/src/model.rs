@@ -1,19 +1,9 @@
 //! The typed values the hub exchanges with a client: messages, join results and
 //! the events a connection delivers.
 
-use std::time::SystemTime;
-
-/// One chat message, as `OnMessage`, `OnHistory` and `GetHistory` carry it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// Opaque; unique within the group and increasing in delivery order.
-    pub id: String,
-    pub author_id: String,
-    pub group_id: String,
-    /// The server's time when it accepted the message.
-    pub send_time: SystemTime,
-    pub text: String,
-}
+/// One chat message, as `OnMessage`, `OnHistory` and `GetHistory` carry it:
+/// the contract's own type.
+pub use next_chat_contract::Message;
 
 /// What `JoinGroup` answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
 /// The hub protocol encoding the connection speaks after the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Protocol {
@@ -99,10 +101,18 @@ impl Default for ReconnectPolicy {
 }
 
 impl ReconnectPolicy {
-    /// The wait before attempt `attempt` (0-based).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.min(16));
-        self.initial_delay.saturating_mul(factor).min(self.max_delay)
+    /// The waits before each attempt, in order; the iterator ends when the
+    /// attempts do.
+    pub fn delays(&self) -> ExponentialBackoff {
+        let builder = ExponentialBuilder::new()
+            .with_min_delay(self.initial_delay)
+            .with_max_delay(self.max_delay)
+            .with_factor(2.0);
+        match self.max_attempts {
+            Some(max) => builder.with_max_times(max as usize),
+            None => builder.without_max_times(),
+        }
+        .build()
     }
 }
 
@@ -117,8 +127,16 @@ mod tests {
             max_delay: Duration::from_millis(700),
             max_attempts: None,
         };
-        let delays: Vec<u64> = (0..5).map(|a| policy.delay(a).as_millis() as u64).collect();
+        let delays: Vec<u64> = policy.delays().take(5).map(|d| d.as_millis() as u64).collect();
         assert_eq!(delays, [100, 200, 400, 700, 700]);
-        assert_eq!(policy.delay(u32::MAX), Duration::from_millis(700));
+        assert_eq!(policy.delays().nth(10_000), Some(Duration::from_millis(700)));
+    }
+
+    #[test]
+    fn backoff_ends_with_the_attempts() {
+        let policy = ReconnectPolicy { max_attempts: Some(3), ..ReconnectPolicy::default() };
+        assert_eq!(policy.delays().count(), 3);
+        let never = ReconnectPolicy { max_attempts: Some(0), ..ReconnectPolicy::default() };
+        assert_eq!(never.delays().next(), None);
     }
 }

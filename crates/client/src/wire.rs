@@ -1,7 +1,10 @@
-//! The seam to the SignalR codec in `next-chat-signalr`: builds the hub messages
-//! this client sends and reads the typed values out of the ones it receives.
-//! Nothing here knows JSON or MessagePack; the codec does.
+//! The seam to the SignalR codec in `next-chat-signalr` and the hub contract in
+//! `next-chat-contract`: builds the hub messages this client sends and reads
+//! the typed values out of the ones it receives. Nothing here knows JSON or
+//! MessagePack (the codec does) or the shapes' keys (the contract does).
 
+use next_chat_contract as contract;
+use next_chat_contract::Method;
 use next_chat_signalr::protocol::{HubMessage, Outcome, Protocol as WireProtocol};
 use next_chat_signalr::value::Value;
 
@@ -20,10 +23,10 @@ pub(crate) fn wire_protocol(protocol: Protocol) -> WireProtocol {
 /// what every server speaks; the client needs nothing from version 2.
 pub(crate) const HUB_PROTOCOL_VERSION: i64 = 1;
 
-pub(crate) fn invocation(id: String, method: &str, arguments: Vec<Value>) -> HubMessage {
+pub(crate) fn invocation(id: String, method: Method, arguments: Vec<Value>) -> HubMessage {
     HubMessage::Invocation {
         invocation_id: Some(id),
-        target: method.to_string(),
+        target: method.name().to_string(),
         arguments,
         stream_ids: Vec::new(),
     }
@@ -42,36 +45,27 @@ pub(crate) fn expect_void(outcome: Outcome) -> Result<(), ClientError> {
 }
 
 /// The result value of a call that returns one (a missing result is an error).
-pub(crate) fn expect_result(method: &str, outcome: Outcome) -> Result<Value, ClientError> {
+pub(crate) fn expect_result(method: Method, outcome: Outcome) -> Result<Value, ClientError> {
     match outcome {
         Outcome::Result(value) => Ok(value),
-        Outcome::Void => Err(ClientError::Protocol(format!("{method} completed without a result"))),
+        Outcome::Void => {
+            Err(ClientError::Protocol(format!("{} completed without a result", method.name())))
+        }
         Outcome::Error(error) => Err(ClientError::Server(error)),
     }
 }
 
 pub(crate) fn join_result(value: &Value) -> Result<JoinResult, ClientError> {
-    match value.as_i64() {
-        Some(0) => Ok(JoinResult::Joined),
-        Some(1) => Ok(JoinResult::NoRoom),
-        _ => Err(ClientError::Protocol(format!("JoinGroup returned {value:?}, not 0 or 1"))),
+    match value.as_i64().and_then(contract::JoinResult::from_wire) {
+        Some(contract::JoinResult::Ok) => Ok(JoinResult::Joined),
+        Some(contract::JoinResult::NoRoom) => Ok(JoinResult::NoRoom),
+        None => Err(ClientError::Protocol(format!("JoinGroup returned {value:?}, not 0 or 1"))),
     }
 }
 
 /// `Group[]`: the group ids, in the server's order.
 pub(crate) fn group_ids(value: &Value) -> Result<Vec<String>, ClientError> {
-    let items = value.as_array().ok_or_else(|| {
-        ClientError::Protocol(format!("expected a list of groups, got {value:?}"))
-    })?;
-    items
-        .iter()
-        .map(|group| {
-            field(group, "groupId")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| ClientError::Protocol(format!("a group without groupId: {group:?}")))
-        })
-        .collect()
+    contract::group_ids(value).map_err(protocol_error)
 }
 
 pub(crate) fn strings(value: &Value, what: &str) -> Result<Vec<String>, ClientError> {
@@ -89,41 +83,15 @@ pub(crate) fn strings(value: &Value, what: &str) -> Result<Vec<String>, ClientEr
 }
 
 pub(crate) fn messages(value: &Value) -> Result<Vec<Message>, ClientError> {
-    value
-        .as_array()
-        .ok_or_else(|| {
-            ClientError::Protocol(format!("expected a list of messages, got {value:?}"))
-        })?
-        .iter()
-        .map(message)
-        .collect()
+    Message::list_from_value(value).map_err(protocol_error)
 }
 
 pub(crate) fn message(value: &Value) -> Result<Message, ClientError> {
-    let text = |key: &str| {
-        field(value, key)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| ClientError::Protocol(format!("a message without {key}: {value:?}")))
-    };
-    let send_time = field(value, "sendTime").and_then(Value::as_timestamp).ok_or_else(|| {
-        ClientError::Protocol(format!("a message without a valid sendTime: {value:?}"))
-    })?;
-    Ok(Message {
-        id: text("id")?,
-        author_id: text("authorId")?,
-        group_id: text("groupId")?,
-        send_time,
-        text: text("text")?,
-    })
+    Message::from_value(value).map_err(protocol_error)
 }
 
-/// A map entry by its camelCase key, or failing that by the same key in any case
-/// (a lenient reader of other servers' PascalCase).
-fn field<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
-    value.get(key).or_else(|| {
-        value.as_map()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
-    })
+fn protocol_error(error: contract::DecodeError) -> ClientError {
+    ClientError::Protocol(error.0)
 }
 
 #[cfg(test)]

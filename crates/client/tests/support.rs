@@ -17,7 +17,7 @@ pub fn options(url: &str, user: &str, protocol: Protocol) -> ClientOptions {
 }
 
 pub async fn connect(url: &str, user: &str) -> (Client, Events) {
-    Client::connect(ClientOptions::new(url, user)).await.expect("connects")
+    next_chat_testkit::connect(url, user).await
 }
 
 /// The next event, failing the test if none comes within `WAIT`.

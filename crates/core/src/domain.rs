@@ -25,7 +25,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { group_id_max_chars: 64, text_max_chars: 16384, user_id_max_chars: 64 }
+        Limits {
+            group_id_max_chars: crate::defaults::GROUP_ID_MAX_CHARS,
+            text_max_chars: crate::defaults::TEXT_MAX_CHARS,
+            user_id_max_chars: 64,
+        }
     }
 }
 

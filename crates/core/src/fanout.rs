@@ -3,14 +3,17 @@
 //!
 //! A messaging backend calls `LocalFanout::deliver` for every message of every
 //! group, in id order per group. Delivery never awaits and holds a lock only to
-//! copy a group's subscriber list (an `Arc`), so a slow connection cannot hold
-//! up the others: each recipient owns a bounded queue and closes itself when it
-//! cannot keep up.
+//! copy a group's subscriber list (an `Arc`); it calls each recipient with no
+//! lock held (a joining connection's gate aside), so deliveries to different
+//! groups run in parallel and a slow connection cannot hold up the others: each
+//! recipient owns a bounded queue and closes itself when it cannot keep up.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
 
 use crate::domain::{ConnectionId, GroupId, Message, MessageId};
 
@@ -67,12 +70,20 @@ enum Gate {
 
 struct Subscription {
     recipient: Arc<dyn Recipient>,
+    /// Set (under `gate`'s lock, after the waiting messages went out) once the
+    /// gate is open for good: from then on delivery takes no lock at all.
+    open: AtomicBool,
     gate: Mutex<Gate>,
 }
 
 impl Subscription {
     fn deliver(&self, delivery: &Arc<Delivery>) {
-        let mut gate = self.gate.lock().unwrap_or_else(|poison| poison.into_inner());
+        if self.open.load(Ordering::Acquire) {
+            return self.recipient.deliver(delivery);
+        }
+        // Still joining, or opening right now: `PendingJoin::open` flushes the
+        // waiting messages under this lock, so this one waits behind them.
+        let mut gate = self.gate.lock();
         match &mut *gate {
             Gate::Joining(waiting) => waiting.push(Arc::clone(delivery)),
             Gate::Open => self.recipient.deliver(delivery),
@@ -108,13 +119,17 @@ impl PendingJoin {
         sub.recipient.deliver_history(history);
         let seen: HashSet<MessageId> = history.iter().map(|m| m.id).collect();
         // Flush under the gate's lock, so a message arriving now waits behind
-        // the ones that arrived before it. Recipients never block, so this is brief.
-        let mut gate = sub.gate.lock().unwrap_or_else(|poison| poison.into_inner());
+        // the ones that arrived before it. Recipients never block, so this is
+        // brief. `open` is set last, under the lock: a delivery that sees it
+        // set comes after every flushed message (a group's deliveries are
+        // sequential), and one that does not takes the lock and waits.
+        let mut gate = sub.gate.lock();
         if let Gate::Joining(waiting) = std::mem::replace(&mut *gate, Gate::Open) {
             for delivery in waiting.iter().filter(|d| !seen.contains(&d.message.id)) {
                 sub.recipient.deliver(delivery);
             }
         }
+        sub.open.store(true, Ordering::Release);
     }
 }
 
@@ -140,7 +155,7 @@ impl LocalFanout {
         recipient: Arc<dyn Recipient>,
         max_per_user: usize,
     ) -> Result<Option<PendingJoin>, TooManyForUser> {
-        let mut groups = self.groups.write().unwrap_or_else(|poison| poison.into_inner());
+        let mut groups = self.groups.write();
         let current = groups.entry(group.clone()).or_default();
         if current.iter().any(|s| s.recipient.connection_id() == recipient.connection_id()) {
             return Ok(None);
@@ -152,8 +167,11 @@ impl LocalFanout {
             }
             return Err(TooManyForUser);
         }
-        let subscription =
-            Arc::new(Subscription { recipient, gate: Mutex::new(Gate::Joining(Vec::new())) });
+        let subscription = Arc::new(Subscription {
+            recipient,
+            open: AtomicBool::new(false),
+            gate: Mutex::new(Gate::Joining(Vec::new())),
+        });
         let mut next = Vec::with_capacity(current.len() + 1);
         next.extend(current.iter().cloned());
         next.push(Arc::clone(&subscription));
@@ -164,7 +182,7 @@ impl LocalFanout {
     /// Stops delivering the group's messages to the connection. True when
     /// that left the group without local subscribers.
     pub fn unsubscribe(&self, group: &GroupId, connection: &ConnectionId) -> bool {
-        let mut groups = self.groups.write().unwrap_or_else(|poison| poison.into_inner());
+        let mut groups = self.groups.write();
         let Some(current) = groups.get_mut(group) else { return false };
         let next: Vec<_> =
             current.iter().filter(|s| s.recipient.connection_id() != connection).cloned().collect();
@@ -181,7 +199,7 @@ impl LocalFanout {
     /// returns how many that was. Never waits.
     pub fn deliver(&self, message: Message) -> usize {
         let subscribers = {
-            let groups = self.groups.read().unwrap_or_else(|poison| poison.into_inner());
+            let groups = self.groups.read();
             match groups.get(&message.group) {
                 Some(subscribers) => Arc::clone(subscribers),
                 None => return 0,
@@ -196,7 +214,7 @@ impl LocalFanout {
 
     /// Local connections joined to the group (for tests and metrics).
     pub fn local_subscribers(&self, group: &GroupId) -> usize {
-        let groups = self.groups.read().unwrap_or_else(|poison| poison.into_inner());
+        let groups = self.groups.read();
         groups.get(group).map_or(0, |s| s.len())
     }
 }

@@ -15,13 +15,15 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{Notify, oneshot};
 use tracing::warn;
 
 use crate::backend::HistoryStore;
+use crate::defaults;
 use crate::domain::{GroupId, Message, MessageId};
 use crate::error::BackendError;
 
@@ -51,11 +53,11 @@ pub struct HistoryWriterConfig {
 impl Default for HistoryWriterConfig {
     fn default() -> Self {
         HistoryWriterConfig {
-            save_timeout: Duration::from_millis(500),
+            save_timeout: Duration::from_millis(defaults::SAVE_TIMEOUT_MS),
             batch_max: 500,
             batch_max_bytes: 4 * 1024 * 1024,
-            unsaved_max_bytes: 256 * 1024 * 1024,
-            batch_interval: Duration::from_millis(5),
+            unsaved_max_bytes: defaults::HISTORY_UNSAVED_MAX_BYTES,
+            batch_interval: Duration::from_millis(defaults::HISTORY_BATCH_MS),
         }
     }
 }
@@ -203,8 +205,8 @@ impl HistoryWriter {
         &self.shared.store
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Unsaved> {
-        self.shared.unsaved.lock().unwrap_or_else(|poison| poison.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Unsaved> {
+        self.shared.unsaved.lock()
     }
 
     /// Whether another message may be accepted: the unsaved set is below
@@ -390,6 +392,19 @@ fn mib(bytes: usize) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// What the writer does next.
+enum Next {
+    /// `flush` is done: the writer stops.
+    Stop,
+    /// Nothing to store: wait for work.
+    Idle,
+    /// The previous append started less than `batch_interval` ago: gather
+    /// what arrives until then.
+    GatherUntil(Instant),
+    /// Store these, oldest first.
+    Append(Vec<Message>),
+}
+
 /// Stores the unsaved set, oldest first, in batches bounded in messages and
 /// bytes; retries a passing failure with backoff, sets aside what the store
 /// refuses (`append_or_set_aside`).
@@ -400,80 +415,24 @@ async fn write_loop(shared: Arc<Shared>) {
     let mut last_append: Option<Instant> = None;
     loop {
         let work = shared.work.notified();
-        let batch: Result<Vec<Message>, Instant> = 'take: {
-            let unsaved = shared.unsaved.lock().unwrap_or_else(|poison| poison.into_inner());
-            if unsaved.closing {
-                return;
-            }
-            // The previous append started less than an interval ago: wait out
-            // the rest of it, gathering what arrives meanwhile (unless there is
-            // a full batch already).
-            if let Some(due) = last_append.map(|at: Instant| at + shared.config.batch_interval)
-                && !unsaved.queue.is_empty()
-                && unsaved.queue.len() < shared.config.batch_max
-                && due > Instant::now()
-            {
-                break 'take Err(due);
-            }
-            let mut bytes = 0;
-            let mut batch = Vec::new();
-            for (group, id) in unsaved.queue.iter().take(shared.config.batch_max) {
-                let Some(message) = unsaved.by_group.get(group).and_then(|m| m.get(id)) else {
-                    continue;
-                };
-                bytes += unsaved_size(message);
-                if !batch.is_empty() && bytes > shared.config.batch_max_bytes {
-                    break;
-                }
-                batch.push(message.clone());
-            }
-            Ok(batch)
-        };
-        let batch = match batch {
-            Ok(batch) if batch.is_empty() => {
+        let batch = match next_batch(&shared, last_append) {
+            Next::Stop => return,
+            Next::Idle => {
                 work.await;
                 continue;
             }
-            Ok(batch) => batch,
-            Err(gather_until) => {
-                tokio::time::sleep_until(gather_until.into()).await;
+            Next::GatherUntil(until) => {
+                tokio::time::sleep_until(until.into()).await;
                 last_append = None;
                 continue;
             }
+            Next::Append(batch) => batch,
         };
         last_append = Some(Instant::now());
         let appended =
             append_or_set_aside(shared.store.as_ref(), &batch, shared.observer.as_ref()).await;
         if appended.done > 0 {
-            let mut guard = shared.unsaved.lock().unwrap_or_else(|poison| poison.into_inner());
-            let unsaved = &mut *guard;
-            for (position, message) in batch[..appended.done].iter().enumerate() {
-                let key = (message.group.clone(), message.id);
-                if let Some(messages) = unsaved.by_group.get_mut(&key.0) {
-                    if messages.remove(&key.1).is_some() {
-                        unsaved.bytes = unsaved.bytes.saturating_sub(unsaved_size(message));
-                    }
-                    if messages.is_empty() {
-                        unsaved.by_group.remove(&key.0);
-                    }
-                }
-                // A message set aside drops its waiters unanswered: its send
-                // completes as after a save timeout, not as stored.
-                let waiters = unsaved.waiters.remove(&key).into_iter().flatten();
-                if !appended.refused.contains(&position) {
-                    for waiter in waiters {
-                        let _ = waiter.send(());
-                    }
-                }
-                // Only this task removes from the queue, and the batch was
-                // taken from its front in order (skipping nothing but stale keys).
-                while let Some(front) = unsaved.queue.pop_front() {
-                    if front == key {
-                        break;
-                    }
-                }
-            }
-            drop(guard);
+            forget_stored(&shared, &batch, &appended);
             shared.progress.notify_waiters();
         }
         match appended.error {
@@ -481,6 +440,72 @@ async fn write_loop(shared: Arc<Shared>) {
             Some(_) => {
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// The next batch from the front of the queue, bounded by `batch_max` and
+/// `batch_max_bytes`, unless the writer is to stop, idle or gather first.
+fn next_batch(shared: &Shared, last_append: Option<Instant>) -> Next {
+    let unsaved = shared.unsaved.lock();
+    if unsaved.closing {
+        return Next::Stop;
+    }
+    let config = &shared.config;
+    // The previous append started less than an interval ago: wait out the
+    // rest of it, gathering what arrives meanwhile (unless there is a full
+    // batch already).
+    if let Some(due) = last_append.map(|at: Instant| at + config.batch_interval)
+        && !unsaved.queue.is_empty()
+        && unsaved.queue.len() < config.batch_max
+        && due > Instant::now()
+    {
+        return Next::GatherUntil(due);
+    }
+    let mut bytes = 0;
+    let mut batch = Vec::new();
+    for (group, id) in unsaved.queue.iter().take(config.batch_max) {
+        let Some(message) = unsaved.by_group.get(group).and_then(|m| m.get(id)) else {
+            continue;
+        };
+        bytes += unsaved_size(message);
+        if !batch.is_empty() && bytes > config.batch_max_bytes {
+            break;
+        }
+        batch.push(message.clone());
+    }
+    if batch.is_empty() { Next::Idle } else { Next::Append(batch) }
+}
+
+/// Takes the first `appended.done` messages of `batch` out of the unsaved
+/// set and answers their waiters (those set aside are dropped unanswered).
+fn forget_stored(shared: &Shared, batch: &[Message], appended: &Appended) {
+    let mut guard = shared.unsaved.lock();
+    let unsaved = &mut *guard;
+    for (position, message) in batch[..appended.done].iter().enumerate() {
+        let key = (message.group.clone(), message.id);
+        if let Some(messages) = unsaved.by_group.get_mut(&key.0) {
+            if messages.remove(&key.1).is_some() {
+                unsaved.bytes = unsaved.bytes.saturating_sub(unsaved_size(message));
+            }
+            if messages.is_empty() {
+                unsaved.by_group.remove(&key.0);
+            }
+        }
+        // A message set aside drops its waiters unanswered: its send
+        // completes as after a save timeout, not as stored.
+        let waiters = unsaved.waiters.remove(&key).into_iter().flatten();
+        if !appended.refused.contains(&position) {
+            for waiter in waiters {
+                let _ = waiter.send(());
+            }
+        }
+        // Only this task removes from the queue, and the batch was taken
+        // from its front in order (skipping nothing but stale keys).
+        while let Some(front) = unsaved.queue.pop_front() {
+            if front == key {
+                break;
             }
         }
     }

@@ -6,6 +6,7 @@
 //! databases.
 
 pub mod backend;
+pub mod defaults;
 pub mod domain;
 pub mod error;
 pub mod fanout;

@@ -5,11 +5,25 @@
 //! not refill them; memory is bounded by the users active within the longest
 //! refill time. How many of a user's connections joined a group is not kept
 //! here: fan-out counts it from its subscriptions (`LocalFanout::subscribe_at_most`).
+//!
+//! Messages and group creations use `governor`'s token bucket, as signalr's
+//! per-connection limit does. The history byte budget is the one exception,
+//! `DebtBucket` below: a read's cost is known only after the read, and
+//! governor can neither take more tokens than the bucket holds (going into
+//! debt) nor say whether a token is there without taking it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+use parking_lot::Mutex;
 
 use crate::domain::UserId;
 
@@ -34,55 +48,61 @@ impl Rate {
     fn interval(&self) -> Duration {
         self.period / self.per_period.max(1)
     }
+
+    /// Time for an empty bucket to be full again.
+    fn refill(&self) -> Duration {
+        self.interval() * self.burst.max(1)
+    }
 }
 
-/// A token bucket that starts full, kept as one instant (the GCRA form): no
-/// floating point, and no timer to refill it.
+/// A token bucket (`governor`'s generic cell rate algorithm: one atomic
+/// instant, no lock, no timer to refill it) that starts full.
+type Bucket<C = MonotonicClock> =
+    RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+fn bucket<C: Clock>(rate: &Rate, clock: C) -> Bucket<C> {
+    let period = rate.interval().max(Duration::from_nanos(1));
+    let quota = Quota::with_period(period).expect("a non-zero period");
+    // A burst of 0 would refuse every call; the settings require at least 1.
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct_with_clock(quota.allow_burst(burst), clock)
+}
+
+/// Takes one token, or says how long until one is available.
+fn take<C: Clock>(bucket: &Bucket<C>, clock: &C) -> Result<(), Duration> {
+    bucket.check().map_err(|not_until| not_until.wait_time_from(clock.now()))
+}
+
+/// A token bucket for costs known only afterwards (bytes read), kept as the
+/// instant it would be empty (the GCRA form, as governor's): `ready` says
+/// whether it holds a token without taking one, `charge` takes the cost at
+/// once and may go into debt, which the next `ready` waits out.
 #[derive(Debug)]
-struct TokenBucket {
-    /// The moment the bucket would be empty: a token is available while
-    /// `now >= empty_at + interval`; full means `empty_at <= now - burst * interval`.
-    empty_at: Instant,
+struct DebtBucket {
+    empty_at: Mutex<Instant>,
 }
 
-impl TokenBucket {
-    fn full(now: Instant, rate: &Rate) -> TokenBucket {
-        let credit = rate.interval() * rate.burst;
-        TokenBucket { empty_at: now.checked_sub(credit).unwrap_or(now) }
+impl DebtBucket {
+    fn full(now: Instant, rate: &Rate) -> DebtBucket {
+        DebtBucket { empty_at: Mutex::new(now.checked_sub(rate.refill()).unwrap_or(now)) }
     }
 
     /// When the bucket is full again if nothing is taken.
     fn full_at(&self, rate: &Rate) -> Instant {
-        self.empty_at + rate.interval() * rate.burst
+        *self.empty_at.lock() + rate.refill()
     }
 
-    /// For costs known only afterwards (bytes read): whether the bucket holds
-    /// a token now, or how long until it does. Takes nothing; `charge` does.
+    /// Whether the bucket holds a token now, or how long until it does.
     fn ready(&self, now: Instant, rate: &Rate) -> Result<(), Duration> {
-        let next = self.empty_at + rate.interval();
+        let next = *self.empty_at.lock() + rate.interval();
         if next <= now { Ok(()) } else { Err(next - now) }
     }
 
-    /// Takes `tokens` at once, going into debt if the bucket holds fewer: the
-    /// next `ready` waits until the debt is paid back.
-    fn charge(&mut self, now: Instant, rate: &Rate, tokens: u32) {
-        let interval = rate.interval();
-        let floor = now.checked_sub(interval * rate.burst).unwrap_or(self.empty_at);
-        self.empty_at = self.empty_at.max(floor) + interval * tokens;
-    }
-
-    /// Takes one token, or says how long until one is available.
-    fn take(&mut self, now: Instant, rate: &Rate) -> Result<(), Duration> {
-        let interval = rate.interval();
-        let floor = now.checked_sub(interval * rate.burst).unwrap_or(self.empty_at);
-        let start = self.empty_at.max(floor);
-        let next = start + interval;
-        if next <= now {
-            self.empty_at = next;
-            Ok(())
-        } else {
-            Err(next - now)
-        }
+    /// Takes `tokens`, going into debt if the bucket holds fewer.
+    fn charge(&self, now: Instant, rate: &Rate, tokens: u32) {
+        let mut empty_at = self.empty_at.lock();
+        let floor = now.checked_sub(rate.refill()).unwrap_or(*empty_at);
+        *empty_at = (*empty_at).max(floor) + rate.interval() * tokens;
     }
 }
 
@@ -96,19 +116,19 @@ pub struct UserRates {
     pub history_reads_in_flight: usize,
 }
 
-/// One user's buckets on this instance.
+/// One user's buckets on this instance, shared by its connections here.
 #[derive(Debug)]
 pub struct UserLimits {
-    state: Mutex<UserState>,
+    messages: Bucket,
+    creations: Bucket,
+    history_bytes: DebtBucket,
     /// History reads of this user running now.
     reads_in_flight: AtomicUsize,
-}
-
-#[derive(Debug)]
-struct UserState {
-    messages: TokenBucket,
-    creations: TokenBucket,
-    history_bytes: TokenBucket,
+    /// `created`, and when the last token was taken from `messages` or
+    /// `creations`, in nanoseconds after it plus one (0: none taken yet):
+    /// governor's buckets are full again at the latest one refill after that.
+    created: Instant,
+    last_take_nanos: AtomicU64,
 }
 
 /// Which rate a refused call exceeded.
@@ -143,12 +163,23 @@ pub enum ReadRefused {
 impl UserLimits {
     fn new(now: Instant, rates: &UserRates) -> UserLimits {
         UserLimits {
-            state: Mutex::new(UserState {
-                messages: TokenBucket::full(now, &rates.messages),
-                creations: TokenBucket::full(now, &rates.creations),
-                history_bytes: TokenBucket::full(now, &rates.history_bytes),
-            }),
+            messages: bucket(&rates.messages, MonotonicClock),
+            creations: bucket(&rates.creations, MonotonicClock),
+            history_bytes: DebtBucket::full(now, &rates.history_bytes),
             reads_in_flight: AtomicUsize::new(0),
+            created: now,
+            last_take_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a token for `what`, or returns how long until one is available.
+    pub fn take(&self, what: Limited) -> Result<(), Duration> {
+        let since = Instant::now().saturating_duration_since(self.created);
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX).saturating_add(1);
+        self.last_take_nanos.fetch_max(nanos, Ordering::AcqRel);
+        match what {
+            Limited::Messages => take(&self.messages, &MonotonicClock),
+            Limited::GroupCreations => take(&self.creations, &MonotonicClock),
         }
     }
 
@@ -161,7 +192,7 @@ impl UserLimits {
         rates: &UserRates,
         now: Instant,
     ) -> Result<ReadPermit<'_>, ReadRefused> {
-        self.lock().history_bytes.ready(now, &rates.history_bytes).map_err(ReadRefused::Bytes)?;
+        self.history_bytes.ready(now, &rates.history_bytes).map_err(ReadRefused::Bytes)?;
         let max = rates.history_reads_in_flight;
         self.reads_in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
@@ -172,30 +203,22 @@ impl UserLimits {
     /// Charges the bytes a history read returned to the user's budget.
     pub fn charge_read(&self, rates: &UserRates, now: Instant, bytes: usize) {
         let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
-        self.lock().history_bytes.charge(now, &rates.history_bytes, bytes);
+        self.history_bytes.charge(now, &rates.history_bytes, bytes);
     }
 
     /// Whether every bucket is full again at `now`, so forgetting the user
     /// gives back nothing it had not earned anyway.
     fn rested(&self, rates: &UserRates, now: Instant) -> bool {
-        let state = self.lock();
-        state.messages.full_at(&rates.messages) <= now
-            && state.creations.full_at(&rates.creations) <= now
-            && state.history_bytes.full_at(&rates.history_bytes) <= now
+        let governed_full = match self.last_take_nanos.load(Ordering::Acquire) {
+            0 => true,
+            nanos => {
+                let refill = rates.messages.refill().max(rates.creations.refill());
+                self.created + Duration::from_nanos(nanos - 1) + refill <= now
+            }
+        };
+        governed_full
+            && self.history_bytes.full_at(&rates.history_bytes) <= now
             && self.reads_in_flight.load(Ordering::Acquire) == 0
-    }
-
-    fn lock(&self) -> MutexGuard<'_, UserState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes a token for `what`, or returns how long until one is available.
-    pub fn take(&self, what: Limited, rate: &Rate, now: Instant) -> Result<(), Duration> {
-        let mut state = self.lock();
-        match what {
-            Limited::Messages => state.messages.take(now, rate),
-            Limited::GroupCreations => state.creations.take(now, rate),
-        }
     }
 }
 
@@ -236,14 +259,10 @@ impl Users {
         &self.rates.creations
     }
 
-    fn lock(&self) -> MutexGuard<'_, UsersState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The user's limits, shared with its other connections here (and with
     /// its earlier ones while their buckets refill); pair with `disconnected`.
     pub fn connected(&self, user: &UserId) -> Arc<UserLimits> {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let (connections, limits) = state
             .users
             .entry(user.clone())
@@ -256,7 +275,7 @@ impl Users {
     /// buckets are full again, so a reconnect starts where it left off.
     pub fn disconnected(&self, user: &UserId) {
         let now = Instant::now();
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if let Some((connections, _)) = state.users.get_mut(user) {
             *connections = connections.saturating_sub(1);
         }
@@ -276,13 +295,13 @@ impl Users {
     /// Forgets now the users it may (for tests; `disconnected` does it at most
     /// every `SWEEP_EVERY`).
     pub fn sweep(&self, now: Instant) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         self.forget_rested(&mut state.users, now);
     }
 
     /// Users known here: connected, or refilling (for tests).
     pub fn len(&self) -> usize {
-        self.lock().users.len()
+        self.state.lock().users.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -292,46 +311,61 @@ impl Users {
 
 #[cfg(test)]
 mod tests {
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
 
     #[test]
     fn a_bucket_allows_the_burst_then_the_rate() {
         let rate = Rate::per_second(10, 5);
-        let start = Instant::now();
-        let mut bucket = TokenBucket::full(start, &rate);
+        let clock = FakeRelativeClock::default();
+        let bucket = bucket(&rate, clock.clone());
         for _ in 0..5 {
-            assert!(bucket.take(start, &rate).is_ok());
+            assert!(take(&bucket, &clock).is_ok());
         }
-        let wait = bucket.take(start, &rate).unwrap_err();
-        assert_eq!(wait, Duration::from_millis(100));
-        assert!(bucket.take(start + Duration::from_millis(99), &rate).is_err());
-        assert!(bucket.take(start + Duration::from_millis(100), &rate).is_ok());
+        assert_eq!(take(&bucket, &clock), Err(Duration::from_millis(100)));
+        clock.advance(Duration::from_millis(99));
+        assert!(take(&bucket, &clock).is_err());
+        clock.advance(Duration::from_millis(1));
+        assert!(take(&bucket, &clock).is_ok());
         // A long pause saves up no more than the burst.
-        let later = start + Duration::from_secs(60);
+        clock.advance(Duration::from_secs(60));
         for _ in 0..5 {
-            assert!(bucket.take(later, &rate).is_ok());
+            assert!(take(&bucket, &clock).is_ok());
         }
-        assert!(bucket.take(later, &rate).is_err());
+        assert!(take(&bucket, &clock).is_err());
     }
 
     #[test]
     fn a_steady_sender_at_the_rate_is_never_refused() {
         let rate = Rate::per_second(1000, 1000);
-        let start = Instant::now();
-        let mut bucket = TokenBucket::full(start, &rate);
+        let clock = FakeRelativeClock::default();
+        let bucket = bucket(&rate, clock.clone());
         for i in 0..10_000u32 {
-            let now = start + Duration::from_millis(u64::from(i));
-            assert!(bucket.take(now, &rate).is_ok(), "message {i}");
+            assert!(take(&bucket, &clock).is_ok(), "message {i}");
+            clock.advance(Duration::from_millis(1));
         }
     }
 
     fn rates() -> UserRates {
         UserRates {
-            messages: Rate::per_second(1, 1),
+            messages: Rate::per_minute(1, 2),
             creations: Rate::per_minute(1, 1),
             history_bytes: Rate::per_second(1000, 2000),
             history_reads_in_flight: 2,
         }
+    }
+
+    #[test]
+    fn a_users_connections_share_its_buckets() {
+        let users = Users::new(rates());
+        let ann = UserId::from_trusted("ann");
+        let (first, second) = (users.connected(&ann), users.connected(&ann));
+        assert!(first.take(Limited::Messages).is_ok());
+        assert!(second.take(Limited::Messages).is_ok());
+        assert!(first.take(Limited::Messages).is_err(), "the burst of 2 is the user's");
+        assert!(second.take(Limited::GroupCreations).is_ok());
+        assert!(first.take(Limited::GroupCreations).is_err());
     }
 
     #[test]
@@ -341,18 +375,33 @@ mod tests {
         let first = users.connected(&ann);
         let second = users.connected(&ann);
         assert!(Arc::ptr_eq(&first, &second), "one user, one set of buckets");
+        assert!(first.take(Limited::GroupCreations).is_ok());
         let now = Instant::now();
-        assert!(first.take(Limited::GroupCreations, &rates().creations, now).is_ok());
         users.disconnected(&ann);
         users.disconnected(&ann);
         users.sweep(now);
         assert_eq!(users.len(), 1, "kept while its creation bucket refills");
         let again = users.connected(&ann);
         assert!(Arc::ptr_eq(&first, &again), "a reconnect finds the same buckets");
-        assert!(again.take(Limited::GroupCreations, &rates().creations, now).is_err());
+        assert!(again.take(Limited::GroupCreations).is_err());
         users.disconnected(&ann);
-        users.sweep(now + Duration::from_secs(61));
+        users.sweep(Instant::now() + Duration::from_secs(59));
+        assert_eq!(users.len(), 1, "the creation bucket is not full yet");
+        // The message bucket (2 at 1 a minute) takes longest to refill: two minutes.
+        users.sweep(Instant::now() + Duration::from_secs(119));
+        assert_eq!(users.len(), 1, "kept until the longest refill after the last take");
+        users.sweep(Instant::now() + Duration::from_secs(121));
         assert!(users.is_empty(), "forgotten once full again");
+    }
+
+    #[test]
+    fn an_idle_user_is_forgotten_at_the_first_sweep() {
+        let users = Users::new(rates());
+        let ann = UserId::from_trusted("ann");
+        drop(users.connected(&ann));
+        users.disconnected(&ann);
+        users.sweep(Instant::now());
+        assert!(users.is_empty(), "nothing taken, nothing to refill");
     }
 
     #[test]

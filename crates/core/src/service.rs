@@ -4,12 +4,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tracing::{instrument, warn};
 
 use crate::backend::{Membership, Messaging};
+use crate::defaults;
 use crate::domain::{
     ConnectionId, GroupId, JoinOutcome, Limits, Message, MessageId, MessageText, NewMessage, UserId,
 };
@@ -66,24 +68,29 @@ impl Default for ChatConfig {
     fn default() -> Self {
         ChatConfig {
             limits: Limits::default(),
-            max_members: 20,
-            history_on_join: 100,
-            require_join_to_send: true,
-            auto_create_groups: true,
+            max_members: defaults::MAX_MEMBERS,
+            history_on_join: defaults::HISTORY_ON_JOIN,
+            require_join_to_send: defaults::REQUIRE_JOIN_TO_SEND,
+            auto_create_groups: defaults::AUTO_CREATE_GROUPS,
             list_groups_max: 1000,
             history_page_max: 500,
-            history_page_max_bytes: 1024 * 1024,
-            max_groups_per_connection: 100,
-            max_connections_per_user_in_group: 10,
-            // Twice the seed's load test (one connection, 1000 messages/s),
-            // with two seconds of that rate as burst for a sender that stalled.
-            user_messages: Rate::per_second(2000, 4000),
-            groups_created: Rate::per_minute(60, 60),
-            max_groups: 100_000,
-            // 1 MiB per second, 8 MiB at once: a join's page and five more
-            // full pages back pass at once; a reader in a loop gets 1 MiB/s.
-            history_read_bytes: Rate::per_second(1024 * 1024, 8 * 1024 * 1024),
-            history_reads_in_flight_per_user: 2,
+            history_page_max_bytes: defaults::HISTORY_PAGE_MAX_BYTES,
+            max_groups_per_connection: defaults::MAX_GROUPS_PER_CONNECTION,
+            max_connections_per_user_in_group: defaults::MAX_CONNECTIONS_PER_USER_IN_GROUP,
+            user_messages: Rate::per_second(
+                defaults::USER_MESSAGES_PER_SECOND,
+                defaults::USER_MESSAGES_PER_SECOND * 2,
+            ),
+            groups_created: Rate::per_minute(
+                defaults::GROUPS_CREATED_PER_MINUTE,
+                defaults::GROUPS_CREATED_PER_MINUTE,
+            ),
+            max_groups: defaults::MAX_GROUPS,
+            history_read_bytes: Rate::per_second(
+                defaults::HISTORY_READ_BYTES_PER_SECOND,
+                defaults::HISTORY_READ_BURST_BYTES,
+            ),
+            history_reads_in_flight_per_user: defaults::HISTORY_READS_IN_FLIGHT_PER_USER,
         }
     }
 }
@@ -109,16 +116,16 @@ impl Session {
     }
 
     fn has_joined(&self, group: &GroupId) -> bool {
-        self.joined.lock().unwrap_or_else(|p| p.into_inner()).contains(group)
+        self.joined.lock().contains(group)
     }
 
     fn set_joined(&self, group: &GroupId, joined: bool) -> bool {
-        let mut groups = self.joined.lock().unwrap_or_else(|p| p.into_inner());
+        let mut groups = self.joined.lock();
         if joined { groups.insert(group.clone()) } else { groups.remove(group) }
     }
 
     fn joined_count(&self) -> usize {
-        self.joined.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.joined.lock().len()
     }
 }
 
@@ -240,8 +247,7 @@ impl ChatService {
 
     /// Leaves every group the connection joined. Called once, on disconnect.
     pub async fn close_session(&self, session: &Session) {
-        let groups: Vec<GroupId> =
-            session.joined.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let groups: Vec<GroupId> = session.joined.lock().drain().collect();
         for group in groups {
             self.unsubscribe(&group, session);
             if let Err(error) =
@@ -267,13 +273,11 @@ impl ChatService {
             Limited::Messages => (self.users.messages(), "messages per second"),
             Limited::GroupCreations => (self.users.creations(), "groups created per minute"),
         };
-        session.limits.take(what, rate, Instant::now()).map_err(|retry_after| {
-            ChatError::RateLimited {
-                what: description,
-                limit: rate.per_period,
-                user: session.user.clone(),
-                retry_after,
-            }
+        session.limits.take(what).map_err(|retry_after| ChatError::RateLimited {
+            what: description,
+            limit: rate.per_period,
+            user: session.user.clone(),
+            retry_after,
         })
     }
 

@@ -116,6 +116,52 @@ fn joining_connection_gets_history_first_then_only_newer_messages_once() {
 }
 
 #[test]
+fn joins_while_messages_flow_get_history_first_then_every_later_message_once_in_order() {
+    const MESSAGES: u64 = 3000;
+    let fanout = Arc::new(LocalFanout::new());
+    let group = GroupId::from_trusted("g");
+    // Held by the sender around each delivery and by a join around
+    // subscribing and reading "history" (every id delivered so far), so a
+    // join's history and its subscription agree, as the chat rules arrange.
+    let sent = Arc::new(Mutex::new(0u64));
+    let sender = {
+        let (fanout, sent) = (fanout.clone(), sent.clone());
+        std::thread::spawn(move || {
+            for millis in 1..=MESSAGES {
+                let mut last = sent.lock().unwrap();
+                fanout.deliver(message("g", millis, "m"));
+                *last = millis;
+            }
+        })
+    };
+    let mut joined = Vec::new();
+    for join in 0..20u64 {
+        // Join at spread-out points of the flow.
+        while *sent.lock().unwrap() < join * MESSAGES / 25 {
+            std::thread::yield_now();
+        }
+        let recorder = Recorder::new(&format!("c{join}"));
+        let (pending, history_upto) = {
+            let last = sent.lock().unwrap();
+            (fanout.subscribe(&group, recorder.clone()).expect("a new subscription"), *last)
+        };
+        // Opened while the sender goes on: live messages race the gate.
+        let history: Vec<Message> = (1..=history_upto).map(|m| message("g", m, "m")).collect();
+        pending.open(&history);
+        joined.push((recorder, history_upto));
+    }
+    sender.join().expect("the sender");
+    for (recorder, history_upto) in joined {
+        let seen = recorder.take();
+        let history: Vec<MessageId> = (1..=history_upto).map(|m| MessageId::new(m, 0)).collect();
+        let live: Vec<Seen> =
+            (history_upto + 1..=MESSAGES).map(|m| Seen::Message(MessageId::new(m, 0))).collect();
+        assert_eq!(seen.first(), Some(&Seen::History(history)), "history first");
+        assert!(seen[1..] == live[..], "{}: every later message once, in order", recorder.id);
+    }
+}
+
+#[test]
 fn subscribing_twice_keeps_one_subscription_and_unsubscribe_stops_delivery() {
     let fanout = LocalFanout::new();
     let group = GroupId::from_trusted("g");

@@ -13,11 +13,13 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use next_chat_core::{
     BackendError, ChatService, HistoryObserver, HistoryStore, HistoryWriter, LocalFanout,
     Membership, Messaging,
 };
 use next_chat_signalr::server::{HubConfig, HubServer};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
@@ -67,16 +69,23 @@ async fn connect_with_retry(
     observer: &Arc<dyn HistoryObserver>,
 ) -> anyhow::Result<Backends> {
     let deadline = Instant::now() + config.startup_timeout;
-    let mut delay = Duration::from_millis(250);
+    let mut delays = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .without_max_times()
+        .build();
     loop {
-        match Backends::connect(config, fanout, observer).await {
+        let error = match Backends::connect(config, fanout, observer).await {
             Ok(backends) => return Ok(backends),
-            Err(error) if Instant::now() + delay < deadline => {
+            Err(error) => error,
+        };
+        match delays.next() {
+            Some(delay) if Instant::now() + delay < deadline => {
                 warn!(error = format!("{error:#}"), retry_in = ?delay, "backends not reachable yet");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(error) => return Err(error),
+            _ => return Err(error),
         }
     }
 }
@@ -147,21 +156,41 @@ impl App {
             ..HubConfig::default()
         };
         let authenticator = Authenticator::start(&config.auth).await?;
+        // Header mode answers loopback clients only, unless opted in.
+        let loopback_only =
+            matches!(authenticator, Authenticator::Header) && !config.allow_remote_header_auth;
         if matches!(authenticator, Authenticator::Header) && !config.listen.ip().is_loopback() {
-            warn!(
-                listen = %config.listen,
-                "auth is header: the Authorization header (or access_token) is trusted as the \
-                 user id, so any client can be any user; use --auth jwt when others can reach \
-                 this address"
-            );
+            if loopback_only {
+                warn!(
+                    listen = %config.listen,
+                    "auth is header: answering clients on loopback only (others get 403); use \
+                     --auth jwt, or allow_remote_header_auth behind an authenticating proxy"
+                );
+            } else {
+                warn!(
+                    listen = %config.listen,
+                    "auth is header and allow_remote_header_auth is on: the Authorization header \
+                     (or access_token) is trusted as the user id, so any client that reaches \
+                     this address can be any user; only a proxy that authenticates should"
+                );
+            }
         }
         let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
         let hub = Arc::new(HubServer::new(
             Arc::new(ChatHub::new(Arc::clone(&chat), Arc::clone(&metrics), authenticator)),
             hub_config,
         ));
+        let remote_refused = metrics.remote_header_auth_refused.clone();
+        let unauthenticated_refused = metrics.unauthenticated_connections_refused.clone();
         let shared = Arc::new(Shared { chat, metrics, accepting: AtomicBool::new(true) });
-        let mut router = hub.router(HUB_PATH).merge(
+        let protect = |router: Router| {
+            if loopback_only {
+                crate::auth::protected::loopback_only(router, remote_refused.clone())
+            } else {
+                router
+            }
+        };
+        let mut router = protect(hub.router(HUB_PATH)).merge(
             Router::new()
                 .route("/healthz", get(|| async { "ok\n" }))
                 .route("/readyz", get(readyz))
@@ -173,17 +202,17 @@ impl App {
                 AuthConfig::Header => ("header", "sub".to_string()),
                 AuthConfig::Jwt(jwt) => ("jwt", jwt.user_claim.clone()),
             };
-            router = router.merge(crate::web::router(WebConfig {
+            router = router.merge(protect(crate::web::router(WebConfig {
                 auth,
                 user_claim,
                 max_text_chars: config.chat.limits.text_max_chars,
                 max_members: config.chat.max_members,
-            }));
+            })));
         }
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listen: cannot bind {}", config.listen))?;
-        let http = http_limits(&config);
+        let http = http_limits(&config, unauthenticated_refused);
         Ok(App { config, listener, router, http, tls, hub, shared, reconciler })
     }
 
@@ -250,7 +279,7 @@ impl App {
 
 /// The HTTP bounds; the TCP connection cap defaults to what the open-file
 /// limit allows.
-fn http_limits(config: &Config) -> HttpLimits {
+fn http_limits(config: &Config, unauthenticated_refused: Counter) -> HttpLimits {
     let default_cap = crate::serve::default_max_connections();
     let max_connections = match config.max_http_connections {
         Some(cap) => {
@@ -268,6 +297,7 @@ fn http_limits(config: &Config) -> HttpLimits {
     };
     info!(
         max_http_connections = max_connections,
+        max_unauthenticated_connections_per_ip = config.max_unauthenticated_connections_per_ip,
         http_header_timeout = ?config.http_header_timeout,
         "HTTP limits"
     );
@@ -275,6 +305,8 @@ fn http_limits(config: &Config) -> HttpLimits {
         header_timeout: config.http_header_timeout,
         max_head_bytes: config.http_max_head_bytes,
         max_connections,
+        max_unauthenticated_per_ip: config.max_unauthenticated_connections_per_ip,
+        unauthenticated_refused,
     }
 }
 

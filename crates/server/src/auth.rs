@@ -9,10 +9,14 @@
 //!   URL, keys chosen by `kid`). The algorithms accepted follow from the key's
 //!   type, so `alg: none` and an HS256 token "signed" with a public key never pass.
 //!
+//! With `header`, clients off loopback are refused unless the operator opts in
+//! (`protected.rs`).
+//!
 //! A refusal says what was wrong (expired, bad signature, wrong audience, ...) in
 //! an RFC 6750 `WWW-Authenticate` challenge, for the client's developer.
 
 mod jwks;
+pub mod protected;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,11 +111,15 @@ impl Authenticator {
 
     /// The user the credential names (still to be held to the user-id rules) and
     /// when the credential expires.
+    /// A credential that passes takes its connection out of the per-address
+    /// count of unauthenticated ones.
     pub async fn authenticate(&self, token: &str) -> Result<Identity, Refused> {
-        match self {
-            Authenticator::Header => Ok(Identity::from(token.to_owned())),
-            Authenticator::Jwt(verifier) => verifier.verify(token).await.map_err(invalid_token),
-        }
+        let identity = match self {
+            Authenticator::Header => Identity::from(token.to_owned()),
+            Authenticator::Jwt(verifier) => verifier.verify(token).await.map_err(invalid_token)?,
+        };
+        crate::serve::mark_authenticated();
+        Ok(identity)
     }
 
     /// How to refuse a request without any credential: in `jwt` mode a bare

@@ -5,12 +5,11 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use next_chat_core::{
-    HistoryObserver, HistoryStore, LocalFanout, Membership, MessageId, Messaging,
-};
+use next_chat_core::{HistoryObserver, LocalFanout, Membership, MessageId, Messaging};
 use next_chat_storage::{
-    BusStats, EmbeddedMembership, InProcessMessaging, MySqlHistory, ReconcilerConfig, RedisConfig,
-    RedisMembership, RedisMessaging, SqliteStore, StreamHistoryReconciler, mysql,
+    BusStats, EmbeddedMembership, InProcessMessaging, MarkStoredHistory, MySqlHistory,
+    ReconcilerConfig, RedisConfig, RedisMembership, RedisMessaging, SqliteStore, StoredMarks,
+    StreamHistoryReconciler, mysql,
 };
 
 use crate::app::Backends;
@@ -29,6 +28,10 @@ fn redis_config(settings: &RedisSettings, config: &Config) -> RedisConfig {
         stream_maxlen: settings.stream_maxlen,
         recent_scan_entries: settings.recent_scan_entries,
         stream_max_bytes: config.redis_stream_max_bytes,
+        // Only a shared history database has a reconciler and writers that
+        // report what they stored; with SQLite the streams trim as before.
+        keep_unstored: matches!(config.database, Database::MySql(_)),
+        wait_replicas: settings.wait_replicas,
         ..RedisConfig::default()
     }
 }
@@ -73,6 +76,11 @@ pub async fn connect(
                     .with_context(|| format!("database: {}", redact_url(url)))?,
             );
             let (messaging, membership, bus) = connect_redis(redis, config, fanout).await?;
+            // The history writer reports what it stored, so the streams may trim it.
+            let marks = StoredMarks::connect(redis_config(redis, config))
+                .await
+                .context("redis: cannot connect for the stored watermark")?;
+            let writer_store = MarkStoredHistory::new(Arc::clone(&history) as _, marks);
             let reconciler = StreamHistoryReconciler::start(
                 redis_config(redis, config),
                 ReconcilerConfig::default(),
@@ -84,7 +92,7 @@ pub async fn connect(
             Ok(Backends {
                 messaging,
                 membership,
-                history: history as Arc<dyn HistoryStore>,
+                history: Arc::new(writer_store),
                 reconciler: Some(reconciler),
                 bus: Some(bus),
             })

@@ -7,6 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use next_chat_contract::Message as WireMessage;
+use next_chat_contract::{self as contract, ArgKind, Callback, JoinResult, Method};
 use next_chat_core::{
     ChatError, ChatService, ConnectionId, Delivery, GroupId, JoinOutcome, Message, Recipient,
     Session,
@@ -49,10 +51,10 @@ struct ConnectionRecipient {
     metrics: Arc<Metrics>,
 }
 
-fn encode_invocation(connection: &Connection, target: &str, argument: Value) -> Bytes {
+fn encode_invocation(connection: &Connection, callback: Callback, argument: Value) -> Bytes {
     connection.protocol().encode(&HubMessage::Invocation {
         invocation_id: None,
-        target: target.to_string(),
+        target: callback.name().to_string(),
         arguments: vec![argument],
         stream_ids: Vec::new(),
     })
@@ -70,7 +72,7 @@ impl Recipient for ConnectionRecipient {
     fn deliver(&self, delivery: &Delivery) {
         let protocol = self.connection.protocol();
         let record = delivery.encoded(protocol.slot(), |message| {
-            encode_invocation(&self.connection, "OnMessage", message_value(message))
+            encode_invocation(&self.connection, Callback::OnMessage, message_value(message))
         });
         // A refused record has closed the connection as a slow consumer (counted
         // once, in `disconnected`) or it was closed already.
@@ -80,8 +82,8 @@ impl Recipient for ConnectionRecipient {
     }
 
     fn deliver_history(&self, messages: &[Message]) {
-        let history = Value::Array(messages.iter().map(message_value).collect());
-        let record = encode_invocation(&self.connection, "OnHistory", history);
+        let record =
+            encode_invocation(&self.connection, Callback::OnHistory, messages_value(messages));
         // Refused: see `deliver`.
         let _ = self.connection.send(record);
     }
@@ -132,115 +134,75 @@ fn json_string_len(text: &str) -> usize {
     }
 }
 
-/// `Message` as the contract shapes it; `sendTime` is a timestamp, which JSON
-/// writes as RFC 3339 and MessagePack as its timestamp extension.
+/// `Message` as the contract shapes it (`next_chat_contract::Message`).
 pub fn message_value(message: &Message) -> Value {
-    Value::Map(vec![
-        ("id".into(), Value::Str(message.id.to_string())),
-        ("authorId".into(), Value::Str(message.author.as_str().into())),
-        ("groupId".into(), Value::Str(message.group.as_str().into())),
-        ("sendTime".into(), Value::Timestamp(message.send_time)),
-        ("text".into(), Value::Str(message.text.as_str().into())),
-    ])
+    WireMessage {
+        id: message.id.to_string(),
+        author_id: message.author.as_str().into(),
+        group_id: message.group.as_str().into(),
+        send_time: message.send_time,
+        text: message.text.as_str().into(),
+    }
+    .into_value()
 }
 
-fn groups_value(groups: Vec<GroupId>) -> Value {
-    Value::Array(
-        groups
-            .into_iter()
-            .map(|g| Value::Map(vec![("groupId".into(), Value::Str(g.as_str().into()))]))
-            .collect(),
-    )
+fn messages_value(messages: &[Message]) -> Value {
+    Value::Array(messages.iter().map(message_value).collect())
 }
 
-/// A hub method's arguments, checked by name and position.
+/// A hub method's arguments, checked against the contract's list by number
+/// and, as each is read, by kind.
 struct Arguments<'a> {
-    method: &'static str,
-    names: &'static [&'static str],
+    method: Method,
     values: &'a [Value],
 }
 
 impl<'a> Arguments<'a> {
-    fn new(
-        method: &'static str,
-        names: &'static [&'static str],
-        values: &'a [Value],
-    ) -> Result<Arguments<'a>, String> {
+    fn new(method: Method, values: &'a [Value]) -> Result<Arguments<'a>, String> {
+        let names: Vec<&str> = method.arguments().iter().map(|a| a.name).collect();
         if values.len() != names.len() {
             return Err(format!(
-                "{method} takes {} argument{} ({}), not {}",
+                "{} takes {} argument{} ({}), not {}",
+                method.name(),
                 names.len(),
                 if names.len() == 1 { "" } else { "s" },
                 names.join(", "),
                 values.len()
             ));
         }
-        Ok(Arguments { method, names, values })
+        Ok(Arguments { method, values })
+    }
+
+    /// The name of argument `index`, which the contract says is a `kind`.
+    fn name(&self, index: usize, kind: ArgKind) -> &'static str {
+        let argument = self.method.arguments()[index];
+        debug_assert_eq!(argument.kind, kind, "{:?} argument {index}", self.method);
+        argument.name
     }
 
     fn string(&self, index: usize) -> Result<&'a str, String> {
+        let name = self.name(index, ArgKind::String);
         self.values[index]
             .as_str()
-            .ok_or_else(|| format!("{}: {} must be a string", self.method, self.names[index]))
+            .ok_or_else(|| format!("{}: {name} must be a string", self.method.name()))
     }
 
     fn optional_string(&self, index: usize) -> Result<Option<&'a str>, String> {
-        if self.values[index].is_null() {
-            return Ok(None);
+        let name = self.name(index, ArgKind::OptionalString);
+        match &self.values[index] {
+            value if value.is_null() => Ok(None),
+            value => value
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| format!("{}: {name} must be a string or null", self.method.name())),
         }
-        self.string(index).map(Some).map_err(|e| format!("{e} or null"))
     }
 
     fn integer(&self, index: usize) -> Result<i64, String> {
+        let name = self.name(index, ArgKind::Integer);
         self.values[index]
             .as_i64()
-            .ok_or_else(|| format!("{}: {} must be an integer", self.method, self.names[index]))
-    }
-}
-
-/// The hub's methods; names match case-insensitively.
-#[derive(Debug, Clone, Copy)]
-enum Method {
-    CreateGroup,
-    ListGroups,
-    ListGroupsPage,
-    JoinGroup,
-    LeaveGroup,
-    SendMessage,
-    GetHistory,
-    ListMembers,
-    GetMessagesAfter,
-}
-
-impl Method {
-    const ALL: [Method; 9] = [
-        Method::CreateGroup,
-        Method::ListGroups,
-        Method::ListGroupsPage,
-        Method::JoinGroup,
-        Method::LeaveGroup,
-        Method::SendMessage,
-        Method::GetHistory,
-        Method::ListMembers,
-        Method::GetMessagesAfter,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Method::CreateGroup => "CreateGroup",
-            Method::ListGroups => "ListGroups",
-            Method::ListGroupsPage => "ListGroupsPage",
-            Method::JoinGroup => "JoinGroup",
-            Method::LeaveGroup => "LeaveGroup",
-            Method::SendMessage => "SendMessage",
-            Method::GetHistory => "GetHistory",
-            Method::ListMembers => "ListMembers",
-            Method::GetMessagesAfter => "GetMessagesAfter",
-        }
-    }
-
-    fn parse(target: &str) -> Option<Method> {
-        Method::ALL.into_iter().find(|m| m.name().eq_ignore_ascii_case(target))
+            .ok_or_else(|| format!("{}: {name} must be an integer", self.method.name()))
     }
 }
 
@@ -248,6 +210,12 @@ impl Method {
 enum Reply {
     Now(Option<Value>),
     Later(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+/// A `Group[]` result.
+fn groups_reply(groups: Result<Vec<GroupId>, ChatError>) -> Result<Reply, String> {
+    let groups = groups.map_err(chat_error)?;
+    Ok(Reply::Now(Some(contract::groups_value(groups.iter().map(GroupId::as_str)))))
 }
 
 fn chat_error(error: ChatError) -> String {
@@ -258,55 +226,44 @@ fn chat_error(error: ChatError) -> String {
 }
 
 impl ChatHub {
+    /// Runs `method`; each arm reads the arguments the contract lists for it.
     async fn dispatch(
         &self,
         session: &Session,
         method: Method,
         values: &[Value],
     ) -> Result<Reply, String> {
+        let args = Arguments::new(method, values)?;
         let chat = &self.chat;
-        let name = method.name();
         match method {
             Method::CreateGroup => {
-                let args = Arguments::new(name, &["groupId"], values)?;
                 chat.create_group(session, args.string(0)?).await.map_err(chat_error)?;
                 Ok(Reply::Now(None))
             }
-            Method::ListGroups => {
-                Arguments::new(name, &[], values)?;
-                Ok(Reply::Now(Some(groups_value(chat.list_groups().await.map_err(chat_error)?))))
-            }
-            Method::ListGroupsPage => {
-                let args = Arguments::new(name, &["after", "limit"], values)?;
-                let groups = chat
-                    .list_groups_page(args.optional_string(0)?, args.integer(1)?)
-                    .await
-                    .map_err(chat_error)?;
-                Ok(Reply::Now(Some(groups_value(groups))))
-            }
+            Method::ListGroups => groups_reply(chat.list_groups().await),
+            Method::ListGroupsPage => groups_reply(
+                chat.list_groups_page(args.optional_string(0)?, args.integer(1)?).await,
+            ),
             Method::JoinGroup => {
-                let args = Arguments::new(name, &["groupId"], values)?;
                 let outcome =
                     chat.join_group(session, args.string(0)?).await.map_err(chat_error)?;
-                Ok(Reply::Now(Some(Value::Int(match outcome {
-                    JoinOutcome::Joined => 0,
-                    JoinOutcome::NoRoom => 1,
-                }))))
+                let result = match outcome {
+                    JoinOutcome::Joined => JoinResult::Ok,
+                    JoinOutcome::NoRoom => JoinResult::NoRoom,
+                };
+                Ok(Reply::Now(Some(Value::Int(result.wire()))))
             }
             Method::LeaveGroup => {
-                let args = Arguments::new(name, &["groupId"], values)?;
                 chat.leave_group(session, args.string(0)?).await.map_err(chat_error)?;
                 Ok(Reply::Now(None))
             }
             Method::ListMembers => {
-                let args = Arguments::new(name, &["groupId"], values)?;
                 let members =
                     chat.list_members(session, args.string(0)?).await.map_err(chat_error)?;
                 let members = members.iter().map(|user| Value::Str(user.as_str().into()));
                 Ok(Reply::Now(Some(Value::Array(members.collect()))))
             }
             Method::SendMessage => {
-                let args = Arguments::new(name, &["groupId", "text"], values)?;
                 let accepted = chat
                     .accept_message(session, args.string(0)?, args.string(1)?)
                     .await
@@ -315,28 +272,26 @@ impl ChatHub {
                 // one waits for history to store the message.
                 Ok(Reply::Later(accepted.saved))
             }
-            Method::GetHistory => {
-                let args = Arguments::new(name, &["groupId", "before", "limit"], values)?;
-                let messages = chat
-                    .get_history(
-                        session,
-                        args.string(0)?,
-                        args.optional_string(1)?,
-                        args.integer(2)?,
-                    )
-                    .await
-                    .map_err(chat_error)?;
-                Ok(Reply::Now(Some(Value::Array(messages.iter().map(message_value).collect()))))
-            }
-            Method::GetMessagesAfter => {
-                let args = Arguments::new(name, &["groupId", "afterId", "limit"], values)?;
-                let messages = chat
-                    .get_messages_after(session, args.string(0)?, args.string(1)?, args.integer(2)?)
-                    .await
-                    .map_err(chat_error)?;
-                Ok(Reply::Now(Some(Value::Array(messages.iter().map(message_value).collect()))))
+            Method::GetHistory | Method::GetMessagesAfter => {
+                self.read_messages(session, method, &args).await
             }
         }
+    }
+
+    /// `GetHistory` (back from `before`) or `GetMessagesAfter` (on from `afterId`).
+    async fn read_messages(
+        &self,
+        session: &Session,
+        method: Method,
+        args: &Arguments<'_>,
+    ) -> Result<Reply, String> {
+        let group = args.string(0)?;
+        let messages = if method == Method::GetHistory {
+            self.chat.get_history(session, group, args.optional_string(1)?, args.integer(2)?).await
+        } else {
+            self.chat.get_messages_after(session, group, args.string(1)?, args.integer(2)?).await
+        };
+        Ok(Reply::Now(Some(messages_value(&messages.map_err(chat_error)?))))
     }
 }
 
@@ -436,7 +391,7 @@ mod tests {
     use super::*;
 
     fn page_record(protocol: Protocol, messages: &[Message]) -> usize {
-        let page = Value::Array(messages.iter().map(message_value).collect());
+        let page = messages_value(messages);
         protocol
             .encode(&HubMessage::Completion {
                 invocation_id: "1".into(),

@@ -48,6 +48,11 @@ pub struct Metrics {
     pub history_unsaved: Gauge,
     pub history_unsaved_bytes: Gauge,
     pub history_refused: Counter,
+    /// TCP connections closed at once for `max_unauthenticated_connections_per_ip`.
+    pub unauthenticated_connections_refused: Counter,
+    /// Requests refused with 403 because `auth: header` answers loopback
+    /// clients only (`allow_remote_header_auth` unset).
+    pub remote_header_auth_refused: Counter,
     /// What the Redis stream readers took, once the backend is connected.
     bus: Arc<OnceLock<Arc<BusStats>>>,
 }
@@ -157,6 +162,18 @@ impl Metrics {
             "Messages the history database refused on their own and that were set aside (logged)",
             history_refused.clone(),
         );
+        let unauthenticated_connections_refused = Counter::default();
+        registry.register(
+            "unauthenticated_connections_refused",
+            "TCP connections closed at once because their address held max_unauthenticated_connections_per_ip connections not yet authenticated",
+            unauthenticated_connections_refused.clone(),
+        );
+        let remote_header_auth_refused = Counter::default();
+        registry.register(
+            "remote_header_auth_refused",
+            "Requests refused with 403: auth is header and the client is not on loopback (allow_remote_header_auth is off)",
+            remote_header_auth_refused.clone(),
+        );
         let bus = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(BusCollector(Arc::clone(&bus))));
         Metrics {
@@ -171,6 +188,8 @@ impl Metrics {
             history_unsaved,
             history_unsaved_bytes,
             history_refused,
+            unauthenticated_connections_refused,
+            remote_header_auth_refused,
             bus,
         }
     }

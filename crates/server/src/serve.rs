@@ -8,10 +8,18 @@
 //! per-address cap) and graceful shutdown work as they did. With a TLS acceptor
 //! each connection is HTTPS (and its upgrades WSS); its handshake must finish
 //! within the request-head timeout.
+//!
+//! One more bound is per client address: connections that have not yet made an
+//! authenticated request (`max_unauthenticated_connections_per_ip`), so that one
+//! address holding half-sent heads cannot take every connection. Beyond it a
+//! new connection is closed at once. A connection stops counting when a request
+//! on it authenticates: the authenticator calls [`mark_authenticated`], which
+//! finds the connection through a task-local set around each request.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +30,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -62,6 +71,10 @@ pub struct HttpLimits {
     pub max_head_bytes: usize,
     /// `max_http_connections`.
     pub max_connections: usize,
+    /// `max_unauthenticated_connections_per_ip`.
+    pub max_unauthenticated_per_ip: usize,
+    /// Counts the connections closed for being over the last.
+    pub unauthenticated_refused: Counter,
 }
 
 /// The default `max_http_connections`: the open-file limit less
@@ -93,6 +106,10 @@ pub async fn serve(
     let open = Arc::new(open);
     let (stopping, stopping_rx) = watch::channel(false);
     let refusals = Refusals::new(limits.max_connections);
+    let unauthenticated = Arc::new(Unauthenticated::new(
+        limits.max_unauthenticated_per_ip,
+        limits.unauthenticated_refused.clone(),
+    ));
     let mut shutdown = pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -111,6 +128,11 @@ pub async fn serve(
             refusals.refuse(tcp, peer);
             continue;
         }
+        let Some(pending) = Unauthenticated::admit(&unauthenticated, peer.ip()) else {
+            // Closed at once: answering would cost what the cap saves.
+            drop(tcp);
+            continue;
+        };
         // Chat records are small and latency matters: no Nagle delay between
         // a message and the completion that follows it.
         if let Err(error) = tcp.set_nodelay(true) {
@@ -120,13 +142,15 @@ pub async fn serve(
         let (router, limits, stopping) = (router.clone(), limits.clone(), stopping_rx.clone());
         match &tls {
             None => {
-                tokio::spawn(serve_connection(io, peer, router, limits, stopping));
+                tokio::spawn(serve_connection(io, peer, pending, router, limits, stopping));
             }
             Some(acceptor) => {
                 let handshake = acceptor.accept(io);
                 tokio::spawn(async move {
                     match tokio::time::timeout(limits.header_timeout, handshake).await {
-                        Ok(Ok(io)) => serve_connection(io, peer, router, limits, stopping).await,
+                        Ok(Ok(io)) => {
+                            serve_connection(io, peer, pending, router, limits, stopping).await;
+                        }
                         Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
@@ -143,13 +167,14 @@ pub async fn serve(
 async fn serve_connection(
     io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     peer: SocketAddr,
+    pending: Arc<Pending>,
     router: Router,
     limits: HttpLimits,
     mut stopping: watch::Receiver<bool>,
 ) {
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
-        router.clone().call(request)
+        CONNECTION.scope(Arc::clone(&pending), router.clone().call(request))
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -194,7 +219,7 @@ fn is_connection_error(error: &io::Error) -> bool {
 struct Refusals {
     response: bytes::Bytes,
     at_once: Arc<AtomicUsize>,
-    last_warning: std::sync::Mutex<Option<Instant>>,
+    last_warning: parking_lot::Mutex<Option<Instant>>,
     cap: usize,
 }
 
@@ -210,7 +235,7 @@ impl Refusals {
         Self {
             response: response.into(),
             at_once: Arc::new(AtomicUsize::new(0)),
-            last_warning: std::sync::Mutex::new(None),
+            last_warning: parking_lot::Mutex::new(None),
             cap,
         }
     }
@@ -231,7 +256,7 @@ impl Refusals {
     }
 
     fn warn_now_and_then(&self) {
-        let mut last = self.last_warning.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self.last_warning.lock();
         if last.is_none_or(|at| at.elapsed() >= CAP_WARNING_INTERVAL) {
             *last = Some(Instant::now());
             warn!(
@@ -254,6 +279,104 @@ async fn answer(mut tcp: TcpStream, response: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+tokio::task_local! {
+    /// The connection whose request is being served, for [`mark_authenticated`].
+    static CONNECTION: Arc<Pending>;
+}
+
+/// Marks the connection of the request being served as authenticated: it no
+/// longer counts against `max_unauthenticated_connections_per_ip`. Called by
+/// the authenticator when a credential passes; outside a request (or a second
+/// time) it does nothing.
+pub fn mark_authenticated() {
+    let _ = CONNECTION.try_with(|pending| pending.release());
+}
+
+/// Connections per client address that have not authenticated yet.
+struct Unauthenticated {
+    cap: usize,
+    per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    refused: Counter,
+    last_warning: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Unauthenticated {
+    fn new(cap: usize, refused: Counter) -> Self {
+        Self {
+            cap,
+            per_ip: std::sync::Mutex::new(HashMap::new()),
+            refused,
+            last_warning: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Counts a new connection from `ip`, unless that address is at the cap.
+    fn admit(this: &Arc<Self>, ip: IpAddr) -> Option<Arc<Pending>> {
+        // An IPv4 client of a dual-stack socket is the same address as over IPv4.
+        let ip = ip.to_canonical();
+        {
+            let mut per_ip = lock(&this.per_ip);
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count < this.cap {
+                *count += 1;
+                return Some(Arc::new(Pending {
+                    ip,
+                    table: Arc::clone(this),
+                    counted: std::sync::atomic::AtomicBool::new(true),
+                }));
+            }
+        }
+        this.refused.inc();
+        debug!(%ip, "connection closed: max_unauthenticated_connections_per_ip reached");
+        let mut last = lock(&this.last_warning);
+        if last.is_none_or(|at| at.elapsed() >= CAP_WARNING_INTERVAL) {
+            *last = Some(Instant::now());
+            warn!(
+                %ip,
+                max_unauthenticated_connections_per_ip = this.cap,
+                "an address holds as many unauthenticated connections as allowed: closing its new ones"
+            );
+        }
+        None
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut per_ip = lock(&self.per_ip);
+        if let Some(count) = per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+/// One connection counted in [`Unauthenticated`] until it authenticates or
+/// closes, whichever comes first.
+struct Pending {
+    ip: IpAddr,
+    table: Arc<Unauthenticated>,
+    counted: std::sync::atomic::AtomicBool,
+}
+
+impl Pending {
+    fn release(&self) {
+        if self.counted.swap(false, Ordering::AcqRel) {
+            self.table.release(self.ip);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A TCP stream counted as open until dropped. hyper hands the stream itself to

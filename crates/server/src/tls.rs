@@ -6,10 +6,11 @@
 //! in use and is tried again at the next change or poll.
 
 use std::path::Path;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use parking_lot::RwLock;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -46,7 +47,7 @@ struct Resolver(RwLock<Arc<CertifiedKey>>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(PoisonError::into_inner).clone())
+        Some(self.0.read().clone())
     }
 }
 
@@ -103,7 +104,7 @@ async fn watch(files: TlsFiles, provider: Arc<CryptoProvider>, resolver: Arc<Res
         }
         match load(&files, &provider) {
             Ok(certified) => {
-                *resolver.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(certified);
+                *resolver.0.write() = Arc::new(certified);
                 loaded = now;
                 info!(cert = %files.cert.display(), "TLS certificate reloaded");
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::SinkExt;
-use next_chat_testkit::TestServer;
+use next_chat_testkit::{TestServer, eventually};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
@@ -280,25 +280,6 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmRSS in kB")
 }
 
-/// `nextchat_invocations_total{method="GetHistory",outcome="ok"}`.
-async fn history_reads(port: u16) -> u64 {
-    let (_, body) = http(port, "GET", "/metrics", &[]).await;
-    body.lines()
-        .find(|l| l.starts_with("nextchat_invocations_total{method=\"GetHistory\",outcome=\"ok\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-/// `nextchat_slow_consumers_closed_total`.
-async fn slow_consumers_closed(port: u16) -> u64 {
-    let (_, body) = http(port, "GET", "/metrics", &[]).await;
-    body.lines()
-        .find_map(|l| l.strip_prefix("nextchat_slow_consumers_closed_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The finding: a group of 16,384-character messages of control
 /// characters (each escaped as `\u00XX`, ~98 KiB of JSON), read with
 /// `GetHistory(g, null, 500)`. A client that stops reading and asks ten times
@@ -333,14 +314,16 @@ async fn history_pages_are_capped_in_bytes_whether_or_not_the_client_reads() {
     send_text(&mut silent, &frame).await;
     // Either every call is answered (pages under the cap) or, with the outbound
     // byte bound, the server closes the client as a slow consumer first.
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while history_reads(server.port).await < 10 && slow_consumers_closed(server.port).await == 0
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let what = "the server answers the ten GetHistory calls or closes the client";
+    eventually(Duration::from_secs(120), what, || async {
+        let metrics = server.metrics().await;
+        let reads = metrics.value_or_zero(
+            "nextchat_invocations_total",
+            &[("method", "GetHistory"), ("outcome", "ok")],
+        );
+        reads >= 10.0 || metrics.value_or_zero("nextchat_slow_consumers_closed_total", &[]) > 0.0
     })
-    .await
-    .expect("the server answers the ten GetHistory calls or closes the client");
+    .await;
     let grown_mib = rss_kib(pid).saturating_sub(before) / 1024;
     eprintln!("RSS grew by {grown_mib} MiB for ten unread GetHistory(g, null, 500) pages");
     assert!(grown_mib < 100, "RSS grew by {grown_mib} MiB for a client that does not read");

@@ -10,9 +10,8 @@ use std::time::Duration;
 use common::*;
 use futures_util::SinkExt;
 use next_chat_signalr::{HubMessage, Protocol, Value};
-use next_chat_testkit::{TestServer, unique};
+use next_chat_testkit::{TestServer, eventually_ok, unique};
 use serde_json::json;
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 const MIB: u64 = 1024 * 1024;
@@ -34,13 +33,8 @@ fn rss(server: &TestServer) -> u64 {
 }
 
 /// `nextchat_slow_consumers_closed_total` from `/metrics`.
-async fn slow_consumers_closed(server: &TestServer) -> u64 {
-    let (status, body) = http(server.port, "GET", "/metrics", &[]).await;
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|line| line.strip_prefix("nextchat_slow_consumers_closed_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no slow consumer counter in:\n{body}"))
+async fn slow_consumers_closed(server: &TestServer) -> f64 {
+    server.metrics().await.value("nextchat_slow_consumers_closed_total", &[])
 }
 
 /// Finding 1 of the issue: JSON frames that each end part-way through a record
@@ -139,29 +133,24 @@ async fn a_client_that_stops_reading_is_closed_when_its_queue_passes_the_byte_bo
     send_text(&mut reader, &frame).await;
     // From here on `reader` is never read.
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while slow_consumers_closed(&server).await == slow_before {
-        assert!(
-            Instant::now() < deadline,
-            "not closed as a slow consumer within 60 s; RSS grew by {} MiB",
-            rss(&server).saturating_sub(baseline) / MIB
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(slow_consumers_closed(&server).await, slow_before + 1, "counted once");
+    eventually_ok(Duration::from_secs(60), "closed as a slow consumer", || async {
+        if slow_consumers_closed(&server).await != slow_before {
+            return Ok(());
+        }
+        Err(format!("RSS grew by {} MiB", rss(&server).saturating_sub(baseline) / MIB))
+    })
+    .await;
+    assert_eq!(slow_consumers_closed(&server).await, slow_before + 1.0, "counted once");
     // Closed, its queue is dropped: RSS comes back (the writer gives up its
     // socket within a second of the close). Not all the way: the allocator keeps
     // some freed memory for reuse (~50 MiB seen here); before the bound the ten
     // pages stayed queued, 490 MB and growing.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually_ok(Duration::from_secs(10), "RSS back within 100 MiB of the baseline", || {
         let growth = rss(&server).saturating_sub(baseline);
-        if growth < 100 * MIB {
-            break;
-        }
-        assert!(Instant::now() < deadline, "RSS still {} MiB above baseline", growth / MIB);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let back = if growth < 100 * MIB { Ok(()) } else { Err(format!("{} MiB", growth / MIB)) };
+        async move { back }
+    })
+    .await;
     // At its peak the server held one page being written, one queued and one being
     // encoded (~3 × 49 MB plus the encoder's growth), not all ten (~490 MB).
     let peak_growth = proc_status_bytes(&server, "VmHWM").saturating_sub(peak_before);

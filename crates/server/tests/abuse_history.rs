@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use next_chat_client::{Client, ClientError, ClientOptions, Event, Events, JoinResult};
+use next_chat_client::{Client, ClientError, Event, Events, JoinResult};
 use next_chat_testkit::{ScaleOut, TestServer, eventually};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -79,20 +79,13 @@ async fn stored_rows(database: &str) -> usize {
     query(database, "SELECT COUNT(*) FROM messages").await.parse().expect("a count")
 }
 
-/// A metric's value from `GET /metrics` (0 if it is not there yet).
+/// An unlabelled metric's value from `GET /metrics` (0 if it is not there yet).
 async fn metric(server: &TestServer, name: &str) -> f64 {
-    let (status, body) = common::http(server.port, "GET", "/metrics", &[]).await;
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
+    server.metrics().await.value_or_zero(name, &[])
 }
 
 async fn connect(server: &TestServer, user: impl AsRef<str>) -> (Client, Events) {
-    let user = user.as_ref();
-    Client::connect(ClientOptions::new(&server.url, user))
-        .await
-        .unwrap_or_else(|e| panic!("{user} connects: {e}"))
+    server.connect(user.as_ref()).await
 }
 
 /// Finding 3 of issue 10: 300 maximum-length emoji messages sent while MariaDB

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{RS, WAIT, http, json_hub, json_invoke};
-use next_chat_testkit::TestServer;
+use next_chat_testkit::{TestServer, eventually_ok, http};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
@@ -108,16 +108,11 @@ fn token(negotiate_body: &str) -> String {
     value["connectionToken"].as_str().expect("a connectionToken").to_owned()
 }
 
-/// One HTTP/1.1 request with a body on a connection of its own: (status, body).
+/// One HTTP request with a body on a connection of its own: (status, body).
 async fn request(port: u16, method: &str, path: &str, user: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: {user}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.expect("write head");
-    stream.write_all(body).await.expect("write body");
-    read_response(&mut stream).await
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let response = http::request(method, &url, &[("Authorization", user)], body.to_vec()).await;
+    (response.status, response.body)
 }
 
 async fn read_response(stream: &mut TcpStream) -> (u16, Vec<u8>) {
@@ -156,7 +151,13 @@ async fn unfinished_request_heads_are_closed_within_the_header_timeout_while_oth
     const SOCKETS: usize = 2000;
     let limit = raise_open_file_limit();
     assert!(limit > 2 * SOCKETS as u64 + 500, "open-file limit {limit} is too low for this test");
-    let server = TestServer::start(args(&[("--http-header-timeout-secs", "2")])).await;
+    // The per-address cap on unauthenticated connections would close most of
+    // them at once (its own test is below): here they all get in, and wait.
+    let server = TestServer::start(args(&[
+        ("--http-header-timeout-secs", "2"),
+        ("--max-unauthenticated-connections-per-ip", "5000"),
+    ]))
+    .await;
 
     let mut slow = Vec::with_capacity(SOCKETS);
     for _ in 0..SOCKETS {
@@ -230,13 +231,108 @@ async fn tcp_connections_over_the_cap_get_503_naming_the_setting() {
 
     // A place freed is a place taken by the next client.
     held.pop();
+    eventually_ok(WAIT, "served once a connection closed", || async {
+        match http(server.port, "GET", "/healthz", &[]).await {
+            (200, _) => Ok(()),
+            refused => Err(refused),
+        }
+    })
+    .await;
+}
+
+/// A TCP connection to the server from `source` (a loopback address).
+async fn connect_from(port: u16, source: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("a socket");
+    socket.bind(format!("{source}:0").parse().expect("an address")).expect("bind the source");
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
+    tokio::time::timeout(WAIT, socket.connect(address)).await.expect("in time").expect("connect")
+}
+
+/// Reads one response with a `content-length` off a kept-alive connection.
+async fn read_one_response(stream: &mut TcpStream) -> (u16, String) {
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buffer))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(n > 0, "closed before a whole response");
+        response.extend_from_slice(&buffer[..n]);
+        let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map_or(0, |value| value.trim().parse().expect("a length"));
+        if response.len() >= split + 4 + length {
+            let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
+            return (status, String::from_utf8_lossy(&response[split + 4..]).to_string());
+        }
+    }
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_per_address_are_capped() {
+    const CAP: usize = 64; // the default
+    let server = TestServer::start(args(&[("--http-header-timeout-secs", "60")])).await;
+
+    // A connection that authenticated (a negotiate, kept alive) no longer counts.
+    let mut signed_in = connect_from(server.port, "127.0.0.1").await;
+    signed_in
+        .write_all(
+            b"POST /next-chat/negotiate?negotiateVersion=1 HTTP/1.1\r\nHost: x\r\n\
+              Authorization: ann\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_one_response(&mut signed_in).await.0, 200);
+
+    // One address holds the cap in half-sent heads: all of them are kept...
+    let mut held = Vec::with_capacity(CAP);
+    for _ in 0..CAP {
+        let mut stream = connect_from(server.port, "127.0.0.1").await;
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        held.push(stream);
+    }
+    // ...and the next one from it is closed at once, unanswered (the server
+    // accepts in order, so it has counted the others by then).
+    let mut over = connect_from(server.port, "127.0.0.1").await;
+    let mut buffer = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, over.read(&mut buffer)).await.expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "the connection over the cap was answered: {read:?}");
+    for stream in &held {
+        assert!(!has_answer(stream).await, "a connection within the cap was closed or answered");
+    }
+
+    // Another address is served meanwhile, and the refusal is counted.
+    let mut other = connect_from(server.port, "127.0.0.2").await;
+    other.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let (status, metrics) = read_one_response(&mut other).await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("nextchat_unauthenticated_connections_refused_total 1\n"),
+        "{metrics}"
+    );
+
+    // The authenticated connection goes on working: it was never counted.
+    signed_in.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert_eq!(read_one_response(&mut signed_in).await, (200, "ok\n".to_owned()));
+
+    // A place freed is a place for the address's next connection.
+    drop(held.pop());
     let deadline = Instant::now() + WAIT;
     loop {
-        let (status, body) = http(server.port, "GET", "/healthz", &[]).await;
-        if status == 200 {
+        let mut stream = connect_from(server.port, "127.0.0.1").await;
+        let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        // Closed at once while the address is still at the cap: writing may fail.
+        let _ = stream.write_all(request).await;
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
+        if response.starts_with(b"HTTP/1.1 200") {
             break;
         }
-        assert!(Instant::now() < deadline, "still refused after a connection closed: {body}");
+        assert!(Instant::now() < deadline, "still closed after a connection of its went away");
         tokio::task::yield_now().await;
     }
 }
@@ -268,16 +364,8 @@ async fn signalr_connections_are_capped_in_total_and_per_user() {
 
     // A closed connection gives its place back.
     drop(ann.pop());
-    let deadline = Instant::now() + WAIT;
-    let mut again = loop {
-        match try_websocket(&server, "ann", None).await {
-            Ok(socket) => break socket,
-            Err(refused) => {
-                assert!(Instant::now() < deadline, "ann still refused: {refused:?}");
-                tokio::task::yield_now().await;
-            }
-        }
-    };
+    let mut again =
+        eventually_ok(WAIT, "ann let in again", || try_websocket(&server, "ann", None)).await;
     handshake(&mut again).await;
 }
 
@@ -341,6 +429,28 @@ async fn long_polling(server: &TestServer, user: &str) -> String {
     token
 }
 
+/// A POST as ann of `record` whose head and first three bytes are sent.
+async fn start_post(port: u16, path: &str, record: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: ann\r\nContent-Length: {}\r\n\r\n",
+        record.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&record.as_bytes()[..3]).await.unwrap();
+    stream
+}
+
+/// Whether the server has answered (or closed) `stream` yet, without waiting.
+async fn has_answer(stream: &TcpStream) -> bool {
+    std::future::poll_fn(|cx| {
+        let mut byte = [0u8; 1];
+        let mut buffer = tokio::io::ReadBuf::new(&mut byte);
+        std::task::Poll::Ready(stream.poll_peek(cx, &mut buffer).is_ready())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_second_post_while_one_is_in_flight_is_refused_with_409() {
     let server = TestServer::embedded().await;
@@ -349,13 +459,7 @@ async fn a_second_post_while_one_is_in_flight_is_refused_with_409() {
     let record = format!("{{\"type\":6}}{RS}");
 
     // A POST whose body is still arriving.
-    let mut first = TcpStream::connect(("127.0.0.1", server.port)).await.expect("connect");
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: ann\r\nContent-Length: {}\r\n\r\n",
-        record.len()
-    );
-    first.write_all(head.as_bytes()).await.unwrap();
-    first.write_all(&record.as_bytes()[..3]).await.unwrap();
+    let mut first = start_post(server.port, &path, &record).await;
 
     // Once the server is reading it, another POST to the same connection is
     // refused. (It may get in first, before the server has read the first head.)
@@ -366,6 +470,14 @@ async fn a_second_post_while_one_is_in_flight_is_refused_with_409() {
             break String::from_utf8_lossy(&body).to_string();
         }
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        // The first POST's head may have reached the server while one of these
+        // held the connection: then it was the one refused, and nothing is left
+        // to overlap. Start it again.
+        if has_answer(&first).await {
+            let (status, body) = read_response(&mut first).await;
+            assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+            first = start_post(server.port, &path, &record).await;
+        }
         assert!(Instant::now() < deadline, "a POST during another was never refused");
         tokio::task::yield_now().await;
     };

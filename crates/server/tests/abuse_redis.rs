@@ -14,8 +14,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::http;
-use next_chat_client::{Client, ClientError, ClientOptions, Events, JoinResult};
-use next_chat_testkit::{RedisServer, TestServer, unique};
+use next_chat_client::{Client, ClientError, Events, JoinResult};
+use next_chat_testkit::{RedisServer, TestServer, eventually_ok, unique};
 
 /// A send against a full Redis must be answered within this: "never a hang".
 const FAIL_FAST: Duration = Duration::from_secs(5);
@@ -48,9 +48,7 @@ async fn used_memory(port: u16) -> u64 {
 }
 
 async fn connect(server: &TestServer, user: &str) -> (Client, Events) {
-    Client::connect(ClientOptions::new(&server.url, user))
-        .await
-        .unwrap_or_else(|e| panic!("{user} connects: {e}"))
+    server.connect(user).await
 }
 
 async fn server_on(redis: &RedisServer, extra: &[&str]) -> TestServer {
@@ -66,18 +64,13 @@ async fn server_on(redis: &RedisServer, extra: &[&str]) -> TestServer {
 
 /// Polls `/readyz` until its status is `want`; returns the body.
 async fn readyz_becomes(server: &TestServer, want: u16, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let (status, body) = http(server.port, "GET", "/readyz", &[]).await;
-        if status == want {
-            return body;
+    eventually_ok(within, &format!("/readyz answers {want}"), || async {
+        match http(server.port, "GET", "/readyz", &[]).await {
+            (status, body) if status == want => Ok(body),
+            other => Err(other),
         }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz is not {want} within {within:?}: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

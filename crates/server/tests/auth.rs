@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use common::{WAIT, expect_close, json_hub};
 use next_chat_client::{Client, ClientError, ClientOptions, Event};
-use next_chat_testkit::TestServer;
 use next_chat_testkit::identity::{
     SigningKey, TEST_SECRET, TestCa, hs256_token, now_secs, secret_file, sign_hs256,
 };
+use next_chat_testkit::{TestServer, eventually_ok};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -253,9 +253,19 @@ async fn a_rotated_jwks_key_is_picked_up_without_a_restart() {
     let second = SigningKey::generate("2026-02");
     let jwks = JwksServer::start(json!({ "keys": [first.jwk()] })).await;
     let server = TestServer::start(
-        ["--auth", "jwt", "--jwks", &jwks.url, "--jwks-min-refetch-secs", "1"]
-            .map(String::from)
-            .to_vec(),
+        // Its tokens carry no `aud`: this test is about the keys.
+        [
+            "--auth",
+            "jwt",
+            "--jwks",
+            &jwks.url,
+            "--jwt-audience",
+            "any",
+            "--jwks-min-refetch-secs",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec(),
     )
     .await;
     let token = |key: &SigningKey| key.sign(&json!({"sub": "ann", "exp": now_secs() + 600}));
@@ -267,16 +277,15 @@ async fn a_rotated_jwks_key_is_picked_up_without_a_restart() {
     // The provider rotates: the new key in, the old one out.
     *jwks.document.lock().unwrap() = json!({ "keys": [second.jwk()] }).to_string();
     // An unknown kid makes the server fetch again, at most once a second.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually_ok(WAIT, "the new key is picked up", || async {
         let answer = negotiate(&server, &token(&second)).await;
         if answer.status == 200 {
-            break;
+            return Ok(());
         }
-        assert!(tokio::time::Instant::now() < deadline, "the new key was never picked up");
         assert!(answer.challenge.contains("unknown key id"), "{answer:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(answer)
+    })
+    .await;
     let old = negotiate(&server, &token(&first)).await;
     assert_eq!(old.status, 401, "the retired key no longer verifies: {old:?}");
     let fetches = *jwks.fetches.lock().unwrap();
@@ -332,19 +341,12 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     std::fs::copy(&second.key_file, &key).unwrap();
     std::fs::copy(&second.cert_file, &cert).unwrap();
     // The files are polled every 5 s.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match connect(&second).await {
-            Ok((client, _)) => {
-                client.close().await;
-                break;
-            }
-            Err(error) => {
-                assert!(tokio::time::Instant::now() < deadline, "never renewed: {error}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
+    let (client, _events) =
+        eventually_ok(Duration::from_secs(20), "the renewed certificate is served", || {
+            connect(&second)
+        })
+        .await;
+    client.close().await;
     assert!(connect(&first).await.is_err(), "the old certificate is no longer served");
 }
 
@@ -352,8 +354,13 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
 fn jwt_settings_are_checked_at_start_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let short = secret_file(dir.path(), "too short");
-    let cases: [(&[&str], &str); 4] = [
+    let pem = dir.path().join("public.pem");
+    std::fs::write(&pem, SigningKey::generate("k").public_pem()).unwrap();
+    let cases: [(&[&str], &str); 6] = [
         (&["--auth", "jwt"], "auth: jwt needs keys"),
+        // A provider's keys sign tokens for other applications too.
+        (&["--auth", "jwt", "--jwt-public-key", pem.to_str().unwrap()], "jwt_audience"),
+        (&["--auth", "jwt", "--jwks", "https://idp.invalid/jwks.json"], "jwt_audience"),
         (&["--auth", "jwt", "--jwt-secret-file", short.to_str().unwrap()], "jwt_secret_file"),
         (&["--jwt-issuer", "x"], "jwt_issuer: is set but auth is header"),
         (&["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.pem"], "tls_cert"),

@@ -6,12 +6,12 @@ use std::time::Duration;
 use next_chat_client::{
     Client, ClientError, ClientOptions, Event, Events, JoinResult, Message, Protocol,
 };
-use next_chat_testkit::TestServer;
+use next_chat_testkit::{TestServer, eventually};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn connect(server: &TestServer, user: &str) -> (Client, Events) {
-    Client::connect(ClientOptions::new(server.url.clone(), user)).await.expect("connect")
+    server.connect(user).await
 }
 
 /// The next `Event::Message` (history and other events are skipped).
@@ -59,6 +59,7 @@ async fn every_method_round_trips() {
     assert!(next_history(&mut ann_events).await.is_empty());
     assert_eq!(bob.join_group("off-topic").await.unwrap(), JoinResult::Joined);
     assert!(next_history(&mut bob_events).await.is_empty());
+    assert_eq!(bob.list_members("off-topic").await.unwrap(), vec!["ann", "bob"]);
 
     ann.send_message("off-topic", "héllo 👋").await.unwrap();
     let to_ann = next_message(&mut ann_events).await;
@@ -74,7 +75,23 @@ async fn every_method_round_trips() {
     let history = bob.get_history("off-topic", None, 10).await.unwrap();
     assert_eq!(history, vec![to_bob.clone()]);
 
+    ann.send_message("off-topic", "second").await.unwrap();
+    ann.send_message("off-topic", "third").await.unwrap();
+    let second = next_message(&mut bob_events).await;
+    let third = next_message(&mut bob_events).await;
+    assert_eq!((second.text.as_str(), third.text.as_str()), ("second", "third"));
+    let after_first = bob.get_messages_after("off-topic", &to_bob.id, 10).await.unwrap();
+    assert_eq!(
+        after_first,
+        vec![second.clone(), third.clone()],
+        "the messages after, oldest first"
+    );
+    let page = bob.get_messages_after("off-topic", &to_bob.id, 1).await.unwrap();
+    assert_eq!(page, vec![second], "at most `limit`, the oldest first");
+    assert!(bob.get_messages_after("off-topic", &third.id, 10).await.unwrap().is_empty());
+
     bob.leave_group("off-topic").await.unwrap();
+    assert_eq!(ann.list_members("off-topic").await.unwrap(), vec!["ann"], "bob has left");
     bob.leave_group("off-topic").await.expect("leaving twice is fine");
     bob.leave_group("never-joined").await.expect("leaving a group one is not in is fine");
     // Bob stays in a second group; a message there marks that the first one was not delivered.
@@ -331,18 +348,11 @@ async fn a_group_holds_20_distinct_users_and_freed_places_are_taken_again() {
     let (user2, _) = members.remove(2);
     user2.close().await;
     let (later, _later_events) = connect(&server, "later").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match later.join_group("full").await.unwrap() {
-            JoinResult::Joined => break,
-            // The server frees the place when it sees the socket close.
-            JoinResult::NoRoom if tokio::time::Instant::now() < deadline => {
-                tokio::task::yield_now().await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            JoinResult::NoRoom => panic!("a disconnect did not free the place"),
-        }
-    }
+    // The server frees the place when it sees the socket close.
+    eventually(WAIT, "a disconnect frees the place", || async {
+        later.join_group("full").await.unwrap() == JoinResult::Joined
+    })
+    .await;
     let (last, _last_events) = connect(&server, "last").await;
     assert_eq!(last.join_group("full").await.unwrap(), JoinResult::NoRoom);
 }

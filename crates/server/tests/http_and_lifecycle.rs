@@ -26,18 +26,21 @@ async fn health_ready_and_metrics() {
     let completion = json_invoke(&mut socket, "3", "SendMessage", json!(["nowhere", "hi"])).await;
     assert!(completion.get("error").is_some(), "{completion}");
 
-    let (status, body) = http(server.port, "GET", "/metrics", &[]).await;
-    assert_eq!(status, 200);
-    for expected in [
-        "nextchat_connections{transport=\"WebSockets\",protocol=\"json\"} 1",
-        "nextchat_invocations_total{method=\"SendMessage\",outcome=\"ok\"} 1",
-        "nextchat_invocations_total{method=\"SendMessage\",outcome=\"error\"} 1",
-        "nextchat_messages_delivered_total 1",
-        "nextchat_history_write_seconds_count",
-        "nextchat_history_write_failures_total 0",
+    let metrics = server.metrics().await;
+    let invocations = |outcome| [("method", "SendMessage"), ("outcome", outcome)];
+    for (name, labels, expected) in [
+        ("nextchat_connections", &[("transport", "WebSockets"), ("protocol", "json")][..], 1.0),
+        ("nextchat_invocations_total", &invocations("ok")[..], 1.0),
+        ("nextchat_invocations_total", &invocations("error")[..], 1.0),
+        ("nextchat_messages_delivered_total", &[][..], 1.0),
+        ("nextchat_history_write_failures_total", &[][..], 0.0),
     ] {
-        assert!(body.contains(expected), "metrics lack `{expected}`:\n{body}");
+        assert_eq!(metrics.value(name, labels), expected, "{name} {labels:?}:\n{metrics}");
     }
+    assert!(
+        metrics.get("nextchat_history_write_seconds_count", &[]).is_some(),
+        "metrics lack nextchat_history_write_seconds_count:\n{metrics}"
+    );
 }
 
 #[tokio::test]

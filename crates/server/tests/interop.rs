@@ -226,26 +226,10 @@ async fn js_stateful_reconnect(protocol: &str) {
     println!("{output}");
     assert!(status.success(), "stateful.js failed ({status}):\n{output}\nstderr:\n{stderr}");
     assert_eq!(cuts, 5, "the proxy cut the receiver's connection five times:\n{output}");
-    let metrics = fetch_metrics(&server.base_url).await;
-    let resumed = metrics
-        .lines()
-        .find(|l| l.starts_with("nextchat_stateful_reconnects_total{outcome=\"resumed\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(0);
-    assert!(resumed >= 5, "five cuts, {resumed} resumes counted:\n{metrics}");
-}
-
-/// `GET /metrics` over a plain TCP connection (no HTTP client in these tests).
-async fn fetch_metrics(base_url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let address = base_url.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send the request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.expect("read the response");
-    body
+    let metrics = server.metrics().await;
+    let resumed =
+        metrics.value_or_zero("nextchat_stateful_reconnects_total", &[("outcome", "resumed")]);
+    assert!(resumed >= 5.0, "five cuts, {resumed} resumes counted:\n{metrics}");
 }
 
 #[tokio::test]

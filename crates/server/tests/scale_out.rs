@@ -27,6 +27,7 @@ use next_chat_client::{
 };
 use next_chat_testkit::{
     MYSQL_ADDR, RedisCluster, RedisServer, ScaleOut, TcpProxy, TestServer, eventually,
+    eventually_ok,
 };
 
 /// How long messages may take to reach a member.
@@ -69,9 +70,7 @@ async fn connect(server: &TestServer, user: &str) -> Member {
 async fn connect_with(server: &TestServer, user: &str, protocol: Protocol) -> Member {
     let mut options = ClientOptions::new(&server.url, user);
     options.protocol = protocol;
-    let (client, events) = Client::connect(options)
-        .await
-        .unwrap_or_else(|e| panic!("{user} connects to {}: {e}", server.url));
+    let (client, events) = next_chat_testkit::connect_with(options).await;
     Member { user: user.to_string(), port: server.port, client, events }
 }
 
@@ -155,13 +154,7 @@ async fn readyz(server: &TestServer) -> (u16, String) {
 
 /// `nextchat_messages_delivered_total` of one instance.
 async fn delivered_total(server: &TestServer) -> u64 {
-    let (status, body) = common::http(server.port, "GET", "/metrics", &[]).await;
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|line| line.strip_prefix("nextchat_messages_delivered_total "))
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .map(|value| value as u64)
-        .unwrap_or_else(|| panic!("no nextchat_messages_delivered_total in\n{body}"))
+    metric(server, "nextchat_messages_delivered_total").await
 }
 
 async fn delivered_everywhere(servers: &[TestServer]) -> u64 {
@@ -170,13 +163,7 @@ async fn delivered_everywhere(servers: &[TestServer]) -> u64 {
 
 /// A counter or gauge of one instance's `/metrics`.
 async fn metric(server: &TestServer, name: &str) -> u64 {
-    let (status, body) = common::http(server.port, "GET", "/metrics", &[]).await;
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .map(|value| value as u64)
-        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+    server.metrics().await.value(name, &[]) as u64
 }
 
 /// Runs one SQL statement in the test's database; the output rows, tab-separated.
@@ -575,7 +562,7 @@ async fn a_send_waiting_for_history_does_not_hold_up_the_next_call() {
     // The sends below outlast the client's default call timeout of 10 s.
     let mut options = ClientOptions::new(&server.url, "writer");
     options.call_timeout = Duration::from_secs(90);
-    let (writer, _writer_events) = Client::connect(options).await.expect("writer connects");
+    let (writer, _writer_events) = next_chat_testkit::connect_with(options).await;
     assert_eq!(writer.join_group(GROUP).await, Ok(JoinResult::Joined));
     let mut reader = join(&server, "reader").await;
 
@@ -632,17 +619,17 @@ async fn an_instance_reads_only_what_its_members_need(scale: &ScaleOut) {
 }
 
 /// Sends `text` until an instance accepts it (a send fails while the cluster
-/// fails over); false if none did by `deadline`.
-async fn send_until_accepted(member: &Member, text: &str, deadline: Instant) -> bool {
-    loop {
+/// fails over); panics if none did `within`.
+async fn send_until_accepted(member: &Member, text: &str, within: Duration) {
+    let what = format!("{}: {text} accepted", member.user);
+    eventually_ok(within, &what, || async {
         match member.client.send_message(GROUP, text).await {
-            Ok(()) => return true,
-            Err(ClientError::Server(_)) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Ok(()) => Ok(()),
+            Err(ClientError::Server(refused)) => Err(refused),
             Err(error) => panic!("{}: {text}: {error}", member.user),
         }
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -674,10 +661,9 @@ async fn chat_resumes_after_the_master_of_its_stream_fails_over() {
 
     // Each member keeps sending until its message is accepted: what is
     // accepted after the kill reaches everyone, in one order.
-    let deadline = Instant::now() + Duration::from_secs(30);
     let sends = members.iter().map(|member| {
         let text = format!("after from {}", member.user);
-        async move { assert!(send_until_accepted(member, &text, deadline).await, "{text}") }
+        async move { send_until_accepted(member, &text, Duration::from_secs(30)).await }
     });
     join_all(sends).await;
     println!("every member's send was accepted {:?} after the kill", killed.elapsed());

@@ -4,20 +4,14 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-use next_chat_testkit::TestServer;
+use next_chat_testkit::{TestServer, eventually};
 use serde_json::json;
 
-/// `nextchat_stateful_reconnects_total{outcome="..."}`.
-async fn reconnects(port: u16, outcome: &str) -> u64 {
-    let (_, body) = http(port, "GET", "/metrics", &[]).await;
-    let prefix = format!("nextchat_stateful_reconnects_total{{outcome=\"{outcome}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+/// `nextchat_stateful_reconnects_total{outcome="..."}` (0 before the first).
+async fn reconnects(server: &TestServer, outcome: &str) -> f64 {
+    let metrics = server.metrics().await;
+    metrics.value_or_zero("nextchat_stateful_reconnects_total", &[("outcome", outcome)])
 }
 
 /// A hub connection with stateful reconnect (negotiated, handshake version 2).
@@ -63,14 +57,11 @@ async fn a_member_cut_off_keeps_its_place_in_a_full_group_for_the_window_only() 
     let mut late = json_hub(&server.ws_url(), "late").await;
     let refused = json_invoke(&mut late, "j1", "JoinGroup", json!(["full"])).await;
     assert_eq!(refused["result"], 1, "no room while member0 may come back: {refused}");
-    assert_eq!(reconnects(server.port, "expired").await, 0);
+    assert_eq!(reconnects(&server, "expired").await, 0.0);
 
     // When the window passes, member0's connection ends and its place is free.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while reconnects(server.port, "expired").await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the window did not expire in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(WAIT, "the window expires", || async { reconnects(&server, "expired").await > 0.0 })
+        .await;
     let joined = json_invoke(&mut late, "j2", "JoinGroup", json!(["full"])).await;
     assert_eq!(joined["result"], 0, "member0's place was released: {joined}");
 }
@@ -96,12 +87,11 @@ async fn messages_for_a_member_away_beyond_the_buffer_close_its_connection() {
         let sent = json_invoke(&mut sender, &id, "SendMessage", json!(["g", "x".repeat(50)])).await;
         assert!(sent.get("error").is_none(), "{sent}");
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while reconnects(server.port, "overflowed").await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no overflow counted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(reconnects(server.port, "expired").await, 0);
+    eventually(WAIT, "an overflow counted", || async {
+        reconnects(&server, "overflowed").await > 0.0
+    })
+    .await;
+    assert_eq!(reconnects(&server, "expired").await, 0.0);
     // Its place in the group (2 of 2) is free again.
     let mut late = json_hub(&server.ws_url(), "late").await;
     assert_eq!(json_invoke(&mut late, "j", "JoinGroup", json!(["g"])).await["result"], 0);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use next_chat_client::{Client, ClientOptions, Events, JoinResult};
+use next_chat_client::{Client, Events, JoinResult};
 use next_chat_testkit::identity::{TEST_SECRET, hs256_token, secret_file};
 use next_chat_testkit::{TestServer, unique};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -24,9 +24,7 @@ fn repo_root() -> PathBuf {
 }
 
 async fn connect(server: &TestServer, user: &str) -> (Client, Events) {
-    Client::connect(ClientOptions::new(&server.url, user))
-        .await
-        .unwrap_or_else(|e| panic!("{user} connects: {e}"))
+    server.connect(user).await
 }
 
 /// Chromium, after checking that it and playwright-core are installed.

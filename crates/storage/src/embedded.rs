@@ -5,12 +5,11 @@
 //! connection ids; a user stops being a member when its last connection leaves.
 //! `join` decides and records under one short sync lock, so two joins racing for
 //! the last place cannot both win.
-
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, RwLock};
 
 use async_trait::async_trait;
 use next_chat_core::{BackendError, ConnectionId, GroupId, JoinOutcome, Membership, UserId};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::sqlite::SqliteStore;
 
@@ -34,18 +33,15 @@ impl EmbeddedMembership {
     }
 
     fn is_known(&self, group: &GroupId) -> bool {
-        self.known_groups.read().unwrap_or_else(|poison| poison.into_inner()).contains(group)
+        self.known_groups.read().contains(group)
     }
 
     fn remember(&self, group: &GroupId) {
-        self.known_groups
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .insert(group.clone());
+        self.known_groups.write().insert(group.clone());
     }
 
-    fn members(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, Members>> {
-        self.members.lock().unwrap_or_else(|poison| poison.into_inner())
+    fn members(&self) -> MutexGuard<'_, HashMap<GroupId, Members>> {
+        self.members.lock()
     }
 }
 

@@ -9,6 +9,8 @@
 //! `reconcile::StreamHistoryReconciler`, which copies from the streams into MySQL
 //! what an instance that died could not store.
 
+pub mod backend_url;
+pub mod bulk;
 mod clock;
 pub mod embedded;
 mod health;
@@ -20,9 +22,12 @@ mod split;
 mod sql_error;
 pub mod sqlite;
 
+pub use backend_url::{check_mysql_url, check_redis_url, redact_url};
 pub use embedded::EmbeddedMembership;
 pub use memory::InProcessMessaging;
 pub use mysql::MySqlHistory;
 pub use reconcile::{ExistingMessages, ReconcilerConfig, RoundReport, StreamHistoryReconciler};
-pub use redis::{BusStats, RedisConfig, RedisMembership, RedisMessaging};
+pub use redis::{
+    BusStats, MarkStoredHistory, RedisConfig, RedisMembership, RedisMessaging, StoredMarks,
+};
 pub use sqlite::SqliteStore;

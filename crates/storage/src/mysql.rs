@@ -27,6 +27,7 @@ use next_chat_core::{
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{ConnectOptions, Connection, MySql, QueryBuilder, Row};
 
+use crate::backend_url::redact_in;
 use crate::clock::{millis_of, time_of};
 use crate::health::Health;
 use crate::reconcile::ExistingMessages;
@@ -107,7 +108,8 @@ pub fn statement_max_bytes(max_allowed_packet: u64) -> usize {
 }
 
 fn options(url: &str) -> Result<MySqlConnectOptions, BackendError> {
-    MySqlConnectOptions::from_str(url).map_err(|e| error("bad database url", e))
+    MySqlConnectOptions::from_str(url)
+        .map_err(|e| error("bad database url", redact_in(&e.to_string(), url)))
 }
 
 /// Creates the database named in `url` if it is missing, and applies the
@@ -124,7 +126,7 @@ pub async fn migrate(url: &str) -> Result<(), BackendError> {
         .database("information_schema")
         .connect()
         .await
-        .map_err(|e| error("cannot connect", e))?;
+        .map_err(|e| error("cannot connect", redact_in(&e.to_string(), url)))?;
     let quoted = database.replace('`', "``");
     sqlx::query(&format!(
         "CREATE DATABASE IF NOT EXISTS `{quoted}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
@@ -140,11 +142,33 @@ pub async fn migrate(url: &str) -> Result<(), BackendError> {
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await
-        .map_err(|e| error("cannot connect", e))?;
+        .map_err(|e| error("cannot connect", redact_in(&e.to_string(), url)))?;
     let applied = sqlx::migrate!("./migrations/mysql").run(&pool).await;
     pool.close().await;
     applied.map_err(|e| error("cannot apply migrations", e))?;
     Ok(())
+}
+
+/// One history row as bound: group, id millis, id sequence, author, send time, text.
+pub(crate) type HistoryRow<'a> = (&'a str, u64, u64, &'a str, i64, &'a str);
+
+/// One multi-row INSERT of `rows` that skips rows whose key exists: a no-op
+/// update rather than INSERT IGNORE, which would also turn real errors (a value
+/// too long) into warnings and lose the row.
+pub(crate) fn insert_rows<'a>(rows: &'a [HistoryRow<'a>]) -> QueryBuilder<'a, MySql> {
+    let mut insert: QueryBuilder<MySql> = QueryBuilder::new(
+        "INSERT INTO messages (group_id, id_millis, id_seq, author_id, send_time_ms, text) ",
+    );
+    insert.push_values(rows, |mut b, row| {
+        b.push_bind(row.0)
+            .push_bind(row.1)
+            .push_bind(row.2)
+            .push_bind(row.3)
+            .push_bind(row.4)
+            .push_bind(row.5);
+    });
+    insert.push(" ON DUPLICATE KEY UPDATE id_seq = id_seq");
+    insert
 }
 
 pub struct MySqlHistory {
@@ -193,7 +217,7 @@ impl MySqlHistory {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options(url)?)
             .await
-            .map_err(|e| error("cannot connect", e))?;
+            .map_err(|e| error("cannot connect", redact_in(&e.to_string(), url)))?;
         let readers = MySqlPoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -347,23 +371,20 @@ impl HistoryStore for MySqlHistory {
         let write = async {
             let mut tx = self.pool.begin().await?;
             for range in statements {
-                let chunk = &messages[range];
-                let mut insert: QueryBuilder<MySql> = QueryBuilder::new(
-                    "INSERT INTO messages \
-                     (group_id, id_millis, id_seq, author_id, send_time_ms, text) ",
-                );
-                insert.push_values(chunk, |mut b, m| {
-                    b.push_bind(m.group.as_str())
-                        .push_bind(m.id.millis)
-                        .push_bind(m.id.seq)
-                        .push_bind(m.author.as_str())
-                        .push_bind(millis_of(m.send_time) as i64)
-                        .push_bind(m.text.as_str());
-                });
-                // A no-op update rather than INSERT IGNORE: IGNORE would also turn
-                // real errors (a value too long) into warnings and lose the row.
-                insert.push(" ON DUPLICATE KEY UPDATE id_seq = id_seq");
-                insert.build().execute(&mut *tx).await?;
+                let rows: Vec<HistoryRow> = messages[range]
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.group.as_str(),
+                            m.id.millis,
+                            m.id.seq,
+                            m.author.as_str(),
+                            millis_of(m.send_time) as i64,
+                            m.text.as_str(),
+                        )
+                    })
+                    .collect();
+                insert_rows(&rows).build().execute(&mut *tx).await?;
             }
             tx.commit().await
         };

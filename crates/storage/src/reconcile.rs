@@ -3,17 +3,18 @@
 //! streams, and this copies them into MySQL once it is back.
 //!
 //! Every `interval`, the one instance holding a Redis lock walks each stream
-//! from its stored watermark up to entries older than `settle` (younger ones are
-//! still being stored by their instance's history writer), asks the store which
-//! of a batch it already has (one query per batch), appends the rest through the
-//! idempotent `HistoryStore::append`, and advances the watermark. A message the
+//! from its stored watermark (see `redis::stored`) up to entries older than
+//! `settle` (younger ones are still being stored by their instance's history
+//! writer), asks the store which of a batch it already has (one query per
+//! batch), appends the rest through the idempotent `HistoryStore::append`, and
+//! reports the batch stored, which moves the watermark over it. A message the
 //! store refuses on its own is set aside as the history writer does
 //! (`append_or_set_aside`: logged, counted, the rest stored), so it cannot hold
 //! the watermark back. A passing failure leaves the watermark where it was, so
 //! the next round retries.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::Script;
@@ -21,11 +22,12 @@ use ::redis::streams::StreamRangeReply;
 use async_trait::async_trait;
 use next_chat_core::history::append_or_set_aside;
 use next_chat_core::{BackendError, GroupId, HistoryObserver, HistoryStore, Message, MessageId};
+use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::health::Health;
-use crate::redis::{Connection, RedisConfig, connect, message_of_entry, run};
+use crate::redis::{Connection, RedisConfig, StoredMarks, connect, message_of_entry, run};
 
 /// A history store that can say which of many messages it holds in one query.
 #[async_trait]
@@ -93,6 +95,7 @@ struct Inner {
     observer: Arc<dyn HistoryObserver>,
     health: Health,
     unlock: Script,
+    marks: StoredMarks,
 }
 
 pub struct StreamHistoryReconciler {
@@ -110,7 +113,9 @@ impl StreamHistoryReconciler {
         observer: Arc<dyn HistoryObserver>,
     ) -> Result<StreamHistoryReconciler, BackendError> {
         let connection = connect(&redis).await?;
+        let marks = StoredMarks::connect(redis.clone()).await?;
         let inner = Arc::new(Inner {
+            marks,
             redis,
             config,
             connection,
@@ -119,6 +124,7 @@ impl StreamHistoryReconciler {
             health: Health::new("history reconciler"),
             unlock: Script::new(UNLOCK_SCRIPT),
         });
+        inner.adopt_old_watermarks().await;
         let task = tokio::spawn(round_loop(Arc::clone(&inner)));
         Ok(StreamHistoryReconciler { inner, task: Mutex::new(Some(task)) })
     }
@@ -130,7 +136,7 @@ impl StreamHistoryReconciler {
 
     /// Stops the background rounds.
     pub fn shutdown(&self) {
-        let task = self.task.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+        let task = self.task.lock().take();
         if let Some(task) = task {
             task.abort();
         }
@@ -172,8 +178,31 @@ impl Inner {
         format!("{}reconcile:lock", self.redis.key_prefix)
     }
 
-    fn watermark_key(&self, shard: usize) -> String {
+    /// Where versions before the stored watermark kept the reconciler's.
+    fn old_watermark_key(&self, shard: usize) -> String {
         format!("{}reconcile:watermark:{}", self.redis.key_prefix, shard)
+    }
+
+    /// A shard without a stored watermark starts at the reconciler's old one,
+    /// if any: everything up to it was stored. Without either, the walk
+    /// starts at the stream's beginning. Best effort: a failure here only
+    /// means a longer first walk.
+    async fn adopt_old_watermarks(&self) {
+        let mut connection = self.connection.clone();
+        for shard in 0..self.redis.stream_shards {
+            if !matches!(self.marks.watermark(shard).await, Ok(None)) {
+                continue;
+            }
+            let key = self.old_watermark_key(shard);
+            let old: Result<Option<String>, _> =
+                run(&self.redis, &self.health, "read old watermark", async {
+                    ::redis::cmd("GET").arg(&key).query_async(&mut connection).await
+                })
+                .await;
+            if let Ok(Some(old)) = old {
+                let _ = self.marks.start_at(shard, &old).await;
+            }
+        }
     }
 
     async fn round(&self) -> Result<RoundReport, BackendError> {
@@ -227,11 +256,7 @@ impl Inner {
         report: &mut RoundReport,
     ) -> Result<(), BackendError> {
         let stream = self.redis.stream_key(shard);
-        let watermark_key = self.watermark_key(shard);
-        let watermark: Option<String> = run(&self.redis, &self.health, "read watermark", async {
-            ::redis::cmd("GET").arg(&watermark_key).query_async(connection).await
-        })
-        .await?;
+        let watermark = self.marks.watermark(shard).await?;
         let mut start = match watermark {
             Some(id) => format!("({id}"),
             None => "-".to_string(),
@@ -249,19 +274,19 @@ impl Inner {
             })
             .await?;
             let fetched = range.ids.len();
-            let mut last_taken = None;
+            let mut taken: Vec<String> = Vec::with_capacity(fetched);
             let mut messages: Vec<Message> = Vec::with_capacity(fetched);
             for entry in &range.ids {
                 let Ok(id) = entry.id.parse::<MessageId>() else { continue };
                 if id.millis >= cutoff {
                     break;
                 }
-                last_taken = Some(entry.id.clone());
+                taken.push(entry.id.clone());
                 if let Some(message) = message_of_entry(&entry.id, &entry.map) {
                     messages.push(message);
                 }
             }
-            let Some(last_taken) = last_taken else { break };
+            let Some(last_taken) = taken.last().cloned() else { break };
             report.scanned += messages.len();
             let keys: Vec<(GroupId, MessageId)> =
                 messages.iter().map(|m| (m.group.clone(), m.id)).collect();
@@ -279,14 +304,9 @@ impl Inner {
                     return Err(error);
                 }
             }
-            run(&self.redis, &self.health, "advance watermark", async {
-                ::redis::cmd("SET")
-                    .arg(&watermark_key)
-                    .arg(&last_taken)
-                    .query_async::<()>(connection)
-                    .await
-            })
-            .await?;
+            // Every entry taken is stored now (or set aside): the watermark
+            // moves over them, and over what writers stored after them.
+            self.marks.mark_ids(shard, &taken).await?;
             start = format!("({last_taken}");
             if fetched < self.config.batch {
                 break;

@@ -83,7 +83,7 @@ fn classified(context: &str, error: sqlx::Error) -> BackendError {
 
 /// SQLite integers are signed 64-bit; ids and times beyond that cannot be
 /// stored, which no retry changes.
-fn to_i64(value: u64, what: &str) -> Result<i64, BackendError> {
+pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64, BackendError> {
     i64::try_from(value).map_err(|_| {
         BackendError::refused(BACKEND, format!("{what}: {value} does not fit in SQLite"))
     })
@@ -94,10 +94,11 @@ fn to_u64(value: i64, what: &str) -> Result<u64, BackendError> {
 }
 
 /// One history row as bound: group, id millis, id sequence, author, send time, text.
-type HistoryRow<'a> = (&'a str, i64, i64, &'a str, i64, &'a str);
+pub(crate) type HistoryRow<'a> = (&'a str, i64, i64, &'a str, i64, &'a str);
 
-/// One multi-row INSERT of `rows` (at most `ROWS_PER_INSERT`).
-fn insert_rows<'a>(rows: &'a [HistoryRow<'a>]) -> QueryBuilder<'a, Sqlite> {
+/// One multi-row INSERT of `rows` (at most `ROWS_PER_INSERT` here; a bulk
+/// load picks its own count, within SQLite's 32766 bound values).
+pub(crate) fn insert_rows<'a>(rows: &'a [HistoryRow<'a>]) -> QueryBuilder<'a, Sqlite> {
     let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
         "INSERT OR IGNORE INTO messages \
          (group_id, id_millis, id_seq, author_id, send_time_ms, text) ",

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use next_chat_core::{JoinOutcome, LocalFanout, Membership, MessageText, Messaging, NewMessage};
 use next_chat_storage::{RedisConfig, RedisMembership, RedisMessaging};
+use next_chat_testkit::eventually_ok;
 
 /// "Never a hang": a refused write is answered within this.
 const FAIL_FAST: Duration = Duration::from_secs(3);
@@ -36,16 +37,12 @@ impl OwnRedis {
             .expect("redis-server is on PATH");
         let url = format!("redis://127.0.0.1:{port}");
         let client = redis::Client::open(url.as_str()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let connection = loop {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
-            {
-                break c;
-            }
-            assert!(Instant::now() < deadline, "redis-server answers within 10 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let connection = eventually_ok(Duration::from_secs(10), "redis-server answers", || async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await?;
+            Ok::<_, redis::RedisError>(c)
+        })
+        .await;
         OwnRedis { url, connection, _child: child }
     }
 

@@ -13,20 +13,29 @@
 //! test's own that it can kill and start again, `RedisCluster` a Redis Cluster
 //! of three masters and three replicas whose masters it can kill. `identity` mints JWTs and
 //! generates a certificate authority for the tests of `--auth jwt` and TLS.
+//!
+//! And the small things every end-to-end test needs: `connect` a chat client,
+//! `scrape_metrics` (or `TestServer::metrics`) for one sample by name and
+//! labels, `http` requests with a real client, and `eventually` for state that
+//! changes on the server's own schedule.
 
+pub mod http;
 pub mod identity;
+mod metrics;
 mod proxy;
 mod redis_cluster;
 mod redis_server;
 
+pub use metrics::{Metrics, Sample, scrape_metrics};
 pub use proxy::TcpProxy;
 pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use next_chat_client::{Client, ClientOptions, Events};
 use rand::Rng;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -67,6 +76,9 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{n:016x}")
 }
 
+/// How often `eventually` looks again.
+const POLL: Duration = Duration::from_millis(50);
+
 /// Polls `condition` every 50 ms until it holds, and returns how long that
 /// took; panics naming `what` when `within` passes first. For state that
 /// changes on a server's own schedule (a history writer, expiry, reconnection),
@@ -78,11 +90,48 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     let started = tokio::time::Instant::now();
-    while !condition().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_ok(within, what, || {
+        let holds = condition();
+        async move { if holds.await { Ok(()) } else { Err("not yet") } }
+    })
+    .await;
     started.elapsed()
+}
+
+/// The same for a condition that says what it saw: `Ok(value)` once it holds
+/// (returned), `Err(seen)` while it does not; the panic shows the last `seen`
+/// (a screen, a response, an error).
+pub async fn eventually_ok<T, E, F, Fut>(within: Duration, what: &str, mut condition: F) -> T
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        match condition().await {
+            Ok(value) => return value,
+            Err(seen) => {
+                assert!(
+                    started.elapsed() < within,
+                    "{what}: not within {within:?}; last: {seen:?}"
+                );
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A chat client connected to `url` (`TestServer::url`) as `user`; panics,
+/// naming both, when it cannot connect.
+pub async fn connect(url: &str, user: &str) -> (Client, Events) {
+    connect_with(ClientOptions::new(url, user)).await
+}
+
+/// The same with options of the test's own (protocol, reconnect policy, ...).
+pub async fn connect_with(options: ClientOptions) -> (Client, Events) {
+    let (url, user) = (options.url.clone(), options.user.clone());
+    Client::connect(options).await.unwrap_or_else(|e| panic!("{user} connects to {url}: {e}"))
 }
 
 /// A port nothing listens on right now (another process may take it later).
@@ -179,6 +228,17 @@ pub fn delete_redis_keys(host: &str, port: u16, prefix: &str) {
         .status();
 }
 
+/// How to start a `next-chat-server` beyond its flags.
+#[derive(Default, Clone)]
+pub struct ServerOptions {
+    pub args: Vec<String>,
+    /// Environment variables on top of this process's (`NEXT_CHAT_*` settings).
+    pub env: Vec<(String, String)>,
+    /// The working directory; a temporary directory of the server's own when
+    /// `None`.
+    pub current_dir: Option<PathBuf>,
+}
+
 /// A running `next-chat-server`.
 pub struct TestServer {
     /// `http://127.0.0.1:PORT/next-chat` (`https://` over TLS), what clients connect to.
@@ -187,6 +247,8 @@ pub struct TestServer {
     pub base_url: String,
     pub port: u16,
     args: Vec<String>,
+    env: Vec<(String, String)>,
+    current_dir: Option<PathBuf>,
     child: Option<Child>,
     /// Holds the SQLite file (embedded mode) for the server's whole life, restarts included.
     dir: tempfile::TempDir,
@@ -201,9 +263,18 @@ impl TestServer {
     /// A server with extra flags. Unless the flags name a `--database`, it gets
     /// a fresh SQLite file of its own.
     pub async fn start(args: Vec<String>) -> TestServer {
+        TestServer::start_with(ServerOptions { args, ..ServerOptions::default() }).await
+    }
+
+    /// A server with extra flags and environment. Unless the flags name a
+    /// `--database` or the environment a `NEXT_CHAT_DATABASE`, it gets a fresh
+    /// SQLite file of its own.
+    pub async fn start_with(options: ServerOptions) -> TestServer {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut args = args;
-        if !args.iter().any(|a| a == "--database") {
+        let ServerOptions { mut args, env, current_dir } = options;
+        let has_database = args.iter().any(|a| a == "--database" || a.starts_with("--database="))
+            || env.iter().any(|(name, _)| name == "NEXT_CHAT_DATABASE");
+        if !has_database {
             let db = dir.path().join("next-chat.db");
             args.extend(["--database".to_string(), format!("sqlite://{}", db.display())]);
         }
@@ -212,6 +283,8 @@ impl TestServer {
             base_url: String::new(),
             port: 0,
             args,
+            env,
+            current_dir,
             child: None,
             dir,
         };
@@ -224,7 +297,8 @@ impl TestServer {
             .args(&self.args)
             .args(["--listen", listen])
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .current_dir(self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(self.current_dir.as_deref().unwrap_or(self.dir.path()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -256,6 +330,21 @@ impl TestServer {
     /// `ws://127.0.0.1:PORT/next-chat` (`wss://` over TLS).
     pub fn ws_url(&self) -> String {
         self.url.replacen("http", "ws", 1)
+    }
+
+    /// One scrape of this server's `/metrics`.
+    pub async fn metrics(&self) -> Metrics {
+        scrape_metrics(&self.base_url).await
+    }
+
+    /// A chat client connected to this server as `user`.
+    pub async fn connect(&self, user: &str) -> (Client, Events) {
+        connect(&self.url, user).await
+    }
+
+    /// The working directory the server runs in.
+    pub fn dir(&self) -> &Path {
+        self.current_dir.as_deref().unwrap_or(self.dir.path())
     }
 
     /// The server's process id, while it runs.

@@ -5,9 +5,10 @@
 //! `retarget` sends later connections elsewhere, as a load balancer that moves
 //! a client to another instance.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
+use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -54,7 +55,7 @@ impl TcpProxy {
     /// Forwards the connections made from now on to `target` instead; those
     /// forwarded already stay where they are.
     pub fn retarget(&self, target: &str) {
-        *self.state.target.lock().unwrap_or_else(|p| p.into_inner()) = target.to_string();
+        *self.state.target.lock() = target.to_string();
     }
 
     /// Resets every open connection (both ends) but keeps forwarding new ones:
@@ -86,7 +87,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             reset(client);
             continue;
         }
-        let target = state.target.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let target = state.target.lock().clone();
         tokio::spawn(forward(client, target, cut));
     }
 }

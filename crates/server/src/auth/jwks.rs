@@ -6,12 +6,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
+use parking_lot::{Mutex, RwLock};
 use tracing::{debug, info, warn};
 
 /// The largest JWKS document read; real ones are a few KiB.
@@ -91,7 +92,7 @@ impl Jwks {
         });
         let keys = jwks.load().await.with_context(|| format!("jwks: {}", jwks.source))?;
         info!(source = %jwks.source, keys = keys.len(), "JWKS loaded");
-        *jwks.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        *jwks.keys.write() = Arc::new(keys);
         tokio::spawn(refresh_every(Arc::downgrade(&jwks), refresh));
         Ok(jwks)
     }
@@ -112,7 +113,7 @@ impl Jwks {
     }
 
     fn find(&self, kid: Option<&str>) -> Result<Option<(DecodingKey, KeyFamily)>, String> {
-        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let keys = self.keys.read().clone();
         match kid {
             Some(kid) => Ok(keys.get(kid).cloned()),
             None if keys.len() == 1 => Ok(keys.values().next().cloned()),
@@ -126,7 +127,7 @@ impl Jwks {
     /// Whether this caller may fetch now (the floor has passed); if so, the floor
     /// starts again, so concurrent callers do not fetch too.
     fn claim_refetch(&self) -> bool {
-        let mut last = self.last_fetch.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self.last_fetch.lock();
         if last.elapsed() < self.min_refetch {
             return false;
         }
@@ -139,7 +140,7 @@ impl Jwks {
         match self.load().await {
             Ok(keys) => {
                 debug!(source = %self.source, keys = keys.len(), "JWKS refreshed");
-                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+                *self.keys.write() = Arc::new(keys);
             }
             Err(error) => {
                 warn!(source = %self.source, error = format!("{error:#}"), "JWKS refresh failed; keeping the keys there are");
@@ -187,7 +188,7 @@ async fn refresh_every(jwks: Weak<Jwks>, period: Duration) {
     loop {
         ticks.tick().await;
         let Some(jwks) = jwks.upgrade() else { return };
-        *jwks.last_fetch.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        *jwks.last_fetch.lock() = Instant::now();
         jwks.refresh().await;
     }
 }

@@ -1,11 +1,10 @@
 //! Raw-socket helpers for the tests that must speak bytes the client library
-//! would never send: bad input, plain HTTP endpoints.
+//! would never send (bad input), and plain HTTP requests to the endpoints.
 #![allow(dead_code)]
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -16,25 +15,11 @@ pub const RS: char = '\u{1e}';
 
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A plain HTTP/1.1 request; returns (status, body).
+/// A plain HTTP request to `127.0.0.1:port` (no body); returns (status, body).
 pub async fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("Content-Length: 0\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write request");
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
-        .await
-        .expect("response in time")
-        .expect("read response");
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let response = next_chat_testkit::http::request(method, &url, headers, Vec::new()).await;
+    (response.status, response.text())
 }
 
 /// A WebSocket to the hub without negotiation, as `user`.

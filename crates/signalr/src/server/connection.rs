@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 
-use super::HubConfig;
+use super::config::HubConfig;
 use crate::negotiate::Transport;
 use crate::protocol::{HubMessage, Protocol};
 use crate::value::Value;

@@ -17,11 +17,13 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::connection::{CloseRequest, Connection};
+use super::hub::{Hub, Identity, Refused};
+use super::inbound::{Inbound, too_large};
 use super::long_polling::{self, PollState};
-use super::registry::{Admission, LimitReached, Negotiated, NegotiatedState, lock};
-use super::session::{self, Inbound, Liveness};
-use super::stateful::Handover;
-use super::{Hub, Identity, Refused, ServerState, sse, websocket};
+use super::registry::{Admission, LimitReached, Negotiated, NegotiatedState, Resumable};
+use super::session::{self, Liveness};
+use super::state::ServerState;
+use super::{sse, websocket};
 use crate::negotiate::{NegotiateResponse, Transport, answer_version, new_random_id};
 
 /// POST bodies waiting for the session; a small bound gives back-pressure.
@@ -270,7 +272,7 @@ pub(crate) async fn negotiate<H: Hub>(
                     connection_id,
                     token,
                     user,
-                    state: std::sync::Mutex::new(NegotiatedState::Pending { _slot: slot }),
+                    state: parking_lot::Mutex::new(NegotiatedState::Pending { _slot: slot }),
                     stateful,
                     posting: std::sync::atomic::AtomicBool::new(false),
                 },
@@ -361,8 +363,8 @@ async fn connect_websocket<H: Hub>(
 
 /// The connection's handover when a new WebSocket may take it over (stateful
 /// reconnect).
-fn resumable(negotiated: &Negotiated) -> Option<Arc<Handover>> {
-    match &*lock(&negotiated.state) {
+fn resumable(negotiated: &Negotiated) -> Option<Arc<dyn Resumable>> {
+    match &*negotiated.state.lock() {
         NegotiatedState::WebSockets { handover: Some(handover) } if handover.accepts() => {
             Some(handover.clone())
         }
@@ -389,7 +391,7 @@ fn activate(
     transport: Transport,
     state: impl FnOnce() -> NegotiatedState,
 ) -> Result<(), Refusal> {
-    let mut current = lock(&negotiated.state);
+    let mut current = negotiated.state.lock();
     match current.transport() {
         None => {
             *current = state();
@@ -460,7 +462,7 @@ async fn long_poll<H: Hub>(
     let Identity { user, expires_at } = identity;
     ensure_enabled(&server, Transport::LongPolling)?;
     let negotiated = find(&server, params, &user)?;
-    let existing = match &*lock(&negotiated.state) {
+    let existing = match &*negotiated.state.lock() {
         NegotiatedState::LongPolling { polls, .. } => Some(polls.clone()),
         NegotiatedState::Pending { .. } => None,
         _ => return Err(Refusal::ChangedTransport),
@@ -468,7 +470,7 @@ async fn long_poll<H: Hub>(
     let config = &server.config;
     if let Some(polls) = existing {
         let (timeout, max_bytes) = (config.long_poll_timeout, config.long_poll_max_response_bytes);
-        return Ok(long_polling::poll(polls, timeout, max_bytes).await);
+        return Ok(polls.poll(timeout, max_bytes).await);
     }
     ensure_not_shutting_down(&server)?;
     let admission = admit(&server, &user, ip)?;
@@ -529,7 +531,7 @@ pub(crate) async fn send<H: Hub>(
     let result = async {
         let user = identify(&server, &headers, &params).await?.user;
         let negotiated = find(&server, &params, &user)?;
-        let (inbound, connection) = match &*lock(&negotiated.state) {
+        let (inbound, connection) = match &*negotiated.state.lock() {
             NegotiatedState::Pending { .. } => return Err(Refusal::NotStarted),
             NegotiatedState::WebSockets { .. } => return Err(Refusal::PostOnWebSocket),
             NegotiatedState::ServerSentEvents { inbound, connection }
@@ -545,7 +547,7 @@ pub(crate) async fn send<H: Hub>(
         let body = match read_body(body, limit).await {
             Ok(body) => body,
             Err(BodyError::TooLarge) => {
-                let error = session::too_large(None, limit);
+                let error = too_large(None, limit);
                 warn!(connection_id = %connection.id(), %error, "incoming message too large");
                 connection.request_close(CloseRequest::with_error(error.clone()));
                 return Ok((
@@ -633,7 +635,7 @@ pub(crate) async fn delete<H: Hub>(
     let result = async {
         let user = identify(&server, &headers, &params).await?.user;
         let negotiated = find(&server, &params, &user)?;
-        match &*lock(&negotiated.state) {
+        match &*negotiated.state.lock() {
             NegotiatedState::LongPolling { connection, .. } => {
                 connection.request_close(CloseRequest::peer_gone(
                     "the client ended long polling (DELETE)",

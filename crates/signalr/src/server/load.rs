@@ -2,7 +2,7 @@
 //! WebSocket records reach their sockets.
 //!
 //! With time to spare, a sender writes a record to an idle connection's socket
-//! itself (see `websocket::Direct`): one write system call, no task woken. Busy,
+//! itself (see `writer::Direct`): one write system call, no task woken. Busy,
 //! it queues the record for the connection's writer task instead: the writer
 //! then runs late and finds several records waiting, which go out in one write.
 //! Under heavy load that batching is what keeps the cost per record low, so

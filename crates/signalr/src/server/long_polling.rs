@@ -4,18 +4,20 @@
 //! as ASP.NET Core does. The first poll only starts the connection and is answered
 //! at once (the JS client sends its handshake only after it returns).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
 use super::connection::Outbound;
-use super::registry::lock;
+use super::registry::LongPoll;
 
 /// The outbound queue of one long-polling connection, lent to one poll at a time.
 #[derive(Debug)]
@@ -67,7 +69,7 @@ impl PollState {
 
     /// When the last poll ended, or `None` while one is outstanding.
     pub(crate) fn idle_since(&self) -> Option<Instant> {
-        let times = lock(&self.times);
+        let times = self.times.lock();
         (times.active == 0).then_some(times.last_end)
     }
 
@@ -104,8 +106,14 @@ impl PollState {
     }
 
     fn begin(&self) {
-        lock(&self.times).active += 1;
+        self.times.lock().active += 1;
         self.activity.notify_one();
+    }
+}
+
+impl LongPoll for PollState {
+    fn poll(self: Arc<Self>, timeout: Duration, max_bytes: usize) -> BoxFuture<'static, Response> {
+        Box::pin(poll(self, timeout, max_bytes))
     }
 }
 
@@ -119,11 +127,11 @@ struct PollGuard {
 impl Drop for PollGuard {
     fn drop(&mut self) {
         if let Some(outbound) = self.outbound.take() {
-            *lock(&self.polls.outbound) = Some(outbound);
+            *self.polls.outbound.lock() = Some(outbound);
             self.polls.returned.notify_one();
         }
         {
-            let mut times = lock(&self.polls.times);
+            let mut times = self.polls.times.lock();
             times.active = times.active.saturating_sub(1);
             times.last_end = Instant::now();
         }
@@ -139,14 +147,14 @@ pub(crate) async fn poll(polls: Arc<PollState>, timeout: Duration, max_bytes: us
         return no_content();
     }
     let (cancel_tx, mut cancelled) = oneshot::channel();
-    if let Some(previous) = lock(&polls.current_poll).replace(cancel_tx) {
+    if let Some(previous) = polls.current_poll.lock().replace(cancel_tx) {
         let _ = previous.send(());
     }
     polls.begin();
     let mut guard = PollGuard { polls: polls.clone(), outbound: None };
     let lent = loop {
         let returned = polls.returned.notified();
-        if let Some(lent) = lock(&polls.outbound).take() {
+        if let Some(lent) = polls.outbound.lock().take() {
             break guard.outbound.insert(lent);
         }
         tokio::select! {

@@ -11,22 +11,19 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use axum::extract::ws::WebSocket;
+use axum::response::Response;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::connection::{CloseRequest, Connection};
-use super::long_polling::PollState;
 use crate::negotiate::Transport;
-
-/// Locks a mutex, ignoring poisoning: every critical section here leaves the data
-/// consistent, so a panic elsewhere is no reason to stop serving.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// How long shutdown waits for writers after it told them to stop draining.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -143,7 +140,7 @@ pub(crate) struct Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         if let Some(registry) = self.registry.upgrade() {
-            lock(&registry.admitted).remove(&self.user, self.ip.as_ref());
+            registry.admitted.lock().remove(&self.user, self.ip.as_ref());
         }
     }
 }
@@ -159,7 +156,7 @@ pub(crate) struct PendingSlot {
 impl Drop for PendingSlot {
     fn drop(&mut self) {
         if let Some(registry) = self.registry.upgrade() {
-            lock(&registry.pending).remove(&self.user, None);
+            registry.pending.lock().remove(&self.user, None);
         }
     }
 }
@@ -185,7 +182,7 @@ pub(crate) enum NegotiatedState {
     },
     /// `handover` is set for a connection that stateful reconnect may resume.
     WebSockets {
-        handover: Option<Arc<super::stateful::Handover>>,
+        handover: Option<Arc<dyn Resumable>>,
     },
     /// SSE and long polling receive the client's messages through POSTs, which
     /// hand the bodies to the session through `inbound`.
@@ -196,7 +193,7 @@ pub(crate) enum NegotiatedState {
     LongPolling {
         inbound: mpsc::Sender<Bytes>,
         connection: Connection,
-        polls: Arc<PollState>,
+        polls: Arc<dyn LongPoll>,
     },
 }
 
@@ -209,6 +206,26 @@ impl NegotiatedState {
             NegotiatedState::LongPolling { .. } => Some(Transport::LongPolling),
         }
     }
+}
+
+/// A WebSocket connection that stateful reconnect keeps, as the registry holds
+/// it so that a new socket with the same token can take it over.
+pub(crate) trait Resumable: Send + Sync + std::fmt::Debug {
+    /// Whether a new socket may take the connection over now.
+    fn accepts(&self) -> bool;
+
+    fn connection(&self) -> &Connection;
+
+    /// Gives a new socket to the connection; `false` (the socket is dropped)
+    /// when it no longer accepts one.
+    fn hand_over(&self, socket: WebSocket) -> bool;
+}
+
+/// A long-polling connection's outbound side, as the registry holds it so
+/// that each `GET` can take what is queued.
+pub(crate) trait LongPoll: Send + Sync + std::fmt::Debug {
+    /// Answers one poll (see `long_polling::poll`).
+    fn poll(self: Arc<Self>, timeout: Duration, max_bytes: usize) -> BoxFuture<'static, Response>;
 }
 
 /// Keeps a connection counted as live while any holder (session, writer) exists.
@@ -224,7 +241,7 @@ pub(crate) type LiveGuard = Arc<LiveEntry>;
 
 impl Drop for LiveEntry {
     fn drop(&mut self) {
-        let mut live = lock(&self.registry.live);
+        let mut live = self.registry.live.lock();
         live.remove(&self.id);
         self.registry.live_count.send_replace(live.len());
     }
@@ -246,7 +263,7 @@ impl Registry {
     /// Whether `user` (from `ip`, when known) may start one more connection now;
     /// checked again, and the place taken, by [`Registry::admit`].
     pub(crate) fn check_room(&self, user: &str, ip: Option<IpAddr>) -> Result<(), LimitReached> {
-        let admitted = lock(&self.admitted);
+        let admitted = self.admitted.lock();
         self.room(&admitted, user, ip)
     }
 
@@ -279,7 +296,7 @@ impl Registry {
         user: &str,
         ip: Option<IpAddr>,
     ) -> Result<Admission, LimitReached> {
-        let mut admitted = lock(&self.admitted);
+        let mut admitted = self.admitted.lock();
         self.room(&admitted, user, ip)?;
         admitted.add(user, ip);
         Ok(Admission { registry: Arc::downgrade(self), user: user.to_owned(), ip })
@@ -292,7 +309,7 @@ impl Registry {
         user: &str,
     ) -> Result<PendingSlot, LimitReached> {
         let limits = &self.limits;
-        let mut pending = lock(&self.pending);
+        let mut pending = self.pending.lock();
         if let Some(limit) = over(limits.max_pending_negotiations_per_user, pending.user(user)) {
             return Err(LimitReached::PendingNegotiationsPerUser(limit));
         }
@@ -305,7 +322,7 @@ impl Registry {
 
     /// Negotiated connections waiting for a transport request.
     pub(crate) fn pending_count(&self) -> usize {
-        lock(&self.pending).total
+        self.pending.lock().total
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -313,7 +330,7 @@ impl Registry {
     }
 
     pub(crate) fn live_count(&self) -> usize {
-        lock(&self.live).len()
+        self.live.lock().len()
     }
 
     pub(crate) fn register_live(
@@ -321,7 +338,7 @@ impl Registry {
         connection: &Connection,
         admission: Admission,
     ) -> LiveGuard {
-        let mut live = lock(&self.live);
+        let mut live = self.live.lock();
         live.insert(connection.id().to_owned(), connection.clone());
         self.live_count.send_replace(live.len());
         if self.is_shutting_down() {
@@ -339,7 +356,7 @@ impl Registry {
     /// transport request claimed it.
     pub(crate) fn add_negotiated(self: &Arc<Self>, negotiated: Negotiated, timeout: Duration) {
         let token = negotiated.token.clone();
-        lock(&self.negotiated).insert(token.clone(), Arc::new(negotiated));
+        self.negotiated.lock().insert(token.clone(), Arc::new(negotiated));
         let registry: Weak<Registry> = Arc::downgrade(self);
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
@@ -350,18 +367,18 @@ impl Registry {
     }
 
     pub(crate) fn negotiated(&self, token: &str) -> Option<Arc<Negotiated>> {
-        lock(&self.negotiated).get(token).cloned()
+        self.negotiated.lock().get(token).cloned()
     }
 
     pub(crate) fn remove_negotiated(&self, token: &str) {
-        lock(&self.negotiated).remove(token);
+        self.negotiated.lock().remove(token);
     }
 
     fn remove_if_pending(&self, token: &str) {
-        let mut negotiated = lock(&self.negotiated);
+        let mut negotiated = self.negotiated.lock();
         let pending = negotiated
             .get(token)
-            .is_some_and(|n| matches!(*lock(&n.state), NegotiatedState::Pending { .. }));
+            .is_some_and(|n| matches!(*n.state.lock(), NegotiatedState::Pending { .. }));
         if pending {
             negotiated.remove(token);
             info!("a negotiated connection was never claimed by a transport; forgotten");
@@ -370,9 +387,10 @@ impl Registry {
 
     pub(crate) async fn shutdown(&self, drain: Duration) {
         self.shutting_down.store(true, Ordering::Release);
-        lock(&self.negotiated)
-            .retain(|_, n| !matches!(*lock(&n.state), NegotiatedState::Pending { .. }));
-        let connections: Vec<Connection> = lock(&self.live).values().cloned().collect();
+        self.negotiated
+            .lock()
+            .retain(|_, n| !matches!(*n.state.lock(), NegotiatedState::Pending { .. }));
+        let connections: Vec<Connection> = self.live.lock().values().cloned().collect();
         info!(
             connections = connections.len(),
             drain_ms = drain.as_millis() as u64,
@@ -385,7 +403,7 @@ impl Registry {
         if tokio::time::timeout(drain, count.wait_for(|n| *n == 0)).await.is_ok() {
             return;
         }
-        for connection in lock(&self.live).values() {
+        for connection in self.live.lock().values() {
             connection.stop_draining();
         }
         if tokio::time::timeout(SHUTDOWN_GRACE, count.wait_for(|n| *n == 0)).await.is_err() {

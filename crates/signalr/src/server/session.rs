@@ -7,41 +7,27 @@
 //! The transport hands in a stream of [`Inbound`] frames (WebSocket messages or POST
 //! bodies) and writes whatever the connection's outbound queue yields.
 
-use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::config::HubConfig;
 use super::connection::{CloseRequest, Connection};
+use super::hub::Hub;
+use super::inbound::{Inbound, too_large};
+use super::invocations::{Call, Completed, Invocations};
 use super::long_polling::PollState;
 use super::registry::LiveGuard;
+use super::state::ServerState;
 use super::stateful::Reconnect;
-use super::{Hub, HubConfig, Invoked, ServerState};
 use crate::handshake::{HandshakeBuffer, HandshakeError, HandshakeRequest, HandshakeResponse};
-use crate::protocol::{HubMessage, Outcome, Protocol, ProtocolError, quote_untrusted};
-use crate::value::Value;
-
-/// One frame from the transport.
-#[derive(Debug)]
-pub(crate) enum Inbound {
-    /// A whole WebSocket message or POST body: zero or more records, possibly partial.
-    Data(Bytes),
-    /// The transport failed (the text says how); the connection ends with an error.
-    Failed(String),
-    /// Stateful reconnect: the socket dropped (the text says how); the connection
-    /// waits for a new one.
-    Lost(String),
-    /// Stateful reconnect: a new socket took over.
-    Resumed,
-}
+use crate::protocol::{Decoder, HubMessage, Outcome, Protocol, quote_untrusted};
 
 /// How the session decides that a client is gone.
 pub(crate) enum Liveness {
@@ -53,14 +39,6 @@ pub(crate) enum Liveness {
 
 /// The Close message's error when the user's credential expires.
 pub const CREDENTIAL_EXPIRED: &str = "the access token expired: reconnect with a fresh one";
-
-/// The error text when an incoming frame or record is over the limit.
-pub(crate) fn too_large(size: Option<usize>, limit: usize) -> String {
-    match size {
-        Some(size) => ProtocolError::MessageTooLarge { size, limit }.to_string(),
-        None => format!("message exceeds the limit of {limit} bytes"),
-    }
-}
 
 /// Runs the connection to its end. Returns once `disconnected` has run (if
 /// `connected` had succeeded); the transport's writer may still be draining.
@@ -117,38 +95,83 @@ async fn run_inner<H: Hub>(
     reconnect: Option<Reconnect>,
 ) {
     let mut inbound = pin!(inbound);
+    let hub = server.hub.as_ref();
+    let Some(Opened { protocol, session, reconnect, leftover }) =
+        open(&server, &connection, inbound.as_mut(), reconnect).await
+    else {
+        return;
+    };
     let config = &server.config;
-    let (protocol, version, leftover) =
-        match handshake(&server, &connection, inbound.as_mut()).await {
-            Ok(done) => done,
-            Err(request) => {
-                warn!(reason = ?request.reason, "handshake failed");
-                connection.request_close(request);
-                return;
-            }
-        };
+    let mut serving = Serving {
+        hub,
+        session: &session,
+        config,
+        connection: &connection,
+        protocol,
+        decoder: protocol.decoder(config.max_message_size),
+        invocations: Invocations::default(),
+        last_received: Instant::now(),
+        reconnect,
+    };
+    serving.decoder.push(&leftover);
+    drop(leftover);
+    let ending = serving.serve(inbound.as_mut(), &liveness).await;
+    connection.request_close(ending);
+    serving.finish().await;
+    drop(serving);
+    if AssertUnwindSafe(hub.disconnected(session)).catch_unwind().await.is_err() {
+        error!("hub panicked in disconnected");
+    }
+    let reason = connection.close_request().map(|r| r.reason).unwrap_or_default();
+    info!(protocol = protocol.name(), reason = ?reason, "connection closed");
+}
+
+/// A connection the handshake opened and the hub accepted.
+struct Opened<S> {
+    protocol: Protocol,
+    session: S,
+    /// Stateful reconnect, if the handshake kept it.
+    reconnect: Option<Reconnect>,
+    /// What followed the handshake request in its frame.
+    leftover: Bytes,
+}
+
+/// The handshake, its response, and the hub's `connected`. `None` when the
+/// connection ends there (its close request is set).
+async fn open<H: Hub>(
+    server: &ServerState<H>,
+    connection: &Connection,
+    inbound: std::pin::Pin<&mut (impl Stream<Item = Inbound> + Send)>,
+    reconnect: Option<Reconnect>,
+) -> Option<Opened<H::Session>> {
+    let (protocol, version, leftover) = match handshake(server, connection, inbound).await {
+        Ok(done) => done,
+        Err(request) => {
+            warn!(reason = ?request.reason, "handshake failed");
+            connection.request_close(request);
+            return None;
+        }
+    };
     connection.set_protocol(protocol);
     // Stateful reconnect starts with hub protocol version 2; an older client
     // that negotiated it gets a plain connection, as from ASP.NET Core.
-    let mut reconnect = reconnect.filter(|_| version >= 2);
+    let reconnect = reconnect.filter(|_| version >= 2);
     if reconnect.is_some() {
         connection.set_resumable();
     }
-    if connection.push_control(HandshakeResponse::ok().encode()).is_err() {
-        return;
-    }
-    let hub = server.hub.as_ref();
-    let session = match AssertUnwindSafe(hub.connected(connection.clone())).catch_unwind().await {
+    connection.push_control(HandshakeResponse::ok().encode()).ok()?;
+    let connected = AssertUnwindSafe(server.hub.connected(connection.clone())).catch_unwind();
+    let session = match connected.await {
         Ok(Ok(session)) => session,
         Ok(Err(error)) => {
             warn!(protocol = protocol.name(), ?error, "hub refused the connection");
             connection.request_close(CloseRequest::with_error(error));
-            return;
+            return None;
         }
         Err(_) => {
             error!("hub panicked in connected");
             connection.request_close(CloseRequest::with_error("internal server error"));
-            return;
+            return None;
         }
     };
     info!(
@@ -156,152 +179,198 @@ async fn run_inner<H: Hub>(
         stateful_reconnect = reconnect.is_some(),
         "connection opened"
     );
+    Some(Opened { protocol, session, reconnect, leftover })
+}
 
-    let mut decoder = protocol.decoder(config.max_message_size);
-    decoder.push(&leftover);
-    drop(leftover);
-    let mut close_rx = connection.subscribe_close();
-    let mut invocations = Invocations::default();
-    let mut last_received = Instant::now();
+/// An open connection's session between its handshake and its end.
+struct Serving<'a, H: Hub> {
+    hub: &'a H,
+    session: &'a H::Session,
+    config: &'a HubConfig,
+    connection: &'a Connection,
+    protocol: Protocol,
+    decoder: Decoder,
+    invocations: Invocations<'a>,
+    /// When the client last sent a hub message (for the client timeout).
+    last_received: Instant,
+    reconnect: Option<Reconnect>,
+}
 
-    let ending: CloseRequest = 'session: loop {
-        // A close requested before `close_rx` was subscribed (say, during
-        // `connected`) shows here, not as a change.
-        if let Some(request) = connection.close_request() {
-            break 'session request;
-        }
-        // Decode what has arrived, as far as the invocation queue has room.
-        while invocations.has_room(config) {
-            let buffered = decoder.buffered();
-            match decoder.next_message() {
-                Ok(Some(message)) => {
-                    last_received = Instant::now();
-                    let size = buffered - decoder.buffered();
-                    if let Some(reconnect) = reconnect.as_mut() {
-                        match reconnect.admit(&message, last_received) {
-                            Ok(true) => {}
-                            Ok(false) => continue,
-                            Err(error) => {
-                                warn!(%error, "stateful reconnect: protocol error");
-                                break 'session CloseRequest::with_error(error);
-                            }
-                        }
+impl<'a, H: Hub> Serving<'a, H> {
+    /// Decodes, starts invocations and sends completions until the connection
+    /// ends; returns how it is to end.
+    async fn serve(
+        &mut self,
+        mut inbound: std::pin::Pin<&mut (impl Stream<Item = Inbound> + Send)>,
+        liveness: &Liveness,
+    ) -> CloseRequest {
+        let mut close_rx = self.connection.subscribe_close();
+        loop {
+            // A close requested before `close_rx` was subscribed (say, during
+            // `connected`) shows here, not as a change.
+            if let Some(request) = self.connection.close_request() {
+                return request;
+            }
+            if let Err(request) = self.decode() {
+                return request;
+            }
+            // A rate-limited call completes at once, and the next may then start.
+            while let Some(completed) =
+                self.invocations.start_next(self.hub, self.session, self.config)
+            {
+                complete(self.connection, self.protocol, completed);
+            }
+            let deadline = self.deadline(liveness);
+            // Boxed, and only for a stateful connection: its timers would otherwise
+            // take room in every connection's session state.
+            let reconnect = &self.reconnect;
+            let reconnect_event = async {
+                match reconnect {
+                    Some(reconnect) => Box::pin(reconnect.next_event()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let poll_activity = async {
+                match liveness {
+                    Liveness::Polling(polls, _) => polls.activity().await,
+                    Liveness::ClientTimeout(_) => std::future::pending().await,
+                }
+            };
+            let has_room = self.invocations.has_room(self.config);
+            let step = tokio::select! {
+                biased;
+                _ = close_rx.changed() => {
+                    return self
+                        .connection
+                        .close_request()
+                        .unwrap_or_else(|| CloseRequest::peer_gone("closed"));
+                }
+                completed = self.invocations.progress() => {
+                    if let Some(completed) = completed {
+                        complete(self.connection, self.protocol, completed);
                     }
-                    if let Dispatch::End(request) =
-                        dispatch(message, size, &connection, protocol, &mut invocations)
-                    {
-                        break 'session request;
+                    Ok(())
+                }
+                frame = inbound.next(), if has_room => self.on_frame(frame),
+                event = reconnect_event => {
+                    match self.reconnect.as_mut().and_then(|r| r.on_event(event, self.connection)) {
+                        Some(request) => Err(request),
+                        None => Ok(()),
                     }
                 }
+                _ = sleep_until_opt(deadline) => match timed_out(liveness, self.last_received) {
+                    Some(request) => {
+                        warn!(reason = %request.reason, "closing an unresponsive connection");
+                        Err(request)
+                    }
+                    None => Ok(()),
+                },
+                _ = poll_activity => Ok(()),
+            };
+            if let Err(request) = step {
+                return request;
+            }
+        }
+    }
+
+    /// Decodes what has arrived, as far as the invocation queue has room, and
+    /// queues the calls. `Err` is how the connection is to end.
+    fn decode(&mut self) -> Result<(), CloseRequest> {
+        while self.invocations.has_room(self.config) {
+            let buffered = self.decoder.buffered();
+            let message = match self.decoder.next_message() {
+                Ok(Some(message)) => message,
                 Ok(None) => break,
                 Err(error) => {
-                    warn!(protocol = protocol.name(), error = ?error.to_string(), "protocol error");
-                    break 'session CloseRequest::with_error(error.to_string());
+                    let protocol = self.protocol.name();
+                    warn!(protocol, error = ?error.to_string(), "protocol error");
+                    return Err(CloseRequest::with_error(error.to_string()));
+                }
+            };
+            self.last_received = Instant::now();
+            let size = buffered - self.decoder.buffered();
+            if let Some(reconnect) = self.reconnect.as_mut() {
+                match reconnect.admit(&message, self.last_received) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(error) => {
+                        warn!(%error, "stateful reconnect: protocol error");
+                        return Err(CloseRequest::with_error(error));
+                    }
                 }
             }
+            let dispatched =
+                dispatch(message, size, self.connection, self.protocol, &mut self.invocations);
+            if let Dispatch::End(request) = dispatched {
+                return Err(request);
+            }
         }
-        // A rate-limited call completes at once, and the next may then start.
-        while let Some(completed) = invocations.start_next(hub, &session, config) {
-            complete(&connection, protocol, completed);
-        }
-        let deadline = match &liveness {
+        Ok(())
+    }
+
+    /// When the client counts as gone unless it sends something, if it can.
+    fn deadline(&self, liveness: &Liveness) -> Option<Instant> {
+        match liveness {
             // While no socket is attached, the reconnect window applies instead.
-            _ if reconnect.as_ref().is_some_and(Reconnect::is_parked) => None,
+            _ if self.reconnect.as_ref().is_some_and(Reconnect::is_parked) => None,
             // While we are busy the client's pings may wait unread: not its fault.
-            Liveness::ClientTimeout(_) if invocations.is_busy() => None,
-            Liveness::ClientTimeout(timeout) => Some(last_received + *timeout),
+            Liveness::ClientTimeout(_) if self.invocations.is_busy() => None,
+            Liveness::ClientTimeout(timeout) => Some(self.last_received + *timeout),
             Liveness::Polling(polls, timeout) => polls.idle_since().map(|idle| idle + *timeout),
-        };
-        // Boxed, and only for a stateful connection: its timers would otherwise
-        // take room in every connection's session state.
-        let reconnect_event = async {
-            match &reconnect {
-                Some(reconnect) => Box::pin(reconnect.next_event()).await,
-                None => std::future::pending().await,
-            }
-        };
-        let poll_activity = async {
-            match &liveness {
-                Liveness::Polling(polls, _) => polls.activity().await,
-                Liveness::ClientTimeout(_) => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = close_rx.changed() => {
-                break 'session connection
-                    .close_request()
-                    .unwrap_or_else(|| CloseRequest::peer_gone("closed"));
-            }
-            completed = invocations.progress() => {
-                if let Some(completed) = completed {
-                    complete(&connection, protocol, completed);
-                }
-            }
-            frame = inbound.next(), if invocations.has_room(config) => {
-                match frame {
-                    Some(Inbound::Data(data)) => {
-                        if data.len() > config.max_batch_size {
-                            let error = too_large(Some(data.len()), config.max_batch_size);
-                            warn!(%error, "incoming message too large");
-                            break 'session CloseRequest::with_error(error);
-                        }
-                        decoder.push(&data);
-                    }
-                    Some(Inbound::Failed(error)) => {
-                        warn!(error = ?error, "transport failed");
-                        break 'session CloseRequest {
-                            drain: false,
-                            ..CloseRequest::with_error(error)
-                        };
-                    }
-                    Some(Inbound::Lost(reason)) => match reconnect.as_mut() {
-                        Some(reconnect) => reconnect.lost(&reason, Instant::now()),
-                        None => break 'session CloseRequest::peer_gone(reason),
-                    },
-                    Some(Inbound::Resumed) => {
-                        if let Some(reconnect) = reconnect.as_mut() {
-                            // A partial record of the old socket means nothing now.
-                            decoder = protocol.decoder(config.max_message_size);
-                            last_received = Instant::now();
-                            reconnect.resumed(last_received);
-                            hub.resumed(&session);
-                        }
-                    }
-                    None => break 'session CloseRequest::peer_gone("the client disconnected"),
-                }
-            }
-            event = reconnect_event => {
-                if let Some(request) = reconnect.as_mut().and_then(|r| r.on_event(event, &connection)) {
-                    break 'session request;
-                }
-            }
-            _ = sleep_until_opt(deadline) => {
-                if let Some(request) = timed_out(&liveness, last_received) {
-                    warn!(reason = %request.reason, "closing an unresponsive connection");
-                    break 'session request;
-                }
-            }
-            _ = poll_activity => {}
         }
-    };
-    connection.request_close(ending);
-    // Calls already started still complete; queued ones never run.
-    if let Some(completed) = invocations.finish_starting().await {
-        complete(&connection, protocol, completed);
     }
-    while let Some(completed) = invocations.next_finished().await {
-        complete(&connection, protocol, completed);
+
+    /// Acts on one frame from the transport. `Err` is how the connection is to end.
+    fn on_frame(&mut self, frame: Option<Inbound>) -> Result<(), CloseRequest> {
+        let config = self.config;
+        match frame {
+            Some(Inbound::Data(data)) => {
+                if data.len() > config.max_batch_size {
+                    let error = too_large(Some(data.len()), config.max_batch_size);
+                    warn!(%error, "incoming message too large");
+                    return Err(CloseRequest::with_error(error));
+                }
+                self.decoder.push(&data);
+            }
+            Some(Inbound::Failed(error)) => {
+                warn!(error = ?error, "transport failed");
+                return Err(CloseRequest { drain: false, ..CloseRequest::with_error(error) });
+            }
+            Some(Inbound::Lost(reason)) => match self.reconnect.as_mut() {
+                Some(reconnect) => reconnect.lost(&reason, Instant::now()),
+                None => return Err(CloseRequest::peer_gone(reason)),
+            },
+            Some(Inbound::Resumed) => {
+                if let Some(reconnect) = self.reconnect.as_mut() {
+                    // A partial record of the old socket means nothing now.
+                    self.decoder = self.protocol.decoder(config.max_message_size);
+                    self.last_received = Instant::now();
+                    reconnect.resumed(self.last_received);
+                    self.hub.resumed(self.session);
+                }
+            }
+            None => return Err(CloseRequest::peer_gone("the client disconnected")),
+        }
+        Ok(())
     }
-    if invocations.queued() > 0 {
-        debug!(skipped = invocations.queued(), "invocations not run: the connection closed");
+
+    /// The connection is closing: calls already started still complete;
+    /// queued ones never run.
+    async fn finish(&mut self) {
+        let (connection, protocol) = (self.connection, self.protocol);
+        if let Some(completed) = self.invocations.finish_starting().await {
+            complete(connection, protocol, completed);
+        }
+        while let Some(completed) = self.invocations.next_finished().await {
+            complete(connection, protocol, completed);
+        }
+        if self.invocations.queued() > 0 {
+            debug!(
+                skipped = self.invocations.queued(),
+                "invocations not run: the connection closed"
+            );
+        }
     }
-    drop(invocations);
-    if AssertUnwindSafe(hub.disconnected(session)).catch_unwind().await.is_err() {
-        error!("hub panicked in disconnected");
-    }
-    let reason = connection.close_request().map(|r| r.reason).unwrap_or_default();
-    info!(protocol = protocol.name(), reason = ?reason, "connection closed");
 }
 
 /// Reads the handshake request. `Err` is how to close the connection.
@@ -384,21 +453,6 @@ async fn handshake<H: Hub>(
     }
 }
 
-/// An invocation waiting its turn.
-struct Call {
-    invocation_id: Option<String>,
-    target: String,
-    arguments: Vec<Value>,
-    /// Bytes of its record, counted against the queue's byte bound.
-    size: usize,
-}
-
-struct Completed {
-    invocation_id: Option<String>,
-    target: String,
-    result: Result<Option<Value>, String>,
-}
-
 enum Dispatch {
     Continue,
     End(CloseRequest),
@@ -473,214 +527,6 @@ fn message_kind(message: &HubMessage) -> &'static str {
     }
 }
 
-/// One connection's invocations between decoding and completion: queued (decoded,
-/// waiting their turn), starting (the one the hub is running now, in order), and
-/// finishing (started, completing in the background; completions go out in
-/// invocation order).
-///
-/// The queue is bounded in calls and in bytes (each call counted by its record's
-/// size); while it is full the session stops reading, so a fast client waits
-/// rather than making the server hold its backlog.
-#[derive(Default)]
-struct Invocations<'a> {
-    queued: VecDeque<Call>,
-    /// Record bytes of the calls in `queued`.
-    queued_bytes: usize,
-    starting: Option<BoxFuture<'a, Started>>,
-    finishing: Finishing,
-    rate: RateLimit,
-}
-
-impl<'a> Invocations<'a> {
-    /// Whether another decoded call may be queued (and so whether to read on).
-    fn has_room(&self, config: &HubConfig) -> bool {
-        self.queued.len() < config.max_queued_invocations
-            && self.queued_bytes < config.max_queued_invocation_bytes
-    }
-
-    fn enqueue(&mut self, call: Call, size: usize) {
-        self.queued_bytes += size;
-        self.queued.push_back(Call { size, ..call });
-    }
-
-    fn queued(&self) -> usize {
-        self.queued.len()
-    }
-
-    /// Whether the hub has work of ours (a call starting or finishing).
-    fn is_busy(&self) -> bool {
-        self.starting.is_some() || !self.finishing.is_empty()
-    }
-
-    /// Starts the next queued call if none is starting and the finishing ones
-    /// leave room. A call over the rate limit is not run: it completes at once
-    /// with an error (returned when nothing is ahead of it, else queued behind).
-    fn start_next<H: Hub>(
-        &mut self,
-        hub: &'a H,
-        session: &'a H::Session,
-        config: &HubConfig,
-    ) -> Option<Completed> {
-        if self.starting.is_some() || self.finishing.len() >= config.max_queued_invocations {
-            return None;
-        }
-        let call = self.queued.pop_front()?;
-        self.queued_bytes -= call.size;
-        if self.queued.is_empty() {
-            // Most connections are idle most of the time: an empty queue
-            // holds no memory (one allocation per burst of calls, not per call
-            // while a client keeps several queued).
-            self.queued = VecDeque::new();
-        }
-        match self.rate.acquire(config, Instant::now()) {
-            Ok(()) => {
-                self.starting = Some(start_call(hub, session, call));
-                None
-            }
-            Err(retry_in) => {
-                let error = format!(
-                    "rate limited: more than {} invocations per second on this connection; retry in {} ms",
-                    config.invocations_per_second,
-                    retry_in.as_micros().div_ceil(1000).max(1)
-                );
-                let Call { invocation_id, target, .. } = call;
-                let limited = Completed { invocation_id, target, result: Err(error) };
-                self.finishing.started(Started::Done(limited))
-            }
-        }
-    }
-
-    /// Waits for the starting call to start or the oldest finishing one to finish;
-    /// `Some` is a completion to send now. Cancel-safe.
-    async fn progress(&mut self) -> Option<Completed> {
-        let Self { starting, finishing, .. } = self;
-        tokio::select! {
-            biased;
-            started = poll_call(starting) => {
-                *starting = None;
-                finishing.started(started)
-            }
-            Some(completed) = finishing.next(), if !finishing.is_empty() => Some(completed),
-        }
-    }
-
-    /// Waits for the call being started (the connection is closing); `Some` is a
-    /// completion to send now.
-    async fn finish_starting(&mut self) -> Option<Completed> {
-        let started = self.starting.take()?.await;
-        self.finishing.started(started)
-    }
-
-    /// The next completion of the calls finishing, `None` when none is left.
-    async fn next_finished(&mut self) -> Option<Completed> {
-        self.finishing.next().await
-    }
-}
-
-/// The per-connection invocation rate limit, a token bucket kept as one instant
-/// (the generic cell rate algorithm): `ready_at` is when the bucket would be full
-/// again, so a call is allowed when `ready_at` is less than one burst ahead of
-/// now, and each call moves it one interval later.
-#[derive(Default)]
-struct RateLimit {
-    ready_at: Option<Instant>,
-}
-
-impl RateLimit {
-    /// `Err` is how long until a call would be allowed.
-    fn acquire(&mut self, config: &HubConfig, now: Instant) -> Result<(), Duration> {
-        let interval = Duration::from_secs(1) / config.invocations_per_second.max(1);
-        let tolerance = interval * config.invocation_burst.max(1).saturating_sub(1);
-        let ready_at = self.ready_at.map_or(now, |at| at.max(now));
-        let allowed_from = ready_at.checked_sub(tolerance).unwrap_or(now);
-        if allowed_from > now {
-            return Err(allowed_from - now);
-        }
-        self.ready_at = Some(ready_at + interval);
-        Ok(())
-    }
-}
-
-/// Started invocations whose completions are not sent yet, in invocation order.
-/// The queue is created on first use and boxed: most connections never need
-/// it, and it would otherwise cost every idle connection two allocations and a
-/// larger session future (S4 measures that cost per connection).
-#[derive(Default)]
-struct Finishing(Option<Box<FuturesOrdered<BoxFuture<'static, Completed>>>>);
-
-impl Finishing {
-    fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |queue| queue.len())
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// A started call's completion to send now if nothing is ahead of it, else
-    /// queues it behind the others.
-    fn started(&mut self, started: Started) -> Option<Completed> {
-        let rest = match started {
-            Started::Done(completed) if self.is_empty() => return Some(completed),
-            Started::Done(completed) => Box::pin(std::future::ready(completed)),
-            Started::Finishing(rest) => rest,
-        };
-        self.0.get_or_insert_with(Box::default).push_back(rest);
-        None
-    }
-
-    async fn next(&mut self) -> Option<Completed> {
-        match &mut self.0 {
-            Some(queue) => queue.next().await,
-            None => None,
-        }
-    }
-}
-
-/// A started invocation: completed, or finishing in the background.
-enum Started {
-    Done(Completed),
-    Finishing(BoxFuture<'static, Completed>),
-}
-
-fn start_call<'a, H: Hub>(
-    hub: &'a H,
-    session: &'a H::Session,
-    call: Call,
-) -> BoxFuture<'a, Started> {
-    Box::pin(async move {
-        let invoked = AssertUnwindSafe(hub.invoke(session, &call.target, call.arguments))
-            .catch_unwind()
-            .await;
-        let Call { invocation_id, target, .. } = call;
-        match invoked {
-            Ok(Invoked::Done(result)) => Started::Done(Completed { invocation_id, target, result }),
-            Ok(Invoked::Finishing(rest)) => Started::Finishing(Box::pin(async move {
-                let result = match AssertUnwindSafe(rest).catch_unwind().await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        error!(target = ?quote_untrusted(&target), "hub panicked while finishing an invocation");
-                        Err("internal server error".to_owned())
-                    }
-                };
-                Completed { invocation_id, target, result }
-            })),
-            Err(_) => {
-                error!(target = ?quote_untrusted(&target), "hub panicked in invoke");
-                let result = Err("internal server error".to_owned());
-                Started::Done(Completed { invocation_id, target, result })
-            }
-        }
-    })
-}
-
-async fn poll_call(in_flight: &mut Option<BoxFuture<'_, Started>>) -> Started {
-    match in_flight {
-        Some(call) => call.await,
-        None => std::future::pending().await,
-    }
-}
-
 fn complete(connection: &Connection, protocol: Protocol, completed: Completed) {
     let Some(invocation_id) = completed.invocation_id else {
         if let Err(error) = completed.result {
@@ -730,53 +576,5 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits(per_second: u32, burst: u32) -> HubConfig {
-        HubConfig {
-            invocations_per_second: per_second,
-            invocation_burst: burst,
-            ..HubConfig::default()
-        }
-    }
-
-    #[test]
-    fn rate_limit_allows_a_burst_then_the_rate() {
-        let config = limits(10, 5);
-        let mut rate = RateLimit::default();
-        let start = Instant::now();
-        for _ in 0..5 {
-            assert_eq!(rate.acquire(&config, start), Ok(()));
-        }
-        // The sixth call at once waits for one interval (100 ms).
-        assert_eq!(rate.acquire(&config, start), Err(Duration::from_millis(100)));
-        assert_eq!(
-            rate.acquire(&config, start + Duration::from_millis(60)),
-            Err(Duration::from_millis(40))
-        );
-        assert_eq!(rate.acquire(&config, start + Duration::from_millis(100)), Ok(()));
-        // Over a quiet second the bucket fills again, but never past the burst.
-        let later = start + Duration::from_secs(10);
-        for _ in 0..5 {
-            assert_eq!(rate.acquire(&config, later), Ok(()));
-        }
-        assert!(rate.acquire(&config, later).is_err());
-    }
-
-    #[test]
-    fn rate_limit_keeps_a_steady_sender_under_it() {
-        let config = limits(2000, 2000);
-        let mut rate = RateLimit::default();
-        let start = Instant::now();
-        // 1000 calls a second for 10 s, as the seed's load test sends.
-        for i in 0..10_000u32 {
-            let at = start + Duration::from_millis(u64::from(i));
-            assert_eq!(rate.acquire(&config, at), Ok(()), "call {i}");
-        }
     }
 }

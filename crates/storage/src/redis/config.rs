@@ -45,6 +45,18 @@ pub struct RedisConfig {
     /// shards; each publish drops a shard's oldest entries to stay within it.
     /// Entry counts alone bound nothing: an entry may be 16 bytes or 80 KiB.
     pub stream_max_bytes: u64,
+    /// Trim only entries the history database holds (at or below the shard's
+    /// stored watermark, see `stored`), and refuse a publish when the rest
+    /// fills the shard's bounds: set when a shared history database and the
+    /// reconciler stand behind the streams (MySQL). Otherwise the oldest
+    /// entries are dropped to make room.
+    pub keep_unstored: bool,
+    /// After each publish, wait for this many replicas to acknowledge the
+    /// write (`WAIT`), so an acknowledged message survives a failover; 0 waits
+    /// for none.
+    pub wait_replicas: usize,
+    /// The longest `WAIT` blocks; below `command_timeout`.
+    pub wait_timeout: Duration,
     /// How long a member entry lives without a heartbeat: the most a crashed
     /// instance's members keep their places.
     pub member_ttl: Duration,
@@ -79,6 +91,9 @@ impl Default for RedisConfig {
             stream_shards: 1,
             stream_maxlen: 100_000,
             stream_max_bytes: 256 * 1024 * 1024,
+            keep_unstored: false,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
             member_ttl: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             command_timeout: Duration::from_secs(2),
@@ -117,8 +132,9 @@ impl RedisConfig {
         self.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
     }
 
-    /// The sorted set that lists `group`.
-    pub(crate) fn group_list_key(&self, group: &GroupId) -> String {
+    /// The sorted set that lists `group` (public for tools that list groups
+    /// in bulk, see `bulk::create_redis_groups`).
+    pub fn group_list_key(&self, group: &GroupId) -> String {
         if self.cluster {
             let part = fnv1a(group) % CLUSTER_GROUP_LIST_PARTS as u64;
             format!("{}groups:{part}", self.key_prefix)
@@ -170,6 +186,18 @@ impl RedisConfig {
         format!("{}stream-bytes:{shard}", self.bus_prefix(self.bucket_of_shard(shard)))
     }
 
+    /// The id at or below which every entry of the shard's stream is in the
+    /// history database (`scripts/mark_stored.lua`).
+    pub(crate) fn stored_key(&self, shard: usize) -> String {
+        format!("{}stream-stored:{shard}", self.bus_prefix(self.bucket_of_shard(shard)))
+    }
+
+    /// The shard's entries stored above its watermark, waiting for the ones
+    /// before them.
+    pub(crate) fn stored_ids_key(&self, shard: usize) -> String {
+        format!("{}stream-stored-ids:{shard}", self.bus_prefix(self.bucket_of_shard(shard)))
+    }
+
     /// A stream of this instance's that its reader of `bucket` also blocks on,
     /// so that starting or stopping to read a shard wakes it at once.
     pub(crate) fn wake_key(&self, bucket: usize) -> String {
@@ -214,6 +242,12 @@ impl RedisConfig {
                      ({} shards), so a shard holds several of the largest messages",
                     self.stream_shards
                 ),
+            ));
+        }
+        if self.wait_replicas > 0 && self.wait_timeout >= self.command_timeout {
+            return Err(BackendError::new(
+                BACKEND,
+                "wait_timeout must be shorter than command_timeout",
             ));
         }
         if self.heartbeat_interval >= self.member_ttl {
@@ -267,6 +301,8 @@ mod tests {
         // touches both), and so do its bucket's streams and wake-up key.
         assert_eq!(config.stream_key(17), "nc:{bus-1}:stream:17");
         assert_eq!(config.stream_bytes_key(17), "nc:{bus-1}:stream-bytes:17");
+        assert_eq!(config.stored_key(17), "nc:{bus-1}:stream-stored:17");
+        assert_eq!(config.stored_ids_key(17), "nc:{bus-1}:stream-stored-ids:17");
         assert_eq!(config.stream_key(33), "nc:{bus-1}:stream:33");
         assert!(config.wake_key(1).starts_with("nc:{bus-1}:wake:"));
         assert_eq!(config.read_buckets(), 16);

@@ -56,8 +56,16 @@ impl ConnectionLike for Connection {
 }
 
 fn client(config: &RedisConfig) -> Result<Client, BackendError> {
-    Client::open(config.url.as_str())
-        .map_err(|e| BackendError::new(BACKEND, format!("bad url '{}': {e}", config.url)))
+    Client::open(config.url.as_str()).map_err(|e| {
+        BackendError::new(
+            BACKEND,
+            format!(
+                "bad url '{}': {}",
+                crate::backend_url::redact_url(&config.url),
+                crate::backend_url::redact_in(&e.to_string(), &config.url)
+            ),
+        )
+    })
 }
 
 async fn cluster(
@@ -73,12 +81,20 @@ async fn cluster(
         .min_retry_wait(50)
         .max_retry_wait(500)
         .build()
-        .map_err(|e| BackendError::new(BACKEND, format!("bad url '{}': {e}", config.url)))?;
-    cluster
-        .get_async_connection()
-        .await
-        .map(Connection::Cluster)
-        .map_err(|e| BackendError::new(BACKEND, format!("cannot connect to the cluster: {e}")))
+        .map_err(|e| {
+            BackendError::new(
+                BACKEND,
+                format!(
+                    "bad url '{}': {}",
+                    crate::backend_url::redact_url(&config.url),
+                    crate::backend_url::redact_in(&e.to_string(), &config.url)
+                ),
+            )
+        })?;
+    cluster.get_async_connection().await.map(Connection::Cluster).map_err(|e| {
+        let error = crate::backend_url::redact_in(&e.to_string(), &config.url);
+        BackendError::new(BACKEND, format!("cannot connect to the cluster: {error}"))
+    })
 }
 
 /// Fails after `connect_timeout + command_timeout` rather than hanging.
@@ -105,11 +121,12 @@ pub(crate) async fn commands(config: &RedisConfig) -> Result<Connection, Backend
         .set_max_delay(100);
     let client = client(config)?;
     within(config, async {
-        client
-            .get_connection_manager_with_config(options)
-            .await
-            .map(Connection::Managed)
-            .map_err(|e| BackendError::new(BACKEND, format!("cannot connect: {e}")))
+        client.get_connection_manager_with_config(options).await.map(Connection::Managed).map_err(
+            |e| {
+                let error = crate::backend_url::redact_in(&e.to_string(), &config.url);
+                BackendError::new(BACKEND, format!("cannot connect: {error}"))
+            },
+        )
     })
     .await
 }
@@ -131,7 +148,10 @@ pub(crate) async fn blocking(config: &RedisConfig) -> Result<Connection, Backend
             .get_multiplexed_async_connection_with_config(&options)
             .await
             .map(Connection::Multiplexed)
-            .map_err(|e| BackendError::new(BACKEND, format!("cannot connect: {e}")))
+            .map_err(|e| {
+                let error = crate::backend_url::redact_in(&e.to_string(), &config.url);
+                BackendError::new(BACKEND, format!("cannot connect: {error}"))
+            })
     })
     .await
 }

@@ -5,12 +5,13 @@
 //! a cluster.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ::redis::Script;
 use async_trait::async_trait;
 use futures_util::future::{join_all, try_join_all};
 use next_chat_core::{BackendError, ConnectionId, GroupId, JoinOutcome, Membership, UserId};
+use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
@@ -127,7 +128,7 @@ impl RedisMembership {
     }
 
     fn stop_heartbeat(&self) {
-        let heartbeat = self.heartbeat.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+        let heartbeat = self.heartbeat.lock().take();
         if let Some(heartbeat) = heartbeat {
             heartbeat.abort();
         }
@@ -166,8 +167,8 @@ where
 }
 
 impl MembershipInner {
-    fn local(&self) -> std::sync::MutexGuard<'_, LocalMembers> {
-        self.local.lock().unwrap_or_else(|poison| poison.into_inner())
+    fn local(&self) -> parking_lot::MutexGuard<'_, LocalMembers> {
+        self.local.lock()
     }
 
     fn member_lock(&self, group: &GroupId, user: &UserId) -> &tokio::sync::Mutex<()> {
@@ -177,11 +178,11 @@ impl MembershipInner {
     }
 
     fn is_known(&self, group: &GroupId) -> bool {
-        self.known_groups.lock().unwrap_or_else(|poison| poison.into_inner()).contains(group)
+        self.known_groups.lock().contains(group)
     }
 
     fn remember(&self, group: &GroupId) {
-        self.known_groups.lock().unwrap_or_else(|poison| poison.into_inner()).insert(group.clone());
+        self.known_groups.lock().insert(group.clone());
     }
 
     /// Pushes the expiry of this instance's member entries and lists their

@@ -3,7 +3,7 @@
 //! groups this instance's connections have joined (see `reader`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ::redis::streams::StreamRangeReply;
 use ::redis::{FromRedisValue, Script, Value};
@@ -12,6 +12,7 @@ use next_chat_core::{
     BackendError, GroupId, LocalFanout, Message, MessageId, MessageText, Messaging, NewMessage,
     OnAccepted, UserId,
 };
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -21,11 +22,13 @@ use super::{BACKEND, RedisConfig};
 use crate::clock::time_of;
 use crate::health::Health;
 
-/// KEYS[1] the stream, KEYS[2] its byte count; ARGV: max bytes, max entries,
-/// group, author, text. Appends the entry, then drops the oldest entries until
-/// the stream is within both bounds, and returns the new entry's id. One
-/// script, so the count and the stream never disagree, whichever instance
-/// writes. Redis has no byte-based trimming; the cost of an entry is its bytes
+/// KEYS[1] the stream, KEYS[2] its byte count, KEYS[3] its stored watermark;
+/// ARGV: max bytes, max entries, group, author, text, keep unstored. Drops the
+/// oldest entries until the new one fits within both bounds, never one above
+/// the stored watermark with `keep_unstored`; appends it and returns its id,
+/// or, when what may not be dropped leaves no room, appends nothing and says
+/// which bound is full. One script, so the count and the stream never
+/// disagree, whichever instance writes. Redis has no byte-based trimming; the cost of an entry is its bytes
 /// plus a quarter (jemalloc's size classes round up by at most that much) plus
 /// 64 for the listpack and id overhead (plus a node's overhead for an entry
 /// that fills one), which measured `MEMORY USAGE` stays below for every entry
@@ -40,8 +43,9 @@ const WAKE_KEY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
 pub struct RedisMessaging {
     config: Arc<RedisConfig>,
-    /// Per shard: the stream and its byte count, named once rather than per message.
-    shard_keys: Vec<(String, String)>,
+    /// Per shard: the stream, its byte count and its stored watermark, named
+    /// once rather than per message.
+    shard_keys: Vec<[String; 3]>,
     publish_script: Script,
     connection: Connection,
     health: Health,
@@ -82,7 +86,9 @@ impl RedisMessaging {
             readers.push(tokio::spawn(reader.run(stopped.clone())));
         }
         let shard_keys = (0..config.stream_shards)
-            .map(|shard| (config.stream_key(shard), config.stream_bytes_key(shard)))
+            .map(|shard| {
+                [config.stream_key(shard), config.stream_bytes_key(shard), config.stored_key(shard)]
+            })
             .collect();
         Ok(RedisMessaging {
             config,
@@ -106,7 +112,7 @@ impl RedisMessaging {
     /// The id of the shard's newest entry ("0-0" when it has none): a reader
     /// starting after it gets every entry appended from now on.
     async fn stream_end(&self, shard: usize) -> Result<String, BackendError> {
-        let (stream, _) = &self.shard_keys[shard];
+        let [stream, ..] = &self.shard_keys[shard];
         let mut connection = self.connection.clone();
         let newest: Value = run(&self.config, &self.health, "read stream end", async {
             ::redis::cmd("XREVRANGE")
@@ -120,6 +126,31 @@ impl RedisMessaging {
         })
         .await?;
         Ok(first_entry_id(&newest).unwrap_or_else(|| "0-0".to_string()))
+    }
+}
+
+impl RedisMessaging {
+    /// `WAIT wait_replicas`: the publish is acknowledged only once that many
+    /// replicas hold it, so a failover to one of them keeps it. Fewer in
+    /// `wait_timeout` fail the send; the message may still be delivered and
+    /// stored (the completion's error says only that it is not known safe).
+    async fn wait_for_replicas(&self, connection: &mut Connection) -> Result<(), BackendError> {
+        let wanted = self.config.wait_replicas;
+        let timeout_ms = self.config.wait_timeout.as_millis() as u64;
+        let acknowledged: usize = run(&self.config, &self.health, "wait for replicas", async {
+            ::redis::cmd("WAIT").arg(wanted).arg(timeout_ms).query_async(connection).await
+        })
+        .await?;
+        if acknowledged < wanted {
+            return Err(BackendError::new(
+                BACKEND,
+                format!(
+                    "{acknowledged} of {wanted} Redis replicas acknowledged the message within \
+                     {timeout_ms} ms (redis_wait_replicas); it may still be delivered"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -160,6 +191,41 @@ fn memory_short(info: &str) -> Option<String> {
     ))
 }
 
+/// The new entry's id from the publish script's reply, or why it appended nothing.
+fn published_id(config: &RedisConfig, reply: &Value) -> Result<MessageId, BackendError> {
+    if let Value::Array(full) = reply {
+        let number = |at: usize| full.get(at).and_then(|v| i64::from_redis_value(v).ok());
+        let (bytes, entries) = (number(1).unwrap_or(0), number(2).unwrap_or(0));
+        let which = full.first().and_then(|v| String::from_redis_value(v).ok());
+        let detail = if which.as_deref() == Some("entries") {
+            format!(
+                "message bus full: {entries} messages of this stream shard wait to be stored \
+                 (limit redis_stream_maxlen = {} per shard); sends are refused until history \
+                 stores them",
+                config.stream_maxlen
+            )
+        } else {
+            format!(
+                "message bus full: {} of messages in this stream shard wait to be stored \
+                 (limit redis_stream_max_bytes = {} per shard of {}); sends are refused until \
+                 history stores them",
+                mib(bytes.max(0) as u64),
+                mib(config.shard_max_bytes()),
+                config.stream_shards
+            )
+        };
+        return Err(BackendError::new(BACKEND, detail));
+    }
+    let id = String::from_redis_value(reply)
+        .map_err(|_| BackendError::new(BACKEND, format!("publish returned {reply:?}")))?;
+    id.parse().map_err(|_| BackendError::new(BACKEND, format!("XADD returned a bad id '{id}'")))
+}
+
+/// `bytes` in MiB with one decimal, for people.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
 /// The id of the first entry of an XRANGE/XREVRANGE reply, if any.
 fn first_entry_id(reply: &Value) -> Option<String> {
     let Value::Array(entries) = reply else { return None };
@@ -174,24 +240,24 @@ impl Messaging for RedisMessaging {
         message: NewMessage,
         on_accepted: OnAccepted<'_>,
     ) -> Result<Message, BackendError> {
-        let (stream, bytes) = &self.shard_keys[self.config.shard_of(&message.group)];
+        let [stream, bytes, stored] = &self.shard_keys[self.config.shard_of(&message.group)];
         let mut invocation = self.publish_script.prepare_invoke();
         invocation
             .key(stream)
             .key(bytes)
+            .key(stored)
             .arg(self.config.shard_max_bytes())
             .arg(self.config.stream_maxlen)
             .arg(message.group.as_str())
             .arg(message.author.as_str())
-            .arg(message.text.as_str());
+            .arg(message.text.as_str())
+            .arg(if self.config.keep_unstored { "1" } else { "0" });
         let mut connection = self.connection.clone();
-        let id: String = run(&self.config, &self.health, "publish", async {
+        let reply: Value = run(&self.config, &self.health, "publish", async {
             invocation.invoke_async(&mut connection).await
         })
         .await?;
-        let id: MessageId = id
-            .parse()
-            .map_err(|_| BackendError::new(BACKEND, format!("XADD returned a bad id '{id}'")))?;
+        let id = published_id(&self.config, &reply)?;
         let accepted = Message {
             id,
             author: message.author,
@@ -202,6 +268,9 @@ impl Messaging for RedisMessaging {
             text: message.text,
         };
         on_accepted(&accepted);
+        if self.config.wait_replicas > 0 {
+            self.wait_for_replicas(&mut connection).await?;
+        }
         Ok(accepted)
     }
 
@@ -281,7 +350,7 @@ impl Messaging for RedisMessaging {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let (stream, _) = &self.shard_keys[self.config.shard_of(group)];
+        let [stream, ..] = &self.shard_keys[self.config.shard_of(group)];
         let mut connection = self.connection.clone();
         let range: StreamRangeReply = run(&self.config, &self.health, "read recent", async {
             ::redis::cmd("XREVRANGE")
@@ -306,8 +375,7 @@ impl Messaging for RedisMessaging {
 
     async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        let readers =
-            std::mem::take(&mut *self.readers.lock().unwrap_or_else(|poison| poison.into_inner()));
+        let readers = std::mem::take(&mut *self.readers.lock());
         for reader in readers {
             let _ = reader.await;
         }
@@ -316,7 +384,7 @@ impl Messaging for RedisMessaging {
 
 impl Drop for RedisMessaging {
     fn drop(&mut self) {
-        let readers = self.readers.get_mut().unwrap_or_else(|poison| poison.into_inner());
+        let readers = self.readers.get_mut();
         for reader in readers.drain(..) {
             reader.abort();
         }

@@ -20,8 +20,8 @@
 //! again, so a Redis that restarted empty (no persistence) gets back every group
 //! someone is in, not only its members (`membership`).
 //!
-//! In a Redis Cluster (`cluster`), every script touches one key, a shard's
-//! stream and byte count share a hash tag, and so do the streams one reader
+//! In a Redis Cluster (`cluster`), a shard's stream, byte count and stored
+//! watermark share a hash tag (the publish and mark scripts touch them together), and so do the streams one reader
 //! reads together: the shards are read in up to 16 buckets, each its own hash
 //! slot and reader. The group list is split over 16 sorted sets. The `redis`
 //! crate follows `MOVED`/`ASK` and finds a failed master's replica.
@@ -36,13 +36,19 @@
 //!   in `scripts/publish.lua`; only that script changes it, together with the stream.
 //! - `wake:<instance>`: a one-entry stream an instance appends to so that its
 //!   blocked reader looks again at which shards to read; expires a day after use.
-//! - `reconcile:lock`, `reconcile:watermark:<shard>`: see `reconcile`.
+//! - `stream-stored:<shard>`: the stored watermark, the id at or below which every
+//!   entry of `stream:<shard>` is in the history database; `stream-stored-ids:<shard>`:
+//!   a sorted set of entries stored above it (see `stored`). With `keep_unstored`
+//!   the publish script trims nothing above the watermark.
+//! - `reconcile:lock`: see `reconcile`. (`reconcile:watermark:<shard>`, what
+//!   earlier versions kept instead of `stream-stored`, is read once at start.)
 
 mod config;
 mod connection;
 mod membership;
 mod messaging;
 mod reader;
+mod stored;
 
 pub use config::RedisConfig;
 pub(crate) use connection::{Connection, commands as connect, run};
@@ -50,5 +56,6 @@ pub use membership::RedisMembership;
 pub use messaging::RedisMessaging;
 pub(crate) use messaging::message_of_entry;
 pub use reader::BusStats;
+pub use stored::{MarkStoredHistory, StoredMarks};
 
 const BACKEND: &str = "redis";

@@ -10,13 +10,14 @@
 //! reader blocked in XREAD picks up a changed set of shards at once.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::redis::streams::StreamReadReply;
 use ::redis::{FromRedisValue, Value};
 use next_chat_core::{GroupId, LocalFanout};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
 use tracing::warn;
 
@@ -84,8 +85,8 @@ impl Follows {
         Follows { state: Mutex::new(state), fanout }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, FollowState> {
-        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+    fn state(&self) -> MutexGuard<'_, FollowState> {
+        self.state.lock()
     }
 
     pub(crate) fn fanout(&self) -> &Arc<LocalFanout> {
@@ -159,26 +160,44 @@ struct Position {
     last: String,
 }
 
+/// One reader's streams: its bucket's shards and its wake-up stream, and how
+/// far it read each.
+struct Streams {
+    shards: Vec<usize>,
+    shard_of_key: HashMap<String, usize>,
+    wake_key: String,
+    wake_after: String,
+    positions: HashMap<usize, Position>,
+}
+
+/// Why a reader stopped reading on a connection.
+enum ReadEnd {
+    /// Shutdown.
+    Stopped,
+    /// The connection failed (recorded in health): connect again.
+    Failed,
+}
+
+/// How long a reader waits before connecting again after a failure, at first.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+
 impl Reader {
     /// Reads the bucket's followed shards and delivers each entry, reconnecting
     /// (and resuming from the last delivered id) whenever Redis goes away.
     pub(crate) async fn run(self, mut stopped: watch::Receiver<bool>) {
-        const RETRY_MIN: Duration = Duration::from_millis(50);
         let config = &self.config;
         let shards: Vec<usize> = (0..config.stream_shards)
             .filter(|&shard| config.bucket_of_shard(shard) == self.bucket)
             .collect();
-        let shard_of_key: HashMap<String, usize> =
-            shards.iter().map(|&shard| (config.stream_key(shard), shard)).collect();
-        let wake_key = config.wake_key(self.bucket);
-        let mut wake_after = "0-0".to_string();
-        let mut positions: HashMap<usize, Position> = HashMap::new();
-        let block_ms = config.read_block.as_millis() as u64;
+        let mut streams = Streams {
+            shard_of_key: shards.iter().map(|&shard| (config.stream_key(shard), shard)).collect(),
+            shards,
+            wake_key: config.wake_key(self.bucket),
+            wake_after: "0-0".to_string(),
+            positions: HashMap::new(),
+        };
         let mut retry = RETRY_MIN;
-        'connect: loop {
-            if *stopped.borrow() {
-                break;
-            }
+        while !*stopped.borrow() {
             let mut connection = match connection::blocking(config).await {
                 Ok(connection) => connection,
                 Err(error) => {
@@ -188,80 +207,90 @@ impl Reader {
                         _ = stopped.changed() => break,
                     }
                     retry = (retry * 2).min(config.reconnect_delay_max);
-                    continue 'connect;
+                    continue;
                 }
             };
-            loop {
-                self.sync(&shards, &mut positions);
-                let mut read = ::redis::cmd("XREAD");
-                read.arg("COUNT").arg(config.read_batch).arg("BLOCK").arg(block_ms);
-                read.arg("STREAMS").arg(&wake_key);
-                let mut reading: Vec<(&usize, &Position)> = positions.iter().collect();
-                reading.sort_unstable_by_key(|(shard, _)| **shard);
-                for (shard, _) in &reading {
-                    read.arg(config.stream_key(**shard));
-                }
-                read.arg(&wake_after);
-                for (_, position) in &reading {
-                    read.arg(&position.last);
-                }
-                let reply = tokio::select! {
-                    reply = tokio::time::timeout(
-                        config.read_block + config.command_timeout,
-                        read.query_async::<Value>(&mut connection),
-                    ) => reply,
-                    _ = stopped.changed() => break 'connect,
-                };
-                let reply = match reply {
-                    Ok(Ok(reply)) => reply,
-                    Ok(Err(e)) => {
-                        self.health.failed(&format!("read: {e}"));
-                        continue 'connect;
-                    }
-                    Err(_) => {
-                        self.health.failed(&"read: no answer in time");
-                        continue 'connect;
-                    }
-                };
-                self.health.succeeded();
-                retry = RETRY_MIN;
-                self.stats.bytes.fetch_add(resp_size(&reply), Ordering::Relaxed);
-                let streams = match Option::<StreamReadReply>::from_redis_value(&reply) {
-                    Ok(streams) => streams.map(|r| r.keys).unwrap_or_default(),
-                    Err(e) => {
-                        warn!(error = %e, "skipping an XREAD reply that is not streams");
-                        continue;
-                    }
-                };
-                for stream in streams {
-                    if stream.key == wake_key {
-                        if let Some(last) = stream.ids.last() {
-                            wake_after = last.id.clone();
-                        }
-                        continue;
-                    }
-                    let Some(position) =
-                        shard_of_key.get(&stream.key).and_then(|s| positions.get_mut(s))
-                    else {
-                        continue;
-                    };
-                    self.stats.entries.fetch_add(stream.ids.len() as u64, Ordering::Relaxed);
-                    for entry in stream.ids {
-                        match message_of_entry(&entry.id, &entry.map) {
-                            Some(message) => {
-                                self.follows.fanout().deliver(message);
-                            }
-                            None => {
-                                warn!(stream = %stream.key, id = %entry.id, "skipping a malformed stream entry")
-                            }
-                        }
-                        position.last = entry.id;
-                    }
-                }
+            let read = self.read(&mut connection, &mut streams, &mut stopped, &mut retry);
+            if let ReadEnd::Stopped = read.await {
+                break;
             }
         }
-        let count = positions.len() as u64;
+        let count = streams.positions.len() as u64;
         self.stats.shards.fetch_sub(count, Ordering::Relaxed);
+    }
+
+    /// Reads and delivers on one connection until it fails or the reader stops.
+    async fn read(
+        &self,
+        connection: &mut connection::Connection,
+        streams: &mut Streams,
+        stopped: &mut watch::Receiver<bool>,
+        retry: &mut Duration,
+    ) -> ReadEnd {
+        let config = &self.config;
+        loop {
+            self.sync(&streams.shards, &mut streams.positions);
+            let read = xread(config, streams);
+            let reply = tokio::select! {
+                reply = tokio::time::timeout(
+                    config.read_block + config.command_timeout,
+                    read.query_async::<Value>(connection),
+                ) => reply,
+                _ = stopped.changed() => return ReadEnd::Stopped,
+            };
+            let reply = match reply {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
+                    self.health.failed(&format!("read: {e}"));
+                    return ReadEnd::Failed;
+                }
+                Err(_) => {
+                    self.health.failed(&"read: no answer in time");
+                    return ReadEnd::Failed;
+                }
+            };
+            self.health.succeeded();
+            *retry = RETRY_MIN;
+            self.stats.bytes.fetch_add(resp_size(&reply), Ordering::Relaxed);
+            self.deliver(&reply, streams);
+        }
+    }
+
+    /// Hands every entry of an XREAD reply to the fan-out, in stream order,
+    /// and moves the positions past them.
+    fn deliver(&self, reply: &Value, streams: &mut Streams) {
+        let replied = match Option::<StreamReadReply>::from_redis_value(reply) {
+            Ok(replied) => replied.map(|r| r.keys).unwrap_or_default(),
+            Err(e) => {
+                warn!(error = %e, "skipping an XREAD reply that is not streams");
+                return;
+            }
+        };
+        for stream in replied {
+            if stream.key == streams.wake_key {
+                if let Some(last) = stream.ids.last() {
+                    streams.wake_after = last.id.clone();
+                }
+                continue;
+            }
+            let Some(position) =
+                streams.shard_of_key.get(&stream.key).and_then(|s| streams.positions.get_mut(s))
+            else {
+                continue;
+            };
+            self.stats.entries.fetch_add(stream.ids.len() as u64, Ordering::Relaxed);
+            for entry in stream.ids {
+                match message_of_entry(&entry.id, &entry.map) {
+                    Some(message) => {
+                        self.follows.fanout().deliver(message);
+                    }
+                    None => {
+                        warn!(stream = %stream.key, id = %entry.id, "skipping a malformed stream entry")
+                    }
+                }
+                position.last = entry.id;
+            }
+        }
     }
 
     /// Brings the reader's positions in line with the followed shards: a shard
@@ -285,6 +314,25 @@ impl Reader {
             self.stats.shards.fetch_sub(before - after, Ordering::Relaxed);
         }
     }
+}
+
+/// One blocking XREAD of the wake-up stream and every shard being read, each
+/// from where the reader is.
+fn xread(config: &RedisConfig, streams: &Streams) -> ::redis::Cmd {
+    let mut read = ::redis::cmd("XREAD");
+    let block_ms = config.read_block.as_millis() as u64;
+    read.arg("COUNT").arg(config.read_batch).arg("BLOCK").arg(block_ms);
+    read.arg("STREAMS").arg(&streams.wake_key);
+    let mut reading: Vec<(&usize, &Position)> = streams.positions.iter().collect();
+    reading.sort_unstable_by_key(|(shard, _)| **shard);
+    for (shard, _) in &reading {
+        read.arg(config.stream_key(**shard));
+    }
+    read.arg(&streams.wake_after);
+    for (_, position) in &reading {
+        read.arg(&position.last);
+    }
+    read
 }
 
 /// How many bytes Redis's protocol (RESP) takes for `value`: what the reader

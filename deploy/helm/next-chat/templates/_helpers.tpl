@@ -138,11 +138,22 @@ secretKeyRef:
 {{- end }}
 
 {{/* Refuses value combinations that would deploy something broken. */}}
-{{- /* The secretKeyRef of the JWT key (auth.jwt.existingSecret). */ -}}
+{{- /* The secretKeyRef of the JWT key: auth.jwt.existingSecret, else the HS256 secret the chart generated in the release's Secret. */ -}}
 {{- define "next-chat.jwtKeySource" -}}
+{{- if .Values.auth.jwt.existingSecret -}}
 secretKeyRef:
   name: {{ .Values.auth.jwt.existingSecret }}
   key: {{ .Values.auth.jwt.existingSecretKey }}
+{{- else -}}
+secretKeyRef:
+  name: {{ include "next-chat.secretName" . }}
+  key: jwt-secret
+{{- end }}
+{{- end }}
+
+{{- /* Non-empty when the chart generates the HS256 secret (jwt mode, no key of yours). */ -}}
+{{- define "next-chat.jwtSecretGenerated" -}}
+{{- if and (eq .Values.auth.mode "jwt") (not .Values.auth.jwt.jwksUrl) (not .Values.auth.jwt.existingSecret) }}true{{- end }}
 {{- end }}
 
 {{- /* NEXT_CHAT_JWT_ISSUER and _AUDIENCE when set: the server checks them and the test Pod puts them in its tokens. */ -}}
@@ -166,8 +177,11 @@ secretKeyRef:
 {{- if not (or (eq .Values.auth.mode "header") (eq .Values.auth.mode "jwt")) }}
 {{- fail (printf "auth.mode must be header or jwt, not %s" .Values.auth.mode) }}
 {{- end }}
-{{- if and (eq .Values.auth.mode "jwt") (not .Values.auth.jwt.jwksUrl) (not .Values.auth.jwt.existingSecret) }}
-{{- fail "auth.mode jwt needs a key: auth.jwt.existingSecret (with keyType secret or publicKey) or auth.jwt.jwksUrl" }}
+{{- if and (eq .Values.auth.mode "jwt") (not .Values.auth.jwt.jwksUrl) (eq .Values.auth.jwt.keyType "publicKey") (not .Values.auth.jwt.existingSecret) }}
+{{- fail "auth.jwt.keyType publicKey needs the key: auth.jwt.existingSecret (a Secret holding the PEM public key)" }}
+{{- end }}
+{{- if and (eq .Values.auth.mode "jwt") (or .Values.auth.jwt.jwksUrl (eq .Values.auth.jwt.keyType "publicKey")) (not .Values.auth.jwt.audience) }}
+{{- fail "auth.jwt.audience is required with a JWKS or a public key (the provider signs tokens for other applications too): the aud of this server's tokens, or \"any\"" }}
 {{- end }}
 {{- if not (or (eq .Values.auth.jwt.keyType "secret") (eq .Values.auth.jwt.keyType "publicKey")) }}
 {{- fail (printf "auth.jwt.keyType must be secret or publicKey, not %s" .Values.auth.jwt.keyType) }}

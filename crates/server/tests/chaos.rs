@@ -1,0 +1,245 @@
+//! Chaos: two instances carry chat traffic while the test cuts and resets
+//! their connections to Redis and MariaDB and their clients' connections
+//! (the clients reconnect and catch up by id), then kills one instance
+//! during a history outage. Every message whose send completed must be
+//! stored exactly once and must have reached every member that stayed joined.
+//!
+//! `CHAOS_SECS` sets how long the traffic and faults run (default 20 s);
+//! `crates/bench/scripts/chaos-soak.sh` runs this test for an hour and reads
+//! the `chaos:` lines it prints (RSS per round, lost and duplicated messages).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use next_chat_client::{Client, ClientOptions, Event, Events, JoinResult};
+use next_chat_testkit::{MYSQL_ADDR, ScaleOut, TcpProxy, TestServer, eventually};
+
+const GROUP: &str = "chaos";
+const REDIS_ADDR: &str = "127.0.0.1:6379";
+/// Members that stay joined on each instance, each also sending.
+const STAYERS: usize = 3;
+
+fn chaos_duration() -> Duration {
+    let secs = std::env::var("CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    Duration::from_secs(secs)
+}
+
+/// Kilobytes of resident memory of a process, from /proc.
+fn rss_kib(pid: Option<u32>) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn mariadb(database: &str, sql: &str) -> String {
+    let output = tokio::process::Command::new("mariadb")
+        .args(["-uroot", "-h127.0.0.1", "-P3306", "-N", "-B", database, "-e", sql])
+        .output()
+        .await
+        .expect("the mariadb client runs");
+    assert!(output.status.success(), "mariadb: {sql}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// What one member received: each text with how many times.
+type Received = Arc<Mutex<HashMap<String, usize>>>;
+
+fn record(mut events: Events) -> Received {
+    let received: Received = Arc::default();
+    let into = Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let messages = match event {
+                Event::Message(message) => vec![message],
+                Event::Closed { .. } => break,
+                _ => continue,
+            };
+            let mut into = into.lock().unwrap();
+            for message in messages {
+                *into.entry(message.text).or_default() += 1;
+            }
+        }
+    });
+    received
+}
+
+async fn member(url: &str, user: &str) -> (Client, Received) {
+    let (client, events) = Client::connect(ClientOptions::new(url, user)).await.unwrap();
+    let received = record(events);
+    assert_eq!(client.join_group(GROUP).await, Ok(JoinResult::Joined), "{user} joins");
+    (client, received)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_under_backend_and_client_faults_loses_and_repeats_nothing() {
+    let scale = ScaleOut::create();
+    let redis = TcpProxy::start(REDIS_ADDR).await;
+    let mysql = TcpProxy::start(MYSQL_ADDR).await;
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let mut args = scale.args_via(Some(&redis_url), Some(mysql.port));
+    args.extend(["--redis-stream-shards", "2"].map(String::from));
+    let mut servers = vec![TestServer::start(args.clone()).await, TestServer::start(args).await];
+    // The survivor's clients go through a proxy too, so their connections can be reset.
+    let front = TcpProxy::start(&format!("127.0.0.1:{}", servers[0].port)).await;
+    let urls = [format!("http://127.0.0.1:{}/next-chat", front.port), servers[1].url.clone()];
+
+    let mut stayers = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        for j in 0..STAYERS {
+            stayers.push((i, member(url, &format!("stay-{i}-{j}")).await));
+        }
+    }
+    let completed: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let churns = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for (instance, (client, _)) in &stayers {
+        let (client, completed, stop) = (client.clone(), completed.clone(), stop.clone());
+        let instance = *instance;
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let text = format!("{} {instance} {n}", client.user());
+                n += 1;
+                // A send that fails (a backend cut) is simply not expected anywhere.
+                if client.send_message(GROUP, &text).await.is_ok() {
+                    completed.lock().unwrap().insert(text);
+                }
+            }
+        }));
+    }
+    // Churn: users connect, join, leave and disconnect on both instances.
+    for (i, url) in urls.iter().enumerate() {
+        let (url, stop, churns) = (url.clone(), stop.clone(), churns.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let user = format!("churn-{i}-{}", n % 4);
+                n += 1;
+                let Ok((client, _events)) = Client::connect(ClientOptions::new(&url, &user)).await
+                else {
+                    continue;
+                };
+                if client.join_group(GROUP).await.is_ok() {
+                    let _ = client.leave_group(GROUP).await;
+                }
+                client.close().await;
+                churns.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    // Faults, one after another, until the time is up.
+    let started = Instant::now();
+    let mut round = 0;
+    while started.elapsed() < chaos_duration() {
+        let sent_before = completed.lock().unwrap().len();
+        match round % 4 {
+            0 => redis.drop_connections(),
+            1 => {
+                mysql.cut();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                mysql.restore();
+            }
+            2 => front.drop_connections(),
+            _ => {
+                redis.cut();
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                redis.restore();
+            }
+        }
+        // Go on only once chat works again: a send completes after the fault.
+        let progressed = completed.clone();
+        eventually(Duration::from_secs(30), "sends complete again after a fault", || {
+            let progressed = progressed.clone();
+            async move { progressed.lock().unwrap().len() > sent_before }
+        })
+        .await;
+        println!(
+            "chaos: round {round} at {:.0} s: {} sends completed, {} churns, rss_kib {} {}",
+            started.elapsed().as_secs_f64(),
+            completed.lock().unwrap().len(),
+            churns.load(Ordering::Relaxed),
+            rss_kib(servers[0].pid()),
+            rss_kib(servers[1].pid()),
+        );
+        round += 1;
+    }
+
+    // The double fault: history goes away, instance 1 dies with what it
+    // accepted unstored, history comes back.
+    mysql.cut();
+    let in_outage = completed.lock().unwrap().len();
+    let progressed = completed.clone();
+    eventually(Duration::from_secs(30), "sends complete during the history outage", || {
+        let progressed = progressed.clone();
+        async move { progressed.lock().unwrap().len() > in_outage + 2 * STAYERS }
+    })
+    .await;
+    // Sending stops first, so no send is left waiting on a dead instance;
+    // what instance 1 accepted since the cut is still unstored when it dies.
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    servers[1].kill().await;
+    mysql.restore();
+    let completed: HashSet<String> = completed.lock().unwrap().clone();
+
+    // Stored exactly once: every completed send, and no other sender's text twice.
+    let database = scale.database.clone();
+    let expected = completed.len();
+    let stored_sql = format!("SELECT text FROM messages WHERE group_id = '{GROUP}'");
+    let took = eventually(Duration::from_secs(60), "every completed send is stored", || {
+        let (database, sql, completed) = (database.clone(), stored_sql.clone(), &completed);
+        async move {
+            let stored = mariadb(&database, &sql).await;
+            let stored: HashSet<&str> = stored.lines().collect();
+            completed.iter().all(|text| stored.contains(text.as_str()))
+        }
+    })
+    .await;
+    let counts = mariadb(
+        &database,
+        &format!("SELECT COUNT(*), COUNT(DISTINCT text) FROM messages WHERE group_id = '{GROUP}'"),
+    )
+    .await;
+    let (rows, distinct) = counts.split_once('\t').expect("two columns");
+    assert_eq!(rows, distinct, "no message stored twice");
+
+    // Every stayer on the surviving instance got every completed send once.
+    let mut lost = 0;
+    let mut duplicated = 0;
+    for (instance, (client, received)) in &stayers {
+        if *instance != 0 {
+            continue;
+        }
+        let user = client.user().to_string();
+        let received = received.clone();
+        let completed = &completed;
+        eventually(Duration::from_secs(30), "every completed send reaches the stayers", || {
+            let received = received.clone();
+            async move {
+                let received = received.lock().unwrap();
+                completed.iter().all(|text| received.contains_key(text))
+            }
+        })
+        .await;
+        let received = received.lock().unwrap();
+        lost += completed.iter().filter(|text| !received.contains_key(*text)).count();
+        duplicated += received.values().filter(|n| **n > 1).count();
+        assert_eq!(client.duplicates_dropped(), 0, "{user} was sent a duplicate");
+    }
+    println!(
+        "chaos: done: {expected} sends completed, stored {took:?} after the outage, lost {lost}, \
+         duplicated {duplicated}, rss_kib {}",
+        rss_kib(servers[0].pid())
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+}
