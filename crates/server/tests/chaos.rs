@@ -84,7 +84,7 @@ async fn chat_under_backend_and_client_faults_loses_and_repeats_nothing() {
     let redis_url = format!("redis://127.0.0.1:{}", redis.port);
     let mut args = scale.args_via(Some(&redis_url), Some(mysql.port));
     args.extend(["--redis-stream-shards", "2"].map(String::from));
-    let mut servers = vec![TestServer::start(args.clone()).await, TestServer::start(args).await];
+    let mut servers = [TestServer::start(args.clone()).await, TestServer::start(args).await];
     // The survivor's clients go through a proxy too, so their connections can be reset.
     let front = TcpProxy::start(&format!("127.0.0.1:{}", servers[0].port)).await;
     let urls = [format!("http://127.0.0.1:{}/next-chat", front.port), servers[1].url.clone()];
