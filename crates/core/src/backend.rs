@@ -148,8 +148,58 @@ pub trait HistoryStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Message>, BackendError>;
 
+    /// As `read`, but bounded in bytes as well: the newest of those messages
+    /// whose texts add up to at most `max_bytes` UTF-8 bytes, and at least
+    /// one (so paging back always makes progress). A page measured on the
+    /// wire (where a message takes at least its text's bytes) is cut from
+    /// these without missing any. An implementation cuts in its query, so a
+    /// page of long messages never fetches `limit` rows; the default fetches
+    /// them and cuts after.
+    async fn read_within(
+        &self,
+        group: &GroupId,
+        before: Option<MessageId>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        let mut page = self.read(group, before, limit).await?;
+        let keep = rows_within(page.iter().rev().map(|m| m.text.as_str().len()), max_bytes);
+        page.drain(..page.len() - keep);
+        Ok(page)
+    }
+
+    /// As `read_after`, bounded in bytes as `read_within` is: the oldest of
+    /// those messages whose texts add up to at most `max_bytes`, at least one.
+    async fn read_after_within(
+        &self,
+        group: &GroupId,
+        after: MessageId,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        let mut page = self.read_after(group, after, limit).await?;
+        let keep = rows_within(page.iter().map(|m| m.text.as_str().len()), max_bytes);
+        page.truncate(keep);
+        Ok(page)
+    }
+
     /// Whether `id` is one of the group's stored messages.
     async fn contains(&self, group: &GroupId, id: MessageId) -> Result<bool, BackendError>;
 
     async fn check(&self) -> Result<(), BackendError>;
+}
+
+/// How many of `sizes`, taken in order, add up to at most `max_bytes`; at
+/// least one when there is one. For the byte-bounded history reads.
+pub fn rows_within(sizes: impl IntoIterator<Item = usize>, max_bytes: usize) -> usize {
+    let mut used = 0usize;
+    let mut rows = 0;
+    for size in sizes {
+        used = used.saturating_add(size);
+        if used > max_bytes && rows > 0 {
+            break;
+        }
+        rows += 1;
+    }
+    rows
 }

@@ -35,3 +35,11 @@ pub const SAVE_TIMEOUT_MS: u64 = 500;
 pub const HISTORY_BATCH_MS: u64 = 5;
 /// Most bytes of accepted messages waiting to be stored (256 MiB).
 pub const HISTORY_UNSAVED_MAX_BYTES: usize = 256 * 1024 * 1024;
+/// Bytes of history pages one user may read per second, per instance (1 MiB).
+pub const HISTORY_READ_BYTES_PER_SECOND: u32 = 1024 * 1024;
+/// Bytes of history pages one user may read at once beyond the rate (8 MiB):
+/// a join's page and five more full pages back pass at once; a reader in a
+/// loop gets the rate.
+pub const HISTORY_READ_BURST_BYTES: u32 = 8 * 1024 * 1024;
+/// History reads one user may have running at once, per instance.
+pub const HISTORY_READS_IN_FLIGHT_PER_USER: usize = 2;

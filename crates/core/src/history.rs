@@ -270,12 +270,14 @@ impl HistoryWriter {
     }
 
     /// The group's latest `limit` messages below `before`, oldest first, from
-    /// the store and the unsaved set together.
+    /// the store and the unsaved set together; from each, no more than its
+    /// newest `max_bytes` of text (see `HistoryStore::read_within`).
     pub async fn read(
         &self,
         group: &GroupId,
         before: Option<MessageId>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Message>, BackendError> {
         // Unsaved first, store second: a message the writer stores in between is
         // then in one or the other, never in neither.
@@ -284,12 +286,13 @@ impl HistoryWriter {
             match unsaved.by_group.get(group) {
                 Some(messages) => {
                     let upper = before.unwrap_or(MessageId { millis: u64::MAX, seq: u64::MAX });
-                    messages.range(..upper).rev().take(limit).map(|(_, m)| m.clone()).collect()
+                    let newest = messages.range(..upper).rev().take(limit).map(|(_, m)| m);
+                    within_bytes(newest, max_bytes)
                 }
                 None => Vec::new(),
             }
         };
-        let stored = self.shared.store.read(group, before, limit).await?;
+        let stored = self.shared.store.read_within(group, before, limit, max_bytes).await?;
         if unsaved.is_empty() {
             return Ok(stored);
         }
@@ -308,20 +311,23 @@ impl HistoryWriter {
         group: &GroupId,
         after: MessageId,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Message>, BackendError> {
         // Unsaved first, store second, as in `read`.
         let unsaved: Vec<Message> = {
             let unsaved = self.lock();
             match unsaved.by_group.get(group) {
-                Some(messages) => messages
-                    .range((Bound::Excluded(after), Bound::Unbounded))
-                    .take(limit)
-                    .map(|(_, m)| m.clone())
-                    .collect(),
+                Some(messages) => {
+                    let oldest = messages
+                        .range((Bound::Excluded(after), Bound::Unbounded))
+                        .take(limit)
+                        .map(|(_, m)| m);
+                    within_bytes(oldest, max_bytes)
+                }
                 None => Vec::new(),
             }
         };
-        let stored = self.shared.store.read_after(group, after, limit).await?;
+        let stored = self.shared.store.read_after_within(group, after, limit, max_bytes).await?;
         if unsaved.is_empty() {
             return Ok(stored);
         }
@@ -367,6 +373,21 @@ impl HistoryWriter {
 }
 
 /// `bytes` in MiB with one decimal, for people.
+/// Copies of the first of `messages` whose texts add up to at most
+/// `max_bytes`, at least one: only what a page can use is cloned.
+fn within_bytes<'a>(messages: impl Iterator<Item = &'a Message>, max_bytes: usize) -> Vec<Message> {
+    let mut used = 0usize;
+    let mut page = Vec::new();
+    for message in messages {
+        used = used.saturating_add(message.text.as_str().len());
+        if used > max_bytes && !page.is_empty() {
+            break;
+        }
+        page.push(message.clone());
+    }
+    page
+}
+
 fn mib(bytes: usize) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }

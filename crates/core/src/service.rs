@@ -18,7 +18,7 @@ use crate::domain::{
 use crate::error::ChatError;
 use crate::fanout::{LocalFanout, Recipient, TooManyForUser};
 use crate::history::HistoryWriter;
-use crate::rate::{Limited, Rate, UserLimits, Users};
+use crate::rate::{Limited, Rate, ReadPermit, ReadRefused, UserLimits, UserRates, Users};
 
 #[derive(Debug, Clone)]
 pub struct ChatConfig {
@@ -49,7 +49,16 @@ pub struct ChatConfig {
     pub groups_created: Rate,
     /// Most groups the server holds; creating one more is refused.
     pub max_groups: usize,
+    /// Bytes of history pages (`OnHistory`, `GetHistory`, `GetMessagesAfter`)
+    /// per second per user on this instance, and the burst.
+    pub history_read_bytes: Rate,
+    /// Most history reads one user may have running at once on this instance.
+    pub history_reads_in_flight_per_user: usize,
 }
+
+/// How long a read refused for the reads in flight is told to wait: about
+/// one history read.
+const READ_IN_FLIGHT_RETRY: Duration = Duration::from_millis(50);
 
 /// Room a page's record takes around its messages (the invocation or
 /// completion envelope), counted against `history_page_max_bytes`.
@@ -77,6 +86,11 @@ impl Default for ChatConfig {
                 defaults::GROUPS_CREATED_PER_MINUTE,
             ),
             max_groups: defaults::MAX_GROUPS,
+            history_read_bytes: Rate::per_second(
+                defaults::HISTORY_READ_BYTES_PER_SECOND,
+                defaults::HISTORY_READ_BURST_BYTES,
+            ),
+            history_reads_in_flight_per_user: defaults::HISTORY_READS_IN_FLIGHT_PER_USER,
         }
     }
 }
@@ -194,7 +208,12 @@ impl ChatService {
         history: HistoryWriter,
         fanout: Arc<LocalFanout>,
     ) -> ChatService {
-        let users = Users::new(config.user_messages, config.groups_created);
+        let users = Users::new(UserRates {
+            messages: config.user_messages,
+            creations: config.groups_created,
+            history_bytes: config.history_read_bytes,
+            history_reads_in_flight: config.history_reads_in_flight_per_user,
+        });
         ChatService { config, messaging, membership, history, fanout, users }
     }
 
@@ -262,6 +281,31 @@ impl ChatService {
         })
     }
 
+    /// Lets one of the user's history reads start, or says when to retry.
+    fn start_read<'a>(&self, session: &'a Session) -> Result<ReadPermit<'a>, ChatError> {
+        let rates = self.users.rates();
+        session.limits.start_read(rates, Instant::now()).map_err(|refused| match refused {
+            ReadRefused::Bytes(retry_after) => ChatError::RateLimited {
+                what: "bytes of history per second",
+                limit: rates.history_bytes.per_period,
+                user: session.user.clone(),
+                retry_after,
+            },
+            ReadRefused::InFlight => ChatError::RateLimited {
+                what: "history reads at once",
+                limit: u32::try_from(rates.history_reads_in_flight).unwrap_or(u32::MAX),
+                user: session.user.clone(),
+                retry_after: READ_IN_FLIGHT_RETRY,
+            },
+        })
+    }
+
+    /// Charges a page read to the user's history budget, by its size on the wire.
+    fn charge_read(&self, session: &Session, page: &[Message]) {
+        let bytes = page.iter().map(|m| session.recipient.encoded_size(m)).sum();
+        session.limits.charge_read(self.users.rates(), Instant::now(), bytes);
+    }
+
     /// Makes sure the group exists: creates it if `create` (charged to the
     /// user's group-creation rate and refused beyond `max_groups`), else
     /// `GroupNotFound`. A group that exists costs nothing.
@@ -291,8 +335,15 @@ impl ChatService {
     /// page, and always at least one, so paging back with the oldest id
     /// always makes progress.
     fn fit_page(&self, session: &Session, messages: Vec<Message>) -> Vec<Message> {
-        let budget = self.config.history_page_max_bytes.saturating_sub(PAGE_ENVELOPE_BYTES);
-        newest_within(messages, budget, |m| session.recipient.encoded_size(m))
+        newest_within(messages, self.page_budget(), |m| session.recipient.encoded_size(m))
+    }
+
+    /// Bytes of messages one page may carry. History reads are cut to this
+    /// many bytes of text in the store's query already: a message takes at
+    /// least its text's bytes on the wire, so the page cut from what they
+    /// return by encoded size is the same as if they had returned everything.
+    fn page_budget(&self) -> usize {
+        self.config.history_page_max_bytes.saturating_sub(PAGE_ENVELOPE_BYTES)
     }
 
     fn group(&self, value: &str) -> Result<GroupId, ChatError> {
@@ -341,6 +392,8 @@ impl ChatService {
         group: &str,
     ) -> Result<JoinOutcome, ChatError> {
         let group = self.group(group)?;
+        // Checked first: a join that could not read its history does nothing.
+        let _read = self.start_read(session)?;
         let rejoin = session.has_joined(&group);
         let max_groups = self.config.max_groups_per_connection;
         if !rejoin && session.joined_count() >= max_groups {
@@ -372,7 +425,8 @@ impl ChatService {
         let history = match joined {
             Ok(JoinOutcome::Joined) => {
                 session.set_joined(&group, true);
-                self.history.read(&group, None, self.config.history_on_join).await
+                let (limit, budget) = (self.config.history_on_join, self.page_budget());
+                self.history.read(&group, None, limit, budget).await
             }
             Ok(JoinOutcome::NoRoom) => {
                 if pending.is_some() {
@@ -388,7 +442,11 @@ impl ChatService {
             }
         };
         let history = match history {
-            Ok(history) => self.fit_page(session, history),
+            Ok(history) => {
+                let page = self.fit_page(session, history);
+                self.charge_read(session, &page);
+                page
+            }
             Err(error) => {
                 if pending.is_some() {
                     self.unsubscribe(&group, session);
@@ -500,6 +558,7 @@ impl ChatService {
         if !session.has_joined(&group) {
             return Err(ChatError::NotJoined(group));
         }
+        let _read = self.start_read(session)?;
         let before = match before {
             Some(text) => {
                 let id: MessageId = text.parse()?;
@@ -510,8 +569,10 @@ impl ChatService {
             }
             None => None,
         };
-        let page = self.history.read(&group, before, limit).await?;
-        Ok(self.fit_page(session, page))
+        let page = self.history.read(&group, before, limit, self.page_budget()).await?;
+        let page = self.fit_page(session, page);
+        self.charge_read(session, &page);
+        Ok(page)
     }
 
     /// `GetMessagesAfter`: up to `limit` of the group's messages after `after`,
@@ -541,10 +602,11 @@ impl ChatService {
             }
             other => other,
         })?;
+        let _read = self.start_read(session)?;
         // History (stored, and this instance's unsaved), and the log's newest
         // entries for what other instances accepted and have not stored yet;
         // merged by id, the first `limit`.
-        let stored = self.history.read_after(&group, after, limit).await?;
+        let stored = self.history.read_after(&group, after, limit, self.page_budget()).await?;
         let recent = self.messaging.recent_after(&group, after).await?;
         let page = if recent.is_empty() {
             stored
@@ -556,8 +618,9 @@ impl ChatService {
             );
             merged.into_values().take(limit).collect()
         };
-        let budget = self.config.history_page_max_bytes.saturating_sub(PAGE_ENVELOPE_BYTES);
-        Ok(oldest_within(page, budget, |m| session.recipient.encoded_size(m)))
+        let page = oldest_within(page, self.page_budget(), |m| session.recipient.encoded_size(m));
+        self.charge_read(session, &page);
+        Ok(page)
     }
 
     /// Stores what history has not yet stored, for at most `timeout`; returns

@@ -322,3 +322,27 @@ async fn bad_arguments_name_the_field_and_the_limit() {
         "afterId: 'yesterday' is not a message id"
     );
 }
+
+#[tokio::test]
+async fn history_reads_past_the_users_byte_budget_are_refused_with_the_wait() {
+    // 1000 bytes per second, 500 at once: a page of 800 bytes passes, as a
+    // read starts while the user is not over its budget.
+    let f = fixture(ChatConfig {
+        history_read_bytes: next_chat_core::Rate::per_second(1000, 500),
+        ..ChatConfig::default()
+    });
+    f.chat.join_group(&f.ann, "g").await.unwrap();
+    f.send((0..8).map(|i| format!("{i}{}", "x".repeat(99)))).await;
+    let page = f.chat.get_history(&f.ann, "g", None, 500).await.unwrap();
+    assert_eq!(page.len(), 8);
+    // The 800 bytes read put the user in debt: the next read waits for it.
+    let error = f.chat.get_history(&f.ann, "g", None, 500).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.starts_with(
+            "rate limited: more than 1000 bytes of history per second for user ann; retry in "
+        ),
+        "{text}"
+    );
+    assert!(f.chat.get_messages_after(&f.ann, "g", "0-0", 10).await.is_err());
+}

@@ -20,6 +20,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use next_chat_core::backend::rows_within;
 use next_chat_core::{
     BackendError, GroupId, HistoryStore, Message, MessageId, MessageText, UserId,
 };
@@ -40,6 +41,14 @@ const ROWS_PER_INSERT: usize = 500;
 /// The longest one query (or waiting for a pooled connection) may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connections for appends: the history writer stores one batch at a time,
+/// and the reconciler copies what it finds missing.
+const WRITE_CONNECTIONS: u32 = 4;
+
+/// Connections for history reads, apart from the writer's: reads wait for one
+/// of these (at most `ACQUIRE_TIMEOUT`), never for the writer's.
+const READ_CONNECTIONS: u32 = 8;
 
 /// The most bytes one INSERT may take, as `row_size` counts them, however large
 /// the server's packet limit.
@@ -163,7 +172,11 @@ pub(crate) fn insert_rows<'a>(rows: &'a [HistoryRow<'a>]) -> QueryBuilder<'a, My
 }
 
 pub struct MySqlHistory {
+    /// For appends (the history writer's batches, the reconciler's copies).
     pool: MySqlPool,
+    /// For reads: a pool of their own, so that many clients reading history
+    /// never keep the history writer waiting for a connection.
+    readers: MySqlPool,
     health: Health,
     /// See `statement_max_bytes`.
     statement_max_bytes: usize,
@@ -200,18 +213,27 @@ impl MySqlHistory {
             self::migrate(url).await?;
         }
         let pool = MySqlPoolOptions::new()
-            .max_connections(8)
+            .max_connections(WRITE_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options(url)?)
             .await
             .map_err(|e| error("cannot connect", redact_in(&e.to_string(), url)))?;
+        let readers = MySqlPoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options(url)?);
         let packet: u64 = sqlx::query_scalar("SELECT @@max_allowed_packet")
             .fetch_one(&pool)
             .await
             .map_err(|e| error("cannot read max_allowed_packet", e))?;
         let statement_max_bytes = statement_max_bytes(packet);
         tracing::debug!(max_allowed_packet = packet, statement_max_bytes, "mysql history");
-        Ok(MySqlHistory { pool, health: Health::new("mysql history"), statement_max_bytes })
+        Ok(MySqlHistory {
+            pool,
+            readers,
+            health: Health::new("mysql history"),
+            statement_max_bytes,
+        })
     }
 
     /// The most bytes one INSERT takes (see `statement_max_bytes`).
@@ -221,6 +243,7 @@ impl MySqlHistory {
 
     /// Closes the pool (at shutdown, after the last write).
     pub async fn close(&self) {
+        self.readers.close().await;
         self.pool.close().await;
     }
 
@@ -240,6 +263,87 @@ impl MySqlHistory {
             Err(e) => self.health.failed(&e.detail),
         }
         result
+    }
+}
+
+/// Which of a group's messages a history read pages through.
+#[derive(Clone, Copy)]
+enum Page {
+    /// The newest below the id (of all if `None`), read newest first.
+    Before(Option<MessageId>),
+    /// The oldest above the id, read oldest first.
+    After(MessageId),
+}
+
+impl MySqlHistory {
+    /// Up to `limit` rows of `columns` of the group's messages in `page`, in
+    /// the order the page reads them, from the read pool.
+    async fn page_rows(
+        &self,
+        columns: &str,
+        group: &GroupId,
+        page: Page,
+        limit: usize,
+    ) -> Result<Vec<MySqlRow>, BackendError> {
+        // Spelled out rather than as a row comparison, which MySQL does not
+        // turn into a range scan of the primary key.
+        let (range, order, bound) = match page {
+            Page::Before(None) => ("", "DESC", None),
+            Page::Before(Some(id)) => {
+                ("AND (id_millis < ? OR (id_millis = ? AND id_seq < ?))", "DESC", Some(id))
+            }
+            Page::After(id) => {
+                ("AND (id_millis > ? OR (id_millis = ? AND id_seq > ?))", "", Some(id))
+            }
+        };
+        let sql = format!(
+            "SELECT {columns} FROM messages WHERE group_id = ? {range} \
+             ORDER BY id_millis {order}, id_seq {order} LIMIT ?"
+        );
+        let mut query = sqlx::query(&sql).bind(group.as_str());
+        if let Some(id) = bound {
+            query = query.bind(id.millis).bind(id.millis).bind(id.seq);
+        }
+        self.timed("read history", query.bind(limit as u64).fetch_all(&self.readers)).await
+    }
+
+    /// The page's messages, oldest first.
+    async fn page(
+        &self,
+        group: &GroupId,
+        page: Page,
+        limit: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        const COLUMNS: &str = "id_millis, id_seq, author_id, send_time_ms, text";
+        let rows = self.page_rows(COLUMNS, group, page, limit).await?;
+        let mut messages =
+            rows.iter().map(|row| message_from_row(group, row)).collect::<Result<Vec<_>, _>>()?;
+        if let Page::Before(_) = page {
+            messages.reverse();
+        }
+        Ok(messages)
+    }
+
+    /// The page's messages whose texts fit in `max_bytes` (at least one):
+    /// their lengths first, then only the rows that fit, so a page of long
+    /// messages never carries `limit` texts over the network.
+    async fn page_within(
+        &self,
+        group: &GroupId,
+        page: Page,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        let rows = self.page_rows("LENGTH(text) AS bytes", group, page, limit).await?;
+        let lengths = rows
+            .iter()
+            .map(|row| row.try_get::<i64, _>("bytes").map_err(|e| error("read", e)))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let fit = rows_within(lengths.iter().map(|&n| usize::try_from(n).unwrap_or(0)), max_bytes);
+        if fit == 0 {
+            return Ok(Vec::new());
+        }
+        self.page(group, page, fit).await
     }
 }
 
@@ -293,39 +397,17 @@ impl HistoryStore for MySqlHistory {
         before: Option<MessageId>,
         limit: usize,
     ) -> Result<Vec<Message>, BackendError> {
-        const COLUMNS: &str =
-            "SELECT id_millis, id_seq, author_id, send_time_ms, text FROM messages";
-        let limit = limit as u64;
-        let rows = match before {
-            // Spelled out rather than as a row comparison, which MySQL does not
-            // turn into a range scan of the primary key.
-            Some(before) => {
-                let sql = format!(
-                    "{COLUMNS} WHERE group_id = ? AND (id_millis < ? OR (id_millis = ? AND id_seq < ?)) \
-                     ORDER BY id_millis DESC, id_seq DESC LIMIT ?"
-                );
-                let query = sqlx::query(&sql)
-                    .bind(group.as_str())
-                    .bind(before.millis)
-                    .bind(before.millis)
-                    .bind(before.seq)
-                    .bind(limit)
-                    .fetch_all(&self.pool);
-                self.timed("read history", query).await?
-            }
-            None => {
-                let sql = format!(
-                    "{COLUMNS} WHERE group_id = ? ORDER BY id_millis DESC, id_seq DESC LIMIT ?"
-                );
-                let query =
-                    sqlx::query(&sql).bind(group.as_str()).bind(limit).fetch_all(&self.pool);
-                self.timed("read history", query).await?
-            }
-        };
-        let mut messages =
-            rows.iter().map(|row| message_from_row(group, row)).collect::<Result<Vec<_>, _>>()?;
-        messages.reverse();
-        Ok(messages)
+        self.page(group, Page::Before(before), limit).await
+    }
+
+    async fn read_within(
+        &self,
+        group: &GroupId,
+        before: Option<MessageId>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        self.page_within(group, Page::Before(before), limit, max_bytes).await
     }
 
     async fn read_after(
@@ -334,20 +416,17 @@ impl HistoryStore for MySqlHistory {
         after: MessageId,
         limit: usize,
     ) -> Result<Vec<Message>, BackendError> {
-        // Spelled out rather than as a row comparison, as in `read`.
-        let query = sqlx::query(
-            "SELECT id_millis, id_seq, author_id, send_time_ms, text FROM messages \
-             WHERE group_id = ? AND (id_millis > ? OR (id_millis = ? AND id_seq > ?)) \
-             ORDER BY id_millis, id_seq LIMIT ?",
-        )
-        .bind(group.as_str())
-        .bind(after.millis)
-        .bind(after.millis)
-        .bind(after.seq)
-        .bind(limit as u64)
-        .fetch_all(&self.pool);
-        let rows = self.timed("read history", query).await?;
-        rows.iter().map(|row| message_from_row(group, row)).collect()
+        self.page(group, Page::After(after), limit).await
+    }
+
+    async fn read_after_within(
+        &self,
+        group: &GroupId,
+        after: MessageId,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        self.page_within(group, Page::After(after), limit, max_bytes).await
     }
 
     async fn contains(&self, group: &GroupId, id: MessageId) -> Result<bool, BackendError> {
@@ -357,7 +436,7 @@ impl HistoryStore for MySqlHistory {
         .bind(group.as_str())
         .bind(id.millis)
         .bind(id.seq)
-        .fetch_optional(&self.pool);
+        .fetch_optional(&self.readers);
         Ok(self.timed("read history", query).await?.is_some())
     }
 

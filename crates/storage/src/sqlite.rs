@@ -15,6 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use next_chat_core::backend::rows_within;
 use next_chat_core::{
     BackendError, GroupId, HistoryStore, Message, MessageId, MessageText, UserId,
 };
@@ -249,6 +250,83 @@ impl SqliteStore {
     }
 }
 
+/// Which of a group's messages a history read pages through.
+#[derive(Clone, Copy)]
+enum Page {
+    /// The newest below the id (of all if `None`), read newest first.
+    Before(Option<MessageId>),
+    /// The oldest above the id, read oldest first.
+    After(MessageId),
+}
+
+impl SqliteStore {
+    /// Up to `limit` rows of `columns` of the group's messages in `page`, in
+    /// the order the page reads them. A row-value comparison keeps this one
+    /// range scan of the primary key.
+    async fn page_rows(
+        &self,
+        columns: &str,
+        group: &GroupId,
+        page: Page,
+        limit: usize,
+    ) -> Result<Vec<SqliteRow>, BackendError> {
+        let limit = to_i64(limit as u64, "limit")?;
+        let (range, order, bound) = match page {
+            Page::Before(None) => ("", "DESC", None),
+            Page::Before(Some(id)) => ("AND (id_millis, id_seq) < (?, ?)", "DESC", Some(id)),
+            Page::After(id) => ("AND (id_millis, id_seq) > (?, ?)", "", Some(id)),
+        };
+        let sql = format!(
+            "SELECT {columns} FROM messages WHERE group_id = ? {range} \
+             ORDER BY id_millis {order}, id_seq {order} LIMIT ?"
+        );
+        let mut query = sqlx::query(&sql).bind(group.as_str());
+        if let Some(id) = bound {
+            query = query.bind(to_i64(id.millis, "id")?).bind(to_i64(id.seq, "id")?);
+        }
+        query.bind(limit).fetch_all(&self.pool).await.map_err(|e| error("read history", e))
+    }
+
+    /// The page's messages, oldest first.
+    async fn page(
+        &self,
+        group: &GroupId,
+        page: Page,
+        limit: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        const COLUMNS: &str = "id_millis, id_seq, author_id, send_time_ms, text";
+        let rows = self.page_rows(COLUMNS, group, page, limit).await?;
+        let mut messages =
+            rows.iter().map(|row| message_from_row(group, row)).collect::<Result<Vec<_>, _>>()?;
+        if let Page::Before(_) = page {
+            messages.reverse();
+        }
+        Ok(messages)
+    }
+
+    /// The page's messages whose texts fit in `max_bytes` (at least one):
+    /// their lengths first (`octet_length` reads a text's size from the
+    /// record header, not the text), then only the rows that fit.
+    async fn page_within(
+        &self,
+        group: &GroupId,
+        page: Page,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        let rows = self.page_rows("octet_length(text) AS bytes", group, page, limit).await?;
+        let lengths = rows
+            .iter()
+            .map(|row| row.try_get::<i64, _>("bytes").map_err(|e| error("read", e)))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let fit = rows_within(lengths.iter().map(|&n| usize::try_from(n).unwrap_or(0)), max_bytes);
+        if fit == 0 {
+            return Ok(Vec::new());
+        }
+        self.page(group, page, fit).await
+    }
+}
+
 #[async_trait]
 impl HistoryStore for SqliteStore {
     async fn append(&self, messages: &[Message]) -> Result<(), BackendError> {
@@ -298,38 +376,17 @@ impl HistoryStore for SqliteStore {
         before: Option<MessageId>,
         limit: usize,
     ) -> Result<Vec<Message>, BackendError> {
-        let limit = to_i64(limit as u64, "limit")?;
-        const COLUMNS: &str =
-            "SELECT id_millis, id_seq, author_id, send_time_ms, text FROM messages";
-        // A row-value comparison keeps this one range scan of the primary key.
-        let rows = match before {
-            Some(before) => {
-                sqlx::query(&format!(
-                    "{COLUMNS} WHERE group_id = ? AND (id_millis, id_seq) < (?, ?) \
-                     ORDER BY id_millis DESC, id_seq DESC LIMIT ?"
-                ))
-                .bind(group.as_str())
-                .bind(to_i64(before.millis, "id")?)
-                .bind(to_i64(before.seq, "id")?)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await
-            }
-            None => {
-                sqlx::query(&format!(
-                    "{COLUMNS} WHERE group_id = ? ORDER BY id_millis DESC, id_seq DESC LIMIT ?"
-                ))
-                .bind(group.as_str())
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await
-            }
-        }
-        .map_err(|e| error("read history", e))?;
-        let mut messages =
-            rows.iter().map(|row| message_from_row(group, row)).collect::<Result<Vec<_>, _>>()?;
-        messages.reverse();
-        Ok(messages)
+        self.page(group, Page::Before(before), limit).await
+    }
+
+    async fn read_within(
+        &self,
+        group: &GroupId,
+        before: Option<MessageId>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        self.page_within(group, Page::Before(before), limit, max_bytes).await
     }
 
     async fn read_after(
@@ -338,20 +395,17 @@ impl HistoryStore for SqliteStore {
         after: MessageId,
         limit: usize,
     ) -> Result<Vec<Message>, BackendError> {
-        // A row-value comparison keeps this one range scan of the primary key.
-        let rows = sqlx::query(
-            "SELECT id_millis, id_seq, author_id, send_time_ms, text FROM messages \
-             WHERE group_id = ? AND (id_millis, id_seq) > (?, ?) \
-             ORDER BY id_millis, id_seq LIMIT ?",
-        )
-        .bind(group.as_str())
-        .bind(to_i64(after.millis, "id")?)
-        .bind(to_i64(after.seq, "id")?)
-        .bind(to_i64(limit as u64, "limit")?)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| error("read history", e))?;
-        rows.iter().map(|row| message_from_row(group, row)).collect()
+        self.page(group, Page::After(after), limit).await
+    }
+
+    async fn read_after_within(
+        &self,
+        group: &GroupId,
+        after: MessageId,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        self.page_within(group, Page::After(after), limit, max_bytes).await
     }
 
     async fn contains(&self, group: &GroupId, id: MessageId) -> Result<bool, BackendError> {

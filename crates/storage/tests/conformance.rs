@@ -273,6 +273,47 @@ async fn history_reads_after_an_id_oldest_first<F: Fixture>() {
     assert_eq!(walked, all);
 }
 
+async fn history_reads_are_cut_in_bytes_of_text<F: Fixture>() {
+    let fixture = F::start().await;
+    let history = fixture.history();
+    // Ten messages of 100 bytes (é is two), then one of 1000 and a short one.
+    let mut all = Vec::new();
+    for seq in 0..10 {
+        all.push(message("room", 1000, seq, &"é".repeat(50)));
+    }
+    all.push(message("room", 2000, 0, &"x".repeat(1000)));
+    all.push(message("room", 2000, 1, "tail"));
+    history.append(&all).await.unwrap();
+    let g = group("room");
+
+    // Backwards: the newest that fit, at least one however small the budget.
+    let page = history.read_within(&g, None, 100, 1004).await.unwrap();
+    assert_eq!(page, all[10..].to_vec());
+    let page = history.read_within(&g, None, 100, 1003).await.unwrap();
+    assert_eq!(page, all[11..].to_vec());
+    let page = history.read_within(&g, Some(MessageId::new(2000, 1)), 100, 10).await.unwrap();
+    assert_eq!(page, all[10..11].to_vec(), "one message over the budget still comes");
+    let page = history.read_within(&g, Some(MessageId::new(2000, 0)), 100, 350).await.unwrap();
+    assert_eq!(page, all[7..10].to_vec());
+    // The row limit still holds, and a budget that holds all changes nothing.
+    let page = history.read_within(&g, Some(MessageId::new(2000, 0)), 2, 1 << 20).await.unwrap();
+    assert_eq!(page, all[8..10].to_vec());
+    assert_eq!(history.read_within(&g, None, 100, 1 << 20).await.unwrap(), all);
+    assert_eq!(history.read_within(&group("nobody"), None, 10, 10).await.unwrap(), vec![]);
+
+    // Forwards: the oldest that fit, at least one.
+    let page = history.read_after_within(&g, MessageId::MIN, 100, 350).await.unwrap();
+    assert_eq!(page, all[..3].to_vec());
+    let page = history.read_after_within(&g, MessageId::new(1000, 9), 100, 10).await.unwrap();
+    assert_eq!(page, all[10..11].to_vec());
+    let page = history.read_after_within(&g, MessageId::new(1000, 8), 100, 1100).await.unwrap();
+    assert_eq!(page, all[9..11].to_vec());
+    let page = history.read_after_within(&g, MessageId::new(1000, 8), 1, 1 << 20).await.unwrap();
+    assert_eq!(page, all[9..10].to_vec());
+    let page = history.read_after_within(&g, MessageId::new(2000, 1), 10, 10).await.unwrap();
+    assert_eq!(page, vec![]);
+}
+
 async fn history_keeps_the_longest_text_and_any_characters<F: Fixture>() {
     let fixture = F::start().await;
     let history = fixture.history();
@@ -376,6 +417,7 @@ macro_rules! conformance {
                 appending_the_same_batch_twice_stores_it_once,
                 history_reads_latest_and_before_oldest_first,
                 history_reads_after_an_id_oldest_first,
+                history_reads_are_cut_in_bytes_of_text,
                 history_keeps_the_longest_text_and_any_characters,
                 published_messages_get_increasing_ids_and_are_delivered_in_order,
                 concurrent_publishers_are_seen_in_one_order,

@@ -25,6 +25,11 @@ pub(super) fn chat(v: &Values) -> ChatConfig {
         user_messages: Rate::per_second(rate, burst),
         groups_created: Rate::per_minute(v.groups_created_per_minute, v.groups_created_per_minute),
         max_groups: v.max_groups,
+        history_read_bytes: Rate::per_second(
+            v.history_read_bytes_per_second,
+            v.history_read_burst_bytes,
+        ),
+        history_reads_in_flight_per_user: v.history_reads_in_flight_per_user,
         ..ChatConfig::default()
     }
 }

@@ -138,6 +138,15 @@ settings! {
         env "NEXT_CHAT_GROUPS_CREATED_PER_MINUTE", value "N";
     /// Most groups the server holds; creating another is refused
     max_groups: usize, default (chat::MAX_GROUPS), min 1, env "NEXT_CHAT_MAX_GROUPS", value "N";
+    /// Bytes of history pages (OnHistory, GetHistory, GetMessagesAfter) one user may read per second, per instance
+    history_read_bytes_per_second: u32, default (chat::HISTORY_READ_BYTES_PER_SECOND), min 1,
+        env "NEXT_CHAT_HISTORY_READ_BYTES_PER_SECOND", value "BYTES";
+    /// Bytes of history pages one user may read at once beyond the rate
+    history_read_burst_bytes: u32, default (chat::HISTORY_READ_BURST_BYTES), min 1,
+        env "NEXT_CHAT_HISTORY_READ_BURST_BYTES", value "BYTES";
+    /// History reads one user may have running at once, per instance
+    history_reads_in_flight_per_user: usize, default (chat::HISTORY_READS_IN_FLIGHT_PER_USER),
+        min 1, env "NEXT_CHAT_HISTORY_READS_IN_FLIGHT_PER_USER", value "N";
 
     // History.
 

@@ -61,6 +61,32 @@ fn chat_rule_limits_are_settings() {
 }
 
 #[test]
+fn history_read_limits() {
+    let config = parse(&[]).unwrap();
+    assert_eq!(config.chat.history_read_bytes, Rate::per_second(1 << 20, 8 << 20));
+    assert_eq!(config.chat.history_reads_in_flight_per_user, 2);
+    let config = parse(&[
+        "--history-read-bytes-per-second",
+        "5000",
+        "--history-read-burst-bytes",
+        "20000",
+        "--history-reads-in-flight-per-user",
+        "1",
+    ])
+    .unwrap();
+    assert_eq!(config.chat.history_read_bytes, Rate::per_second(5000, 20000));
+    assert_eq!(config.chat.history_reads_in_flight_per_user, 1);
+    for key in [
+        "history_read_bytes_per_second",
+        "history_read_burst_bytes",
+        "history_reads_in_flight_per_user",
+    ] {
+        let flag = format!("--{}", key.replace('_', "-"));
+        assert_eq!(parse(&[flag.as_str(), "0"]).unwrap_err().key, key);
+    }
+}
+
+#[test]
 fn stateful_reconnect_settings() {
     let config = parse(&[
         "--stateful-reconnect",
