@@ -189,8 +189,11 @@ async fn the_reconciler_starts_where_an_earlier_version_left_off() {
     history.close().await;
 }
 
-/// A `redis-server` of the test's own on a free port; `replica_of` makes it a replica.
-async fn own_redis(replica_of: Option<u16>) -> (u16, tokio::process::Child) {
+/// A `redis-server` of the test's own on a free port; `replica_of` makes it a
+/// replica. Its directory (where a replica's full sync writes its RDB) is a
+/// temporary one, removed with the returned guard.
+async fn own_redis(replica_of: Option<u16>) -> (u16, (tokio::process::Child, tempfile::TempDir)) {
+    let dir = tempfile::tempdir().expect("a directory for redis-server");
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
@@ -201,6 +204,8 @@ async fn own_redis(replica_of: Option<u16>) -> (u16, tokio::process::Child) {
         "",
         "--appendonly",
         "no",
+        "--dir",
+        dir.path().to_str().expect("a UTF-8 path"),
     ]);
     if let Some(master) = replica_of {
         command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
@@ -221,7 +226,7 @@ async fn own_redis(replica_of: Option<u16>) -> (u16, tokio::process::Child) {
         assert!(Instant::now() < deadline, "redis-server answers within 10 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    (port, child)
+    (port, (child, dir))
 }
 
 /// Publishes `n` small messages; the mean time of one publish.
