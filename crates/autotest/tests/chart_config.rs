@@ -111,9 +111,12 @@ async fn a_server_configured_as_the_chart_does_passes_helm_test_and_drains_in_ti
     let scale = ScaleOut::create();
     let mysql = TcpProxy::start("127.0.0.1:3306").await;
     let database_via_proxy = format!("mysql://root@127.0.0.1:{}/{}", mysql.port, scale.database);
+    // The chart's default is JWT with an HS256 secret it generates into the
+    // release's Secret (`jwt-secret`); here the test's own stands in for it.
     let secrets = BTreeMap::from([
         ("database-url", database_via_proxy),
         ("redis-url", scale.redis_url.clone()),
+        ("jwt-secret", next_chat_testkit::identity::TEST_SECRET.to_owned()),
     ]);
 
     // The migration Job starts while the database cannot be reached yet and
@@ -179,9 +182,14 @@ async fn a_server_configured_as_the_chart_does_passes_helm_test_and_drains_in_ti
         .find_map(|l| l.strip_prefix("max_members: "))
         .expect("config.yaml has max_members");
     assert_eq!(max_members, "5");
+    // The test Pod's environment: with the chart's default JWT auth, the
+    // release's secret, which the autotest mints its users' tokens with.
+    let mut autotest_env = rendered.env("autotest.env");
+    resolve_secrets(&mut autotest_env, &secrets);
     let report = Command::new(env!("CARGO_BIN_EXE_next-chat-autotest"))
         .args(["--url", &format!("http://{address}/next-chat"), "--max-members", max_members])
         .arg("--skip-load")
+        .envs(&autotest_env)
         .output()
         .await
         .expect("next-chat-autotest runs");
