@@ -1,6 +1,7 @@
-//! Chaos: two instances carry chat traffic while the test cuts and resets
-//! their connections to Redis and MariaDB and their clients' connections
-//! (the clients reconnect and catch up by id), then kills one instance
+//! Chaos: two instances carry chat traffic while the test cuts, resets,
+//! slows down and silences (half-open) their connections to Redis and
+//! MariaDB and resets their clients' connections (the clients reconnect and
+//! catch up by id), then kills one instance
 //! during a history outage. Every message whose send completed must be
 //! stored exactly once and must have reached every member that stayed joined.
 //!
@@ -20,6 +21,8 @@ const GROUP: &str = "chaos";
 const REDIS_ADDR: &str = "127.0.0.1:6379";
 /// Members that stay joined on each instance, each also sending.
 const STAYERS: usize = 3;
+/// The kinds of fault, taken in turn (see the rounds below).
+const FAULTS: usize = 7;
 
 fn chaos_duration() -> Duration {
     let secs = std::env::var("CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
@@ -98,10 +101,12 @@ async fn chat_under_backend_and_client_faults_loses_and_repeats_nothing() {
     let completed: Arc<Mutex<HashSet<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let churns = Arc::new(AtomicUsize::new(0));
+    // Each stayer's completed sends, to see every one of them get through again.
+    let progress: Vec<Arc<AtomicUsize>> = stayers.iter().map(|_| Arc::default()).collect();
     let mut tasks = Vec::new();
-    for (instance, (client, _)) in &stayers {
+    for ((instance, (client, _)), progress) in stayers.iter().zip(&progress) {
         let (client, completed, stop) = (client.clone(), completed.clone(), stop.clone());
-        let instance = *instance;
+        let (instance, progress) = (*instance, progress.clone());
         tasks.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -110,6 +115,7 @@ async fn chat_under_backend_and_client_faults_loses_and_repeats_nothing() {
                 // A send that fails (a backend cut) is simply not expected anywhere.
                 if client.send_message(GROUP, &text).await.is_ok() {
                     completed.lock().unwrap().insert(text);
+                    progress.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
@@ -139,28 +145,56 @@ async fn chat_under_backend_and_client_faults_loses_and_repeats_nothing() {
     let started = Instant::now();
     let mut round = 0;
     while started.elapsed() < chaos_duration() {
-        let sent_before = completed.lock().unwrap().len();
-        match round % 4 {
+        match round % FAULTS {
             0 => redis.drop_connections(),
             1 => {
                 mysql.cut();
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 mysql.restore();
             }
-            2 => front.drop_connections(),
-            _ => {
+            2 => {
+                // Redis answers nothing and closes nothing; the connections
+                // the servers had stay silent after it comes back.
+                redis.half_open();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                redis.restore();
+            }
+            3 => front.drop_connections(),
+            4 => {
+                // A slow network to both backends, slower each round.
+                let latency = Duration::from_millis(50 + (round as u64 * 37) % 150);
+                redis.set_latency(latency);
+                mysql.set_latency(latency);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                redis.set_latency(Duration::ZERO);
+                mysql.set_latency(Duration::ZERO);
+            }
+            5 => {
                 redis.cut();
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 redis.restore();
             }
+            _ => {
+                mysql.half_open();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                mysql.restore();
+            }
         }
-        // Go on only once chat works again: a send completes after the fault.
-        let progressed = completed.clone();
-        eventually(Duration::from_secs(30), "sends complete again after a fault", || {
-            let progressed = progressed.clone();
-            async move { progressed.lock().unwrap().len() > sent_before }
+        // Go on only once chat works again: every stayer, on both instances,
+        // completes two sends after the fault (the second begun after it).
+        let fault_ended = Instant::now();
+        let before: Vec<usize> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
+        eventually(Duration::from_secs(30), "every stayer's sends complete after a fault", || {
+            let progressed =
+                progress.iter().zip(&before).all(|(p, b)| p.load(Ordering::Relaxed) >= b + 2);
+            async move { progressed }
         })
         .await;
+        println!(
+            "chaos: fault {} recovered in {:.1} s",
+            round % FAULTS,
+            fault_ended.elapsed().as_secs_f64()
+        );
         println!(
             "chaos: round {round} at {:.0} s: {} sends completed, {} churns, rss_kib {} {}",
             started.elapsed().as_secs_f64(),

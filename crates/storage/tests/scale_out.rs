@@ -18,7 +18,7 @@ use next_chat_storage::{
     ExistingMessages, MySqlHistory, ReconcilerConfig, RedisConfig, RedisMembership, RedisMessaging,
     StreamHistoryReconciler, mysql,
 };
-use next_chat_testkit::{eventually, eventually_ok};
+use next_chat_testkit::{TcpProxy, eventually, eventually_ok};
 use sqlx::Row;
 
 fn draft(group_name: &str, text: &str) -> NewMessage {
@@ -232,6 +232,56 @@ async fn the_reader_resumes_after_redis_comes_back_and_publish_fails_fast_meanwh
     })
     .await;
     messaging.shutdown().await;
+}
+
+/// A Redis that goes silent (a dead NAT entry, a pulled cable: no reset, no
+/// close) leaves every open connection hanging for good; the commands time
+/// out, and once Redis answers again on new connections, commands and the
+/// reader must be back on new ones rather than stuck on the silent ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_and_the_reader_leave_a_silent_connection_for_a_new_one() {
+    let names = ScaleOutNames::new();
+    let proxy = TcpProxy::start("127.0.0.1:6379").await;
+    let config = RedisConfig {
+        url: format!("redis://{}", proxy.addr()),
+        command_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        read_block: Duration::from_millis(500),
+        reconnect_delay_max: Duration::from_millis(500),
+        ..names.redis_config()
+    };
+    let fanout = Arc::new(LocalFanout::new());
+    let messaging = RedisMessaging::start(config.clone(), Arc::clone(&fanout)).await.unwrap();
+    let membership = RedisMembership::start(config).await.unwrap();
+    let g = group("g");
+    membership.create_group(&g).await.unwrap();
+    let mut received = subscribe(&fanout, &messaging, &g, "c").await;
+    let before = messaging.publish(draft("g", "before"), &|_| {}).await.unwrap();
+    assert_eq!(receive(&mut received, 1).await, vec![before]);
+
+    proxy.half_open();
+    let started = Instant::now();
+    let error = messaging.publish(draft("g", "unanswered"), &|_| {}).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "{error:?} after {:?}", started.elapsed());
+    assert!(membership.member_count(&g).await.is_err(), "membership gets no answer either");
+
+    proxy.restore();
+    let first = eventually_ok(Duration::from_secs(10), "publish works again", || async {
+        messaging.publish(draft("g", "after"), &|_| {}).await
+    })
+    .await;
+    eventually_ok(Duration::from_secs(10), "membership works again", || async {
+        membership.member_count(&g).await
+    })
+    .await;
+    // The "unanswered" publish may or may not have reached Redis: its
+    // outcome was unknown to its sender. What came after arrives.
+    let seen = receive(&mut received, 1).await;
+    let seen =
+        if seen[0].text.as_str() == "unanswered" { receive(&mut received, 1).await } else { seen };
+    assert_eq!(seen, vec![first], "the reader is back too");
+    messaging.shutdown().await;
+    membership.shutdown().await;
 }
 
 fn message_at(group_name: &str, id: MessageId, text: &str) -> Message {

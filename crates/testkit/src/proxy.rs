@@ -179,9 +179,11 @@ async fn forward(
             )
         };
         tokio::select! {
-            pumped = pumps => Ended::Pumped(pumped.is_ok()),
+            // A cut or a silence wins over data that arrived with it.
+            biased;
             _ = cut.changed() => Ended::Cut,
             _ = silence.changed() => Ended::Silenced,
+            pumped = pumps => Ended::Pumped(pumped.is_ok()),
         }
     };
     match ended {
