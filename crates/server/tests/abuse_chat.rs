@@ -275,9 +275,7 @@ const CONTROL_TEXT_CHARS: usize = 16_384;
 const MESSAGES: usize = 500;
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the server runs");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
-    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmRSS in kB")
+    next_chat_testkit::rss_kib(pid).expect("the server runs")
 }
 
 /// The finding: a group of 16,384-character messages of control

@@ -15,18 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::http;
 use next_chat_client::{Client, ClientError, Events, JoinResult};
-use next_chat_testkit::{RedisServer, TestServer, eventually_ok, unique};
+use next_chat_testkit::{RedisServer, TestServer, eventually_ok, max_size_text, unique};
 
 /// A send against a full Redis must be answered within this: "never a hang".
 const FAIL_FAST: Duration = Duration::from_secs(5);
-
-/// The longest message the server accepts by default: 16,384 characters of
-/// four UTF-8 bytes each.
-fn max_size_text(i: usize) -> String {
-    let mut text = format!("{i:05}");
-    text.extend(std::iter::repeat_n('😀', 16_384 - text.chars().count()));
-    text
-}
 
 async fn redis_cli(port: u16, args: &[&str]) -> String {
     let output = tokio::process::Command::new("redis-cli")

@@ -9,26 +9,11 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use next_chat_client::{Client, ClientOptions, JoinResult};
-use next_chat_testkit::{MYSQL_ADDR, ScaleOut, TcpProxy, TestServer, eventually};
+use next_chat_testkit::{
+    MYSQL_ADDR, ScaleOut, TcpProxy, TestServer, eventually, mariadb, max_size_text,
+};
 
 const GROUP: &str = "double-fault";
-
-/// 16,384 four-byte characters: the largest text the server accepts by default.
-fn max_size_text(i: usize) -> String {
-    let mut text = format!("{i:05}");
-    text.extend(std::iter::repeat_n('😀', 16_384 - text.chars().count()));
-    text
-}
-
-async fn mariadb(database: &str, sql: &str) -> String {
-    let output = tokio::process::Command::new("mariadb")
-        .args(["-uroot", "-h127.0.0.1", "-P3306", "-N", "-B", database, "-e", sql])
-        .output()
-        .await
-        .expect("the mariadb client runs");
-    assert!(output.status.success(), "mariadb: {sql}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_history_outage_and_a_killed_instance_lose_no_completed_send() {

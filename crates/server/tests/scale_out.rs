@@ -27,7 +27,7 @@ use next_chat_client::{
 };
 use next_chat_testkit::{
     MYSQL_ADDR, RedisCluster, RedisServer, ScaleOut, TcpProxy, TestServer, eventually,
-    eventually_ok,
+    eventually_ok, mariadb,
 };
 
 /// How long messages may take to reach a member.
@@ -46,14 +46,6 @@ const GROUP: &str = "scale-out";
 
 /// Starts `n` instances with the same flags, one after another (each applies
 /// the migrations first, which is idempotent).
-async fn start_instances(args: &[String], n: usize) -> Vec<TestServer> {
-    let mut servers = Vec::with_capacity(n);
-    for _ in 0..n {
-        servers.push(TestServer::start(args.to_vec()).await);
-    }
-    servers
-}
-
 /// One user's connection to one instance.
 struct Member {
     user: String,
@@ -166,19 +158,8 @@ async fn metric(server: &TestServer, name: &str) -> u64 {
     server.metrics().await.value(name, &[]) as u64
 }
 
-/// Runs one SQL statement in the test's database; the output rows, tab-separated.
-async fn mariadb(database: &str, sql: &str) -> String {
-    let output = tokio::process::Command::new("mariadb")
-        .args(["-uroot", "-h127.0.0.1", "-P3306", "-N", "-B", database, "-e", sql])
-        .output()
-        .await
-        .expect("the mariadb client runs");
-    assert!(output.status.success(), "mariadb: {sql}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
 async fn messages_cross_instances_exactly_once_and_in_one_order(scale: &ScaleOut) {
-    let servers = start_instances(&scale.args(), 3).await;
+    let servers = TestServer::start_instances(&scale.args(), 3).await;
     // Both hub protocols on every instance.
     let mut members = Vec::new();
     for i in 0..6 {
@@ -234,7 +215,7 @@ async fn messages_cross_instances_exactly_once_and_in_one_order(scale: &ScaleOut
 }
 
 async fn thirty_users_racing_from_three_instances_get_exactly_twenty_places(scale: &ScaleOut) {
-    let servers = start_instances(&scale.args(), 3).await;
+    let servers = TestServer::start_instances(&scale.args(), 3).await;
     let mut racers = Vec::new();
     for i in 0..30 {
         racers.push(connect(&servers[i % 3], &format!("racer{i}")).await);
@@ -280,7 +261,7 @@ async fn thirty_users_racing_from_three_instances_get_exactly_twenty_places(scal
 }
 
 async fn a_killed_instance_frees_its_places_and_the_others_keep_chatting(scale: &ScaleOut) {
-    let mut servers = start_instances(&scale.args(), 3).await;
+    let mut servers = TestServer::start_instances(&scale.args(), 3).await;
     // 7 + 7 members on the instances that live, 6 on the one that dies.
     let mut survivors = Vec::new();
     let mut doomed = Vec::new();
@@ -354,7 +335,7 @@ async fn a_ten_second_mariadb_outage_loses_no_delivery_and_no_history() {
     const PER_SENDER: usize = 10;
     let scale = ScaleOut::create();
     let proxy = TcpProxy::start(MYSQL_ADDR).await;
-    let servers = start_instances(&scale.args_via(None, Some(proxy.port)), 2).await;
+    let servers = TestServer::start_instances(&scale.args_via(None, Some(proxy.port)), 2).await;
     let mut members = Vec::new();
     for i in 0..SENDERS {
         members.push(join(&servers[i % 2], &format!("writer{i}")).await);
@@ -438,7 +419,7 @@ async fn a_ten_second_mariadb_outage_loses_no_delivery_and_no_history() {
 async fn instances_ride_out_a_redis_restart_and_miss_nothing_accepted_after_it() {
     let scale = ScaleOut::create();
     let mut redis = RedisServer::start().await;
-    let servers = start_instances(&scale.args_via(Some(&redis.url()), None), 3).await;
+    let servers = TestServer::start_instances(&scale.args_via(Some(&redis.url()), None), 3).await;
     let mut members = Vec::new();
     for i in 0..6 {
         members.push(join(&servers[i % 3], &format!("talker{i}")).await);
@@ -599,7 +580,7 @@ async fn a_send_waiting_for_history_does_not_hold_up_the_next_call() {
 }
 
 async fn an_instance_reads_only_what_its_members_need(scale: &ScaleOut) {
-    let servers = start_instances(&scale.args(), 2).await;
+    let servers = TestServer::start_instances(&scale.args(), 2).await;
     let mut members = vec![join(&servers[0], "near").await, join(&servers[0], "far").await];
     // An instance with connections but no member in the group.
     let _bystander = connect(&servers[1], "bystander").await;
@@ -636,7 +617,7 @@ async fn send_until_accepted(member: &Member, text: &str, within: Duration) {
 async fn chat_resumes_after_the_master_of_its_stream_fails_over() {
     let mut cluster = RedisCluster::start().await;
     let scale = ScaleOut::create_on(&cluster);
-    let servers = start_instances(&scale.args(), 2).await;
+    let servers = TestServer::start_instances(&scale.args(), 2).await;
     let mut members = Vec::new();
     for i in 0..4 {
         members.push(join(&servers[i % 2], &format!("member{i}")).await);

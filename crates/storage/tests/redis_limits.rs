@@ -10,40 +10,26 @@ use std::time::{Duration, Instant};
 use common::*;
 use next_chat_core::{JoinOutcome, LocalFanout, Membership, MessageText, Messaging, NewMessage};
 use next_chat_storage::{RedisConfig, RedisMembership, RedisMessaging};
-use next_chat_testkit::eventually_ok;
+use next_chat_testkit::{RedisServer, max_size_text};
 
 /// "Never a hang": a refused write is answered within this.
 const FAIL_FAST: Duration = Duration::from_secs(3);
 
-/// A `redis-server` of the test's own, on a free port, without persistence.
+/// A `redis-server` of the test's own (`noeviction`, so a full one refuses
+/// writes) and a connection to it.
 struct OwnRedis {
     url: String,
     connection: redis::aio::MultiplexedConnection,
-    _child: tokio::process::Child,
+    _server: RedisServer,
 }
 
 impl OwnRedis {
     async fn start() -> OwnRedis {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction"])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server is on PATH");
-        let url = format!("redis://127.0.0.1:{port}");
+        let server = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]).await;
+        let url = server.url();
         let client = redis::Client::open(url.as_str()).unwrap();
-        let connection = eventually_ok(Duration::from_secs(10), "redis-server answers", || async {
-            let mut c = client.get_multiplexed_async_connection().await?;
-            redis::cmd("PING").query_async::<String>(&mut c).await?;
-            Ok::<_, redis::RedisError>(c)
-        })
-        .await;
-        OwnRedis { url, connection, _child: child }
+        let connection = client.get_multiplexed_async_connection().await.unwrap();
+        OwnRedis { url, connection, _server: server }
     }
 
     fn config(&self) -> RedisConfig {
@@ -84,13 +70,6 @@ impl OwnRedis {
         }
         total
     }
-}
-
-/// 16,384 four-byte characters: the largest text the server accepts by default.
-fn max_size_text(i: usize) -> String {
-    let mut text = format!("{i:05}");
-    text.extend(std::iter::repeat_n('😀', 16_384 - text.chars().count()));
-    text
 }
 
 fn draft(group_name: &str, text: &str) -> NewMessage {

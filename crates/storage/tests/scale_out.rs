@@ -18,7 +18,7 @@ use next_chat_storage::{
     ExistingMessages, MySqlHistory, ReconcilerConfig, RedisConfig, RedisMembership, RedisMessaging,
     StreamHistoryReconciler, mysql,
 };
-use next_chat_testkit::{TcpProxy, eventually, eventually_ok};
+use next_chat_testkit::{RedisServer, TcpProxy, eventually, eventually_ok};
 use sqlx::Row;
 
 fn draft(group_name: &str, text: &str) -> NewMessage {
@@ -149,49 +149,11 @@ async fn two_instances_deliver_every_message_in_one_order() {
     }
 }
 
-/// A `redis-server` of the test's own, on a free port, without persistence.
-struct OwnRedis {
-    port: u16,
-    child: tokio::process::Child,
-}
-
-impl OwnRedis {
-    async fn start(port: u16) -> OwnRedis {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server is on PATH");
-        let url = format!("redis://127.0.0.1:{port}");
-        eventually(Duration::from_secs(10), "redis-server answers", || async {
-            let Ok(client) = redis::Client::open(url.as_str()) else { return false };
-            match client.get_multiplexed_async_connection().await {
-                Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok(),
-                Err(_) => false,
-            }
-        })
-        .await;
-        OwnRedis { port, child }
-    }
-
-    async fn kill(mut self) {
-        self.child.kill().await.unwrap();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reader_resumes_after_redis_comes_back_and_publish_fails_fast_meanwhile() {
-    let port = free_port();
-    let server = OwnRedis::start(port).await;
+    let mut server = RedisServer::start().await;
     let config = RedisConfig {
-        url: format!("redis://127.0.0.1:{}", server.port),
+        url: server.url(),
         key_prefix: "restart:".into(),
         command_timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_millis(500),
@@ -214,7 +176,7 @@ async fn the_reader_resumes_after_redis_comes_back_and_publish_fails_fast_meanwh
     assert!(started.elapsed() < Duration::from_secs(3), "failed fast: {:?}", started.elapsed());
     assert!(messaging.check().await.is_err());
 
-    let _server = OwnRedis::start(port).await;
+    server.start_again().await;
     // Publish as soon as Redis takes it, likely before the reader is back: the
     // reader must still deliver it, from the id it stopped at.
     let first = eventually_ok(Duration::from_secs(10), "publish works again", || async {

@@ -15,15 +15,9 @@ use next_chat_storage::{
     MarkStoredHistory, MySqlHistory, ReconcilerConfig, RedisConfig, RedisMessaging, StoredMarks,
     StreamHistoryReconciler, mysql,
 };
+use next_chat_testkit::{RedisServer, max_size_text};
 
 const SHARD_BYTES: u64 = 1024 * 1024;
-
-/// 16,384 four-byte characters: the largest text the server accepts by default.
-fn max_size_text(i: usize) -> String {
-    let mut text = format!("{i:05}");
-    text.extend(std::iter::repeat_n('😀', 16_384 - text.chars().count()));
-    text
-}
 
 fn draft(group_name: &str, text: &str) -> NewMessage {
     NewMessage {
@@ -189,46 +183,6 @@ async fn the_reconciler_starts_where_an_earlier_version_left_off() {
     history.close().await;
 }
 
-/// A `redis-server` of the test's own on a free port; `replica_of` makes it a
-/// replica. Its directory (where a replica's full sync writes its RDB) is a
-/// temporary one, removed with the returned guard.
-async fn own_redis(replica_of: Option<u16>) -> (u16, (tokio::process::Child, tempfile::TempDir)) {
-    let dir = tempfile::tempdir().expect("a directory for redis-server");
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let mut command = tokio::process::Command::new("redis-server");
-    command.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]).args([
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        dir.path().to_str().expect("a UTF-8 path"),
-    ]);
-    if let Some(master) = replica_of {
-        command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
-    }
-    let child = command
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server is on PATH");
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut c) = client.get_multiplexed_async_connection().await
-            && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "redis-server answers within 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (port, (child, dir))
-}
-
 /// Publishes `n` small messages; the mean time of one publish.
 async fn mean_publish(messaging: &RedisMessaging, n: usize) -> Duration {
     let started = Instant::now();
@@ -240,12 +194,14 @@ async fn mean_publish(messaging: &RedisMessaging, n: usize) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_wait_replicas_a_completed_publish_is_on_the_replica() {
-    let (master, _master) = own_redis(None).await;
-    let (replica, _replica) = own_redis(Some(master)).await;
-    let replica_client = redis::Client::open(format!("redis://127.0.0.1:{replica}")).unwrap();
+    let master = RedisServer::start().await;
+    // Its directory (where the full sync writes its RDB) is a temporary one.
+    let replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]).await;
+    let replica_client = redis::Client::open(replica.url()).unwrap();
     let mut on_replica = replica_client.get_multiplexed_async_connection().await.unwrap();
     let base = RedisConfig {
-        url: format!("redis://127.0.0.1:{master}"),
+        url: master.url(),
         key_prefix: "wait:".into(),
         stream_shards: 1,
         ..RedisConfig::default()

@@ -15,6 +15,8 @@
 //! generates a certificate authority for the tests of `--auth jwt` and TLS.
 //!
 //! And the small things every end-to-end test needs: `connect` a chat client,
+//! `mariadb` to look into a test's database, `rss_kib` of a process,
+//! `max_size_text` for the largest message,
 //! `scrape_metrics` (or `TestServer::metrics`) for one sample by name and
 //! labels, `http` requests with a real client, and `eventually` for state that
 //! changes on the server's own schedule.
@@ -134,6 +136,22 @@ pub async fn connect_with(options: ClientOptions) -> (Client, Events) {
     Client::connect(options).await.unwrap_or_else(|e| panic!("{user} connects to {url}: {e}"))
 }
 
+/// The longest message text the server accepts by default: 16,384
+/// characters of four UTF-8 bytes each, starting with `i` in five digits.
+pub fn max_size_text(i: usize) -> String {
+    let mut text = format!("{i:05}");
+    text.extend(std::iter::repeat_n('😀', 16_384 - text.chars().count()));
+    text
+}
+
+/// Kilobytes of resident memory (`VmRSS`) of a running process, from /proc;
+/// `None` once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
+    line.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
 /// A port nothing listens on right now (another process may take it later).
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
@@ -208,6 +226,18 @@ impl Drop for ScaleOut {
     }
 }
 
+/// Runs SQL in `database` with the `mariadb` client (as root, on the
+/// machine's MariaDB); the output rows, tab-separated, without headers.
+pub async fn mariadb(database: &str, sql: &str) -> String {
+    let output = Command::new("mariadb")
+        .args(["-uroot", "-h127.0.0.1", "-P3306", "-N", "-B", database, "-e", sql])
+        .output()
+        .await
+        .expect("the mariadb client runs");
+    assert!(output.status.success(), "mariadb: {sql}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
 fn run_mariadb(sql: &str) {
     let status = std::process::Command::new("mariadb")
         .args(["-uroot", "-h127.0.0.1", "-P3306", "-e", sql])
@@ -258,6 +288,16 @@ impl TestServer {
     /// A server in embedded mode with a fresh SQLite file.
     pub async fn embedded() -> TestServer {
         TestServer::start(Vec::new()).await
+    }
+
+    /// `n` servers with the same flags (say `ScaleOut::args`: instances of
+    /// one deployment), started one after another.
+    pub async fn start_instances(args: &[String], n: usize) -> Vec<TestServer> {
+        let mut servers = Vec::with_capacity(n);
+        for _ in 0..n {
+            servers.push(TestServer::start(args.to_vec()).await);
+        }
+        servers
     }
 
     /// A server with extra flags. Unless the flags name a `--database`, it gets
@@ -350,6 +390,11 @@ impl TestServer {
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Kilobytes of the server's resident memory, while it runs.
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid()?)
     }
 
     /// SIGTERM, then waits (at most 20 s) for the process to exit.
