@@ -15,7 +15,7 @@ use next_chat_storage::{
     MarkStoredHistory, MySqlHistory, ReconcilerConfig, RedisConfig, RedisMessaging, StoredMarks,
     StreamHistoryReconciler, mysql,
 };
-use next_chat_testkit::{RedisServer, max_size_text};
+use next_chat_testkit::{RedisServer, eventually, eventually_ok, max_size_text};
 
 const SHARD_BYTES: u64 = 1024 * 1024;
 
@@ -144,11 +144,14 @@ async fn what_a_writer_and_the_reconciler_store_moves_the_watermark() {
     .await
     .unwrap();
     let last = published[5].id.to_string();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while marks.watermark(0).await.unwrap().as_deref() != Some(last.as_str()) {
-        assert!(Instant::now() < deadline, "the reconciler moves the watermark within 5 s");
+    eventually(Duration::from_secs(5), "the reconciler moves the watermark", || async {
+        if marks.watermark(0).await.unwrap().as_deref() == Some(last.as_str()) {
+            return true;
+        }
         reconciler.run_round().await.unwrap();
-    }
+        false
+    })
+    .await;
     assert_eq!(history.read(&group("g"), None, 100).await.unwrap(), published);
     reconciler.shutdown();
     messaging.shutdown().await;
@@ -210,10 +213,10 @@ async fn with_wait_replicas_a_completed_publish_is_on_the_replica() {
     let fanout = Arc::new(LocalFanout::new());
     let waiting = RedisConfig { wait_replicas: 1, ..base.clone() };
     let messaging = RedisMessaging::start(waiting.clone(), Arc::clone(&fanout)).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while messaging.publish(draft("g", "sync"), &|_| {}).await.is_err() {
-        assert!(Instant::now() < deadline, "the replica syncs within 15 s");
-    }
+    eventually_ok(Duration::from_secs(15), "the replica syncs", || {
+        messaging.publish(draft("g", "sync"), &|_| {})
+    })
+    .await;
     for i in 0..50 {
         let published = messaging.publish(draft("g", &format!("w{i}")), &|_| {}).await.unwrap();
         // Acknowledged means on the replica already, with no wait of the test's.
