@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use next_chat_client::{Client, ClientError, Event, Events, JoinResult};
-use next_chat_testkit::{ScaleOut, TestServer, eventually};
+use next_chat_testkit::{ScaleOut, TestServer, eventually, mariadb};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -64,19 +64,8 @@ impl TableLock {
     }
 }
 
-/// `SELECT ...` in the test's database, as one line of tab-separated text.
-async fn query(database: &str, sql: &str) -> String {
-    let output = Command::new("mariadb")
-        .args(["-uroot", "-h127.0.0.1", "-P3306", "-N", "-B", database, "-e", sql])
-        .output()
-        .await
-        .expect("the mariadb client runs");
-    assert!(output.status.success(), "{sql}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
 async fn stored_rows(database: &str) -> usize {
-    query(database, "SELECT COUNT(*) FROM messages").await.parse().expect("a count")
+    mariadb(database, "SELECT COUNT(*) FROM messages").await.parse().expect("a count")
 }
 
 /// An unlabelled metric's value from `GET /metrics` (0 if it is not there yet).
@@ -130,7 +119,7 @@ async fn history_catches_up_after_a_write_lock_with_300_longest_emoji_messages()
         stored_rows(&scale.database).await >= 301
     })
     .await;
-    let summary = query(
+    let summary = mariadb(
         &scale.database,
         "SELECT COUNT(*), COUNT(DISTINCT group_id, id_millis, id_seq), \
          SUM(LENGTH(text) = 65536), SUM(text = 'after the lock') FROM messages",
