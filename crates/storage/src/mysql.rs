@@ -149,6 +149,29 @@ pub async fn migrate(url: &str) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// How long a connection given back to its pool may take to answer a ping
+/// before it is closed instead of kept.
+const RELEASE_PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A pool of `max` connections whose every connection answers a ping within
+/// `RELEASE_PING_TIMEOUT` when given back, or is closed. sqlx pings a
+/// connection given back (one whose query `QUERY_TIMEOUT` cut off among
+/// them) with no deadline of its own: on a connection whose peer went silent
+/// (half-open: a dead NAT entry, a hung proxy) that ping waits for good and
+/// the connection keeps its place in the pool, until every place is taken and
+/// the history writer waits for a connection forever.
+fn pool_options(max: u32) -> MySqlPoolOptions {
+    MySqlPoolOptions::new().max_connections(max).acquire_timeout(ACQUIRE_TIMEOUT).after_release(
+        |connection, _| {
+            Box::pin(async move {
+                use sqlx::Connection;
+                let answered = tokio::time::timeout(RELEASE_PING_TIMEOUT, connection.ping()).await;
+                Ok(matches!(answered, Ok(Ok(()))))
+            })
+        },
+    )
+}
+
 /// One history row as bound: group, id millis, id sequence, author, send time, text.
 pub(crate) type HistoryRow<'a> = (&'a str, u64, u64, &'a str, i64, &'a str);
 
@@ -212,16 +235,11 @@ impl MySqlHistory {
         if migrate {
             self::migrate(url).await?;
         }
-        let pool = MySqlPoolOptions::new()
-            .max_connections(WRITE_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+        let pool = pool_options(WRITE_CONNECTIONS)
             .connect_with(options(url)?)
             .await
             .map_err(|e| error("cannot connect", redact_in(&e.to_string(), url)))?;
-        let readers = MySqlPoolOptions::new()
-            .max_connections(READ_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options(url)?);
+        let readers = pool_options(READ_CONNECTIONS).connect_lazy_with(options(url)?);
         let packet: u64 = sqlx::query_scalar("SELECT @@max_allowed_packet")
             .fetch_one(&pool)
             .await

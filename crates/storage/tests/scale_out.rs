@@ -252,6 +252,56 @@ fn message_at(group_name: &str, id: MessageId, text: &str) -> Message {
     m
 }
 
+/// Appends cut off mid-query by a MariaDB gone silent (half-open: nothing
+/// answers, nothing closes) must not hold their pool's connections for good:
+/// once MariaDB answers again, appends work again on new connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_cut_off_by_a_silent_mysql_leave_no_connection_stuck() {
+    use sqlx::Connection;
+    let names = ScaleOutNames::new();
+    mysql::migrate(&names.mysql_url()).await.unwrap();
+    let proxy = TcpProxy::start("127.0.0.1:3306").await;
+    let via_proxy = names.mysql_url().replace("127.0.0.1:3306", &proxy.addr());
+    let history = Arc::new(MySqlHistory::connect(&via_proxy, false).await.unwrap());
+    history.append(&[message("g", 1, 0, "before")]).await.unwrap();
+
+    // Every connection of the writer's pool busy with an append that MariaDB
+    // holds (the table is locked), then silence: the answers never come.
+    let mut lock = sqlx::MySqlConnection::connect(&names.mysql_url()).await.unwrap();
+    sqlx::query("LOCK TABLES messages WRITE").execute(&mut lock).await.unwrap();
+    let appends: Vec<_> = (0..8u64)
+        .map(|i| {
+            let history = Arc::clone(&history);
+            tokio::spawn(async move { history.append(&[message("g", 10 + i, 0, "held")]).await })
+        })
+        .collect();
+    let watch = sqlx::MySqlPool::connect(&names.mysql_url()).await.unwrap();
+    eventually(Duration::from_secs(10), "the appends wait for the lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.processlist \
+             WHERE state LIKE '%lock%' AND info LIKE 'INSERT INTO messages%'",
+        )
+        .fetch_one(&watch)
+        .await
+        .unwrap();
+        waiting >= 4
+    })
+    .await;
+    proxy.half_open();
+    sqlx::query("UNLOCK TABLES").execute(&mut lock).await.unwrap();
+    for append in appends {
+        assert!(append.await.unwrap().is_err(), "no answer reaches an append");
+    }
+
+    proxy.restore();
+    eventually_ok(Duration::from_secs(15), "appends work again", || async {
+        history.append(&[message("g", 100, 0, "after")]).await
+    })
+    .await;
+    history.close().await;
+    watch.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_takes_large_batches_once_and_reads_by_the_primary_key() {
     let names = ScaleOutNames::new();
