@@ -147,6 +147,11 @@ pub enum Command {
     /// Measure JoinGroup (with OnHistory), GetHistory paging and ListGroupsPage
     /// latency on groups load-history made, through a running server. Prints JSON.
     ProbeHistory(crate::history::ProbeArgs),
+    /// Time another user's LeaveGroup + JoinGroup + GetHistory + SendMessage
+    /// while members of a group filled with long messages read its history in
+    /// a loop (from a process of their own); report the server's RSS growth.
+    /// Prints JSON.
+    HistoryAttack(crate::attack::AttackArgs),
 }
 
 /// Most addresses one `--source-ip` range may name.

@@ -315,7 +315,7 @@ async fn create_redis_groups(url: &str, prefix: &str, names: &[String]) -> Resul
 }
 
 /// One connection making calls one at a time.
-struct Caller {
+pub(crate) struct Caller {
     socket: connection::Socket,
     decoder: next_chat_signalr::Decoder,
     next_id: u64,
@@ -323,9 +323,38 @@ struct Caller {
 }
 
 impl Caller {
+    /// Connects as `user` (JSON protocol, header identity) to the hub at `url`;
+    /// every call then waits at most `timeout`.
+    pub(crate) async fn connect(
+        url: &str,
+        user: &str,
+        timeout: Duration,
+    ) -> Result<Caller, String> {
+        let plan = Plan {
+            index: 0,
+            ws_url: crate::run::ws_url(url)?,
+            source: None,
+            user: user.to_string(),
+            group: String::new(),
+            group_index: 0,
+            members: 0,
+            create: false,
+            sender_rank: None,
+        };
+        let settings =
+            Settings { protocol: Protocol::Json, length: 0, timeout, tls: None, jwt_secret: None };
+        let (socket, leftover) =
+            tokio::time::timeout(timeout, connection::connect(&plan, &settings)).await.map_err(
+                |_| format!("{url}: no connection within {} s", timeout.as_secs_f64()),
+            )??;
+        let mut decoder = Protocol::Json.decoder(usize::MAX);
+        decoder.push(&leftover);
+        Ok(Caller { socket, decoder, next_id: 0, timeout })
+    }
+
     /// Invokes `method` and waits for its completion; returns the `OnHistory`
     /// arrays that came first and the result.
-    async fn call(
+    pub(crate) async fn call(
         &mut self,
         method: Method,
         args: Vec<Value>,
@@ -406,26 +435,7 @@ pub async fn probe(args: ProbeArgs) -> Result<Probed, String> {
         return Err("--samples must be at least 1".into());
     }
     let timeout = Duration::from_secs_f64(args.timeout.max(0.001));
-    let ws_url = crate::run::ws_url(&args.url)?;
-    let plan = Plan {
-        index: 0,
-        ws_url,
-        source: None,
-        user: args.user.clone(),
-        group: String::new(),
-        group_index: 0,
-        members: 0,
-        create: false,
-        sender_rank: None,
-    };
-    let settings =
-        Settings { protocol: Protocol::Json, length: 0, timeout, tls: None, jwt_secret: None };
-    let (socket, leftover) = tokio::time::timeout(timeout, connection::connect(&plan, &settings))
-        .await
-        .map_err(|_| format!("{}: no connection within {} s", args.url, args.timeout))??;
-    let mut decoder = Protocol::Json.decoder(usize::MAX);
-    decoder.push(&leftover);
-    let mut caller = Caller { socket, decoder, next_id: 0, timeout };
+    let mut caller = Caller::connect(&args.url, &args.user, timeout).await?;
     let histogram =
         || Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| e.to_string());
     let (mut join, mut page, mut list) = (histogram()?, histogram()?, histogram()?);

@@ -3,6 +3,7 @@
 //! comes out.
 
 mod args;
+mod attack;
 mod connection;
 mod history;
 mod payload;
@@ -45,6 +46,9 @@ fn main() -> ExitCode {
                 .and_then(|r| serde_json::to_string_pretty(&r).map_err(|e| e.to_string())),
             args::Command::ProbeHistory(probe) => runtime
                 .block_on(history::probe(probe))
+                .and_then(|r| serde_json::to_string_pretty(&r).map_err(|e| e.to_string())),
+            args::Command::HistoryAttack(attack) => runtime
+                .block_on(attack::attack(attack))
                 .and_then(|r| serde_json::to_string_pretty(&r).map_err(|e| e.to_string())),
         };
         return match printed {

@@ -35,16 +35,19 @@ pub trait Messaging: Send + Sync + 'static {
     /// Whether the backend answers now (for `/readyz`).
     async fn check(&self) -> Result<(), BackendError>;
 
-    /// The group's messages above `after` among the log's newest entries,
-    /// oldest first: a message another instance accepted is in the log at
-    /// once but in history only once that instance's writer stored it. How
-    /// far back it looks is the implementation's bound. One instance's own
-    /// unsaved messages are in its `HistoryWriter` already, so the default,
-    /// for a log no other instance writes to, has none.
+    /// Up to `limit` of the group's messages above `after` that the log holds
+    /// and history may not have yet, oldest first: a message another instance
+    /// accepted is in the log at once but in history only once that
+    /// instance's writer stored it. Returning `limit` messages means there may
+    /// be more after the last; fewer means none other was in the log when it
+    /// was read (within the implementation's bound, which it documents). One
+    /// instance's own unsaved messages are in its `HistoryWriter` already, so
+    /// the default, for a log no other instance writes to, has none.
     async fn recent_after(
         &self,
         _group: &GroupId,
         _after: MessageId,
+        _limit: usize,
     ) -> Result<Vec<Message>, BackendError> {
         Ok(Vec::new())
     }

@@ -200,6 +200,7 @@ pub struct MessageId {
 
 impl MessageId {
     pub const MIN: MessageId = MessageId { millis: 0, seq: 0 };
+    pub const MAX: MessageId = MessageId { millis: u64::MAX, seq: u64::MAX };
 
     pub fn new(millis: u64, seq: u64) -> MessageId {
         MessageId { millis, seq }

@@ -346,6 +346,15 @@ impl ChatService {
         self.config.history_page_max_bytes.saturating_sub(PAGE_ENVELOPE_BYTES)
     }
 
+    /// Whether a history read may have stopped short of `limit` for the byte
+    /// budget: only if the next message could have been too large to fit,
+    /// i.e. what it read is within one longest message of the budget.
+    fn page_cut(&self, page: &[Message]) -> bool {
+        let read: usize = page.iter().map(|m| m.text.as_str().len()).sum();
+        let longest = self.config.limits.text_max_chars.saturating_mul(4);
+        read > self.page_budget().saturating_sub(longest)
+    }
+
     fn group(&self, value: &str) -> Result<GroupId, ChatError> {
         GroupId::parse(value, &self.config.limits)
     }
@@ -603,20 +612,33 @@ impl ChatService {
             other => other,
         })?;
         let _read = self.start_read(session)?;
-        // History (stored, and this instance's unsaved), and the log's newest
-        // entries for what other instances accepted and have not stored yet;
-        // merged by id, the first `limit`.
+        // The log first, for what other instances accepted and have not
+        // stored yet, then history (stored, and this instance's unsaved):
+        // a message the log no longer held as unstored when it was read had
+        // been stored, so the history read after it has it. Messages accepted
+        // after the log was read reach the caller live (it has joined), so
+        // neither read needs to see them. Merged by id, the page ends where
+        // either read may have stopped short.
+        let recent = self.messaging.recent_after(&group, after, limit).await?;
         let stored = self.history.read_after(&group, after, limit, self.page_budget()).await?;
-        let recent = self.messaging.recent_after(&group, after).await?;
         let page = if recent.is_empty() {
             stored
         } else {
+            let recent_to = match recent.last() {
+                Some(last) if recent.len() >= limit => last.id,
+                _ => MessageId::MAX,
+            };
+            let stored_to = match stored.last() {
+                Some(last) if stored.len() >= limit || self.page_cut(&stored) => last.id,
+                _ => MessageId::MAX,
+            };
+            let until = recent_to.min(stored_to);
             let mut merged: BTreeMap<MessageId, Message> =
                 stored.into_iter().map(|m| (m.id, m)).collect();
             merged.extend(
                 recent.into_iter().filter(|m| m.id > after && m.group == group).map(|m| (m.id, m)),
             );
-            merged.into_values().take(limit).collect()
+            merged.into_values().take_while(|m| m.id <= until).take(limit).collect()
         };
         let page = oldest_within(page, self.page_budget(), |m| session.recipient.encoded_size(m));
         self.charge_read(session, &page);

@@ -52,9 +52,14 @@ impl Messaging for Counter {
         &self,
         group: &GroupId,
         after: MessageId,
+        limit: usize,
     ) -> Result<Vec<Message>, BackendError> {
         let elsewhere = self.elsewhere.lock().unwrap();
-        Ok(elsewhere.iter().filter(|m| &m.group == group && m.id > after).cloned().collect())
+        let mut found: Vec<Message> =
+            elsewhere.iter().filter(|m| &m.group == group && m.id > after).cloned().collect();
+        found.sort_by_key(|m| m.id);
+        found.truncate(limit);
+        Ok(found)
     }
 }
 
@@ -301,6 +306,37 @@ async fn messages_another_instance_has_not_stored_yet_are_found_in_the_log() {
     assert_eq!(f.after("0-0", 3).await.unwrap(), all[..3], "the limit applies to the merge");
     assert_eq!(f.after("3-0", 2).await.unwrap(), all[3..5]);
     assert_eq!(f.after("5-0", 500).await.unwrap(), ["late from C"]);
+}
+
+/// A history page cut short by the byte budget ends the merged page too: a
+/// later message from the log would move the caller's position past stored
+/// messages it has not been given.
+#[tokio::test]
+async fn a_page_cut_in_bytes_does_not_skip_to_a_later_message_from_the_log() {
+    // Room for three 100-byte texts in a page.
+    let max_bytes = PAGE_ENVELOPE_BYTES + 350;
+    let f = fixture(ChatConfig { history_page_max_bytes: max_bytes, ..ChatConfig::default() });
+    f.chat.join_group(&f.ann, "g").await.unwrap();
+    let long = |i: usize| format!("{i:03}{}", "x".repeat(97));
+    f.send((1..=5).map(long)).await;
+    *f.messaging.elsewhere.lock().unwrap() = vec![Message {
+        id: MessageId::new(9, 0),
+        author: UserId::from_trusted("cy"),
+        group: GroupId::from_trusted("g"),
+        send_time: SystemTime::UNIX_EPOCH,
+        text: next_chat_core::MessageText::from_trusted("late"),
+    }];
+    let mut after = "0-0".to_string();
+    let mut seen = Vec::new();
+    loop {
+        let page = f.chat.get_messages_after(&f.ann, "g", &after, 500).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.id.to_string();
+        seen.extend(page.iter().map(|m| m.text.as_str().to_string()));
+    }
+    let mut all: Vec<String> = (1..=5).map(long).collect();
+    all.push("late".into());
+    assert_eq!(seen, all, "every message once, in order, across the byte-cut pages");
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use next_chat_core::{
 };
 use next_chat_storage::{
     ExistingMessages, MySqlHistory, ReconcilerConfig, RedisConfig, RedisMembership, RedisMessaging,
-    StreamHistoryReconciler, mysql,
+    StoredMarks, StreamHistoryReconciler, mysql,
 };
 use next_chat_testkit::{RedisServer, TcpProxy, eventually, eventually_ok};
 use sqlx::Row;
@@ -433,19 +433,64 @@ async fn recent_after_reads_the_groups_newest_entries_from_the_stream() {
         messages.into_iter().map(|m| m.text.as_str().to_string()).collect()
     };
     // The newest five entries: o1 g2 o2 g3 o3.
-    assert_eq!(texts(b.recent_after(&group("g"), MessageId::MIN).await.unwrap()), ["g2", "g3"]);
-    assert_eq!(texts(a.recent_after(&group("g"), published[2].id).await.unwrap()), ["g3"]);
-    assert!(a.recent_after(&group("g"), published[3].id).await.unwrap().is_empty());
-    assert!(a.recent_after(&group("nobody"), MessageId::MIN).await.unwrap().is_empty());
+    assert_eq!(
+        texts(b.recent_after(&group("g"), MessageId::MIN, 100).await.unwrap()),
+        ["g2", "g3"]
+    );
+    assert_eq!(texts(a.recent_after(&group("g"), published[2].id, 100).await.unwrap()), ["g3"]);
+    assert!(a.recent_after(&group("g"), published[3].id, 100).await.unwrap().is_empty());
+    assert!(a.recent_after(&group("nobody"), MessageId::MIN, 100).await.unwrap().is_empty());
     let off = RedisMessaging::start(config(0), Arc::new(LocalFanout::new())).await.unwrap();
     assert!(
-        off.recent_after(&group("g"), MessageId::MIN).await.unwrap().is_empty(),
+        off.recent_after(&group("g"), MessageId::MIN, 100).await.unwrap().is_empty(),
         "0 reads none"
     );
     let wide = RedisMessaging::start(config(100), Arc::new(LocalFanout::new())).await.unwrap();
-    let all = wide.recent_after(&group("g"), MessageId::MIN).await.unwrap();
+    let all = wide.recent_after(&group("g"), MessageId::MIN, 100).await.unwrap();
     assert_eq!(all, published, "every one, oldest first, as published");
     for messaging in [a, b, off, wide] {
         messaging.shutdown().await;
     }
+}
+
+/// With a history database the instances share (`keep_unstored`),
+/// `recent_after` reads forward from the later of the position and the
+/// shard's stored watermark, `recent_scan_entries` at a time, however many of
+/// other groups' entries came since: every message not known stored is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_after_reads_forward_from_the_stored_watermark() {
+    let names = ScaleOutNames::new();
+    let config = RedisConfig {
+        stream_shards: 1,
+        recent_scan_entries: 5,
+        keep_unstored: true,
+        ..names.redis_config()
+    };
+    let messaging = RedisMessaging::start(config.clone(), Arc::new(LocalFanout::new())).await;
+    let messaging = messaging.unwrap();
+    let mut in_g = Vec::new();
+    for i in 0..6 {
+        in_g.push(messaging.publish(draft("g", &format!("g{i}")), &|_| {}).await.unwrap());
+        for j in 0..7 {
+            messaging.publish(draft("other", &format!("o{i}-{j}")), &|_| {}).await.unwrap();
+        }
+    }
+    let recent = |after: MessageId, limit: usize| {
+        let messaging = &messaging;
+        async move {
+            let found = messaging.recent_after(&group("g"), after, limit).await.unwrap();
+            found.into_iter().map(|m| m.text.as_str().to_string()).collect::<Vec<_>>()
+        }
+    };
+    // Nothing stored yet: all six, though 42 entries of the other group follow the first.
+    assert_eq!(recent(MessageId::MIN, 100).await, ["g0", "g1", "g2", "g3", "g4", "g5"]);
+    assert_eq!(recent(MessageId::MIN, 2).await, ["g0", "g1"], "the oldest `limit`");
+    assert_eq!(recent(in_g[3].id, 100).await, ["g4", "g5"]);
+    // Everything up to g2 stored: the read starts there.
+    let marks = StoredMarks::connect(config).await.unwrap();
+    marks.start_at(0, &in_g[2].id.to_string()).await.unwrap();
+    assert_eq!(recent(MessageId::MIN, 100).await, ["g3", "g4", "g5"]);
+    assert_eq!(recent(in_g[4].id, 100).await, ["g5"]);
+    assert!(recent(in_g[5].id, 100).await.is_empty());
+    messaging.shutdown().await;
 }

@@ -112,6 +112,52 @@ async fn the_watermark_moves_only_over_an_unbroken_run_of_stored_entries() {
     messaging.shutdown().await;
 }
 
+/// One report covers every shard a stored batch touched: each shard's
+/// watermark moves to its own last stored entry, and a shard whose batch has a
+/// gap stops before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_report_moves_the_watermark_of_every_shard_in_it() {
+    let names = ScaleOutNames::new();
+    let config =
+        RedisConfig { stream_shards: 4, stream_max_bytes: 4 * SHARD_BYTES, ..keeping(&names) };
+    let messaging =
+        RedisMessaging::start(config.clone(), Arc::new(LocalFanout::new())).await.unwrap();
+    // Three groups in three different shards.
+    let mut groups: Vec<(String, usize)> = Vec::new();
+    for i in 0.. {
+        let name = format!("g{i}");
+        let shard = config.shard_of(&group(&name));
+        if groups.iter().all(|(_, s)| *s != shard) {
+            groups.push((name, shard));
+        }
+        if groups.len() == 3 {
+            break;
+        }
+    }
+    let mut published: Vec<Vec<Message>> = vec![Vec::new(); 3];
+    for round in 0..4 {
+        for (g, (name, _)) in groups.iter().enumerate() {
+            let text = format!("{name} {round}");
+            published[g].push(messaging.publish(draft(name, &text), &|_| {}).await.unwrap());
+        }
+    }
+    // All of the first two groups' messages, and the third's but its first.
+    let mut batch: Vec<Message> = published[0].iter().chain(&published[1]).cloned().collect();
+    batch.extend(published[2][1..].iter().cloned());
+    let marks = StoredMarks::connect(config.clone()).await.unwrap();
+    marks.mark(&batch).await.unwrap();
+    for g in 0..2 {
+        let last = published[g].last().unwrap().id.to_string();
+        assert_eq!(marks.watermark(groups[g].1).await.unwrap(), Some(last), "group {g}");
+    }
+    assert_eq!(marks.watermark(groups[2].1).await.unwrap(), None, "its first is not stored");
+    // The first one stored: the watermark moves over the three recorded after it.
+    marks.mark(&published[2][..1]).await.unwrap();
+    let last = published[2].last().unwrap().id.to_string();
+    assert_eq!(marks.watermark(groups[2].1).await.unwrap(), Some(last));
+    messaging.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_writer_and_the_reconciler_store_moves_the_watermark() {
     let names = ScaleOutNames::new();

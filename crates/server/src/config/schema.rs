@@ -190,7 +190,7 @@ settings! {
     /// messages not yet stored
     redis_stream_max_bytes: u64, default (268_435_456),
         env "NEXT_CHAT_REDIS_STREAM_MAX_BYTES", value "BYTES";
-    /// How many of a Redis stream's newest entries GetMessagesAfter also reads, for messages other instances have not stored yet; 0 reads none
+    /// Entries per Redis read when GetMessagesAfter looks in a stream for messages other instances have not stored yet (with MySQL it reads forward from the stream's stored watermark; otherwise the stream's newest this many); 0 reads none
     redis_recent_scan_entries: usize, default (200), max RECENT_SCAN_ENTRIES_MAX,
         env "NEXT_CHAT_REDIS_RECENT_SCAN_ENTRIES", value "N";
     /// After each message, wait until this many Redis replicas hold it (WAIT, up

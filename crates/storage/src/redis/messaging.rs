@@ -130,6 +130,38 @@ impl RedisMessaging {
 }
 
 impl RedisMessaging {
+    /// The group's messages above `after` among the shard's newest
+    /// `recent_scan_entries` entries (one XREVRANGE), the first `limit`.
+    async fn newest_after(
+        &self,
+        group: &GroupId,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<Message>, BackendError> {
+        let [stream, ..] = &self.shard_keys[self.config.shard_of(group)];
+        let mut connection = self.connection.clone();
+        let range: StreamRangeReply = run(&self.config, &self.health, "read recent", async {
+            ::redis::cmd("XREVRANGE")
+                .arg(stream)
+                .arg("+")
+                .arg(format!("({after}"))
+                .arg("COUNT")
+                .arg(self.config.recent_scan_entries)
+                .query_async(&mut connection)
+                .await
+        })
+        .await?;
+        let mut messages: Vec<Message> = range
+            .ids
+            .iter()
+            .filter_map(|entry| message_of_entry(&entry.id, &entry.map))
+            .filter(|message| &message.group == group)
+            .collect();
+        messages.reverse();
+        messages.truncate(limit);
+        Ok(messages)
+    }
+
     /// `WAIT wait_replicas`: the publish is acknowledged only once that many
     /// replicas hold it, so a failover to one of them keeps it. Fewer in
     /// `wait_timeout` fail the send; the message may still be delivered and
@@ -335,42 +367,64 @@ impl Messaging for RedisMessaging {
         }
     }
 
-    /// The newest `recent_scan_entries` entries of the group's shard above
-    /// `after` (one XREVRANGE), the group's among them. A message another
-    /// instance accepted is there from the moment it has its id, while its
-    /// writer stores it within milliseconds, or `save_timeout` when the
-    /// database is slow; the scan covers that as long as the shard takes
-    /// fewer than `recent_scan_entries` messages in that time.
+    /// The group's messages above `after` that the stream holds above its
+    /// stored watermark (at most `limit`, oldest first): with a history
+    /// database shared by the instances (`keep_unstored`), every message not
+    /// yet stored is there, however long its writer takes, since nothing above
+    /// the watermark is trimmed. Reads forward from the later of `after` and
+    /// the watermark, `recent_scan_entries` entries per XRANGE, until `limit`
+    /// of the group's or the stream's end; what it reads is bounded by the
+    /// entries not yet stored, which the stream's own bounds cap. Without a
+    /// shared history database there is no watermark: the newest
+    /// `recent_scan_entries` entries are read (one XREVRANGE).
     async fn recent_after(
         &self,
         group: &GroupId,
         after: MessageId,
+        limit: usize,
     ) -> Result<Vec<Message>, BackendError> {
-        let count = self.config.recent_scan_entries;
-        if count == 0 {
+        let chunk = self.config.recent_scan_entries;
+        if chunk == 0 || limit == 0 {
             return Ok(Vec::new());
         }
-        let [stream, ..] = &self.shard_keys[self.config.shard_of(group)];
+        if !self.config.keep_unstored {
+            return self.newest_after(group, after, limit).await;
+        }
+        let [stream, _, stored] = &self.shard_keys[self.config.shard_of(group)];
         let mut connection = self.connection.clone();
-        let range: StreamRangeReply = run(&self.config, &self.health, "read recent", async {
-            ::redis::cmd("XREVRANGE")
-                .arg(stream)
-                .arg("+")
-                .arg(format!("({after}"))
-                .arg("COUNT")
-                .arg(count)
-                .query_async(&mut connection)
-                .await
+        let watermark: Option<String> = run(&self.config, &self.health, "read recent", async {
+            ::redis::cmd("GET").arg(stored).query_async(&mut connection).await
         })
         .await?;
-        let mut messages: Vec<Message> = range
-            .ids
-            .iter()
-            .filter_map(|entry| message_of_entry(&entry.id, &entry.map))
-            .filter(|message| &message.group == group)
-            .collect();
-        messages.reverse();
-        Ok(messages)
+        let watermark = watermark.and_then(|id| id.parse::<MessageId>().ok());
+        let mut from = watermark.map_or(after, |stored| stored.max(after));
+        let mut messages = Vec::new();
+        loop {
+            let range: StreamRangeReply = run(&self.config, &self.health, "read recent", async {
+                ::redis::cmd("XRANGE")
+                    .arg(stream)
+                    .arg(format!("({from}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(chunk)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+            for entry in &range.ids {
+                from = entry.id.parse().unwrap_or(from);
+                let Some(message) = message_of_entry(&entry.id, &entry.map) else { continue };
+                if &message.group == group {
+                    messages.push(message);
+                    if messages.len() == limit {
+                        return Ok(messages);
+                    }
+                }
+            }
+            if range.ids.len() < chunk {
+                return Ok(messages);
+            }
+        }
     }
 
     async fn shutdown(&self) {

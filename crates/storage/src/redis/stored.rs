@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use next_chat_core::{BackendError, GroupId, HistoryStore, Message, MessageId};
 use tracing::debug;
 
-use super::RedisConfig;
 use super::connection::{self, Connection, run};
+use super::{BACKEND, RedisConfig};
 use crate::health::Health;
 
 const MARK_SCRIPT: &str = include_str!("scripts/mark_stored.lua");
@@ -45,28 +45,49 @@ impl StoredMarks {
     }
 
     /// Records that the history database holds these messages and moves each
-    /// shard's watermark as far as that allows (one script call per shard).
+    /// shard's watermark as far as that allows: one script call for all the
+    /// shards of a bucket (every shard, with one Redis; a cluster's shards
+    /// of one hash tag).
     pub async fn mark(&self, messages: &[Message]) -> Result<(), BackendError> {
         let mut by_shard: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for message in messages {
             let shard = self.config.shard_of(&message.group);
             by_shard.entry(shard).or_default().push(message.id.to_string());
         }
+        let mut by_bucket: BTreeMap<usize, Vec<(usize, Vec<String>)>> = BTreeMap::new();
         for (shard, ids) in by_shard {
-            self.mark_ids(shard, &ids).await?;
+            by_bucket.entry(self.config.bucket_of_shard(shard)).or_default().push((shard, ids));
+        }
+        for shards in by_bucket.into_values() {
+            self.mark_shards(&shards).await?;
         }
         Ok(())
     }
 
     /// `mark` for ids of one shard's entries; returns the shard's watermark.
     pub async fn mark_ids(&self, shard: usize, ids: &[String]) -> Result<String, BackendError> {
+        let marks = self.mark_shards(&[(shard, ids.to_vec())]).await?;
+        marks
+            .into_iter()
+            .next()
+            .ok_or_else(|| BackendError::new(BACKEND, "mark stored: no watermark"))
+    }
+
+    /// One script call for shards of one bucket; their watermarks, in order.
+    async fn mark_shards(
+        &self,
+        shards: &[(usize, Vec<String>)],
+    ) -> Result<Vec<String>, BackendError> {
         let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(self.config.stream_key(shard))
-            .key(self.config.stored_key(shard))
-            .key(self.config.stored_ids_key(shard));
-        for id in ids {
-            invocation.arg(id);
+        for (shard, ids) in shards {
+            invocation
+                .key(self.config.stream_key(*shard))
+                .key(self.config.stored_key(*shard))
+                .key(self.config.stored_ids_key(*shard));
+            invocation.arg(ids.len());
+            for id in ids {
+                invocation.arg(id);
+            }
         }
         let mut connection = self.connection.clone();
         run(&self.config, &self.health, "mark stored", async {
