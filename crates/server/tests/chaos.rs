@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use next_chat_client::{Client, ClientOptions, Event, Events, JoinResult};
-use next_chat_testkit::{MYSQL_ADDR, ScaleOut, TcpProxy, TestServer, eventually, mariadb};
+use next_chat_testkit::{
+    MYSQL_ADDR, REDIS_ADDR, ScaleOut, TcpProxy, TestServer, eventually, mariadb,
+};
 
 const GROUP: &str = "chaos";
-const REDIS_ADDR: &str = "127.0.0.1:6379";
 /// Members that stay joined on each instance, each also sending.
 const STAYERS: usize = 3;
 /// The kinds of fault, taken in turn (see the rounds below).

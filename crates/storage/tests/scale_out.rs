@@ -18,7 +18,7 @@ use next_chat_storage::{
     ExistingMessages, MySqlHistory, ReconcilerConfig, RedisConfig, RedisMembership, RedisMessaging,
     StoredMarks, StreamHistoryReconciler, mysql,
 };
-use next_chat_testkit::{RedisServer, TcpProxy, eventually, eventually_ok};
+use next_chat_testkit::{MYSQL_ADDR, REDIS_ADDR, RedisServer, TcpProxy, eventually, eventually_ok};
 use sqlx::Row;
 
 fn draft(group_name: &str, text: &str) -> NewMessage {
@@ -203,7 +203,7 @@ async fn the_reader_resumes_after_redis_comes_back_and_publish_fails_fast_meanwh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_and_the_reader_leave_a_silent_connection_for_a_new_one() {
     let names = ScaleOutNames::new();
-    let proxy = TcpProxy::start("127.0.0.1:6379").await;
+    let proxy = TcpProxy::start(REDIS_ADDR).await;
     let config = RedisConfig {
         url: format!("redis://{}", proxy.addr()),
         command_timeout: Duration::from_millis(500),
@@ -260,8 +260,8 @@ async fn appends_cut_off_by_a_silent_mysql_leave_no_connection_stuck() {
     use sqlx::Connection;
     let names = ScaleOutNames::new();
     mysql::migrate(&names.mysql_url()).await.unwrap();
-    let proxy = TcpProxy::start("127.0.0.1:3306").await;
-    let via_proxy = names.mysql_url().replace("127.0.0.1:3306", &proxy.addr());
+    let proxy = TcpProxy::start(MYSQL_ADDR).await;
+    let via_proxy = names.mysql_url().replace(MYSQL_ADDR, &proxy.addr());
     let history = Arc::new(MySqlHistory::connect(&via_proxy, false).await.unwrap());
     history.append(&[message("g", 1, 0, "before")]).await.unwrap();
 

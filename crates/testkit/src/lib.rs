@@ -46,8 +46,9 @@ use tokio::process::{Child, Command};
 /// prefix or database of their own.
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const MYSQL_ROOT_URL: &str = "mysql://root@127.0.0.1:3306";
-/// MariaDB's address, for a `TcpProxy` in front of it.
+/// MariaDB's and Redis's addresses, for a `TcpProxy` in front of them.
 pub const MYSQL_ADDR: &str = "127.0.0.1:3306";
+pub const REDIS_ADDR: &str = "127.0.0.1:6379";
 
 /// How long a server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
