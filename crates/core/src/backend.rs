@@ -2,10 +2,13 @@
 //! implementation (in process, SQLite) and a scale-out one (Redis, MySQL) in
 //! `next-chat-storage`; the chat rules never know which they have.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::domain::{ConnectionId, GroupId, JoinOutcome, Message, MessageId, NewMessage, UserId};
 use crate::error::BackendError;
+use crate::rate::Rate;
 
 /// Called by `Messaging::publish` once a message has its id, before any
 /// instance delivers it (see `Messaging::publish`).
@@ -75,8 +78,33 @@ pub trait Messaging: Send + Sync + 'static {
 /// least one of its connections (on any instance) has joined.
 #[async_trait]
 pub trait Membership: Send + Sync + 'static {
-    /// Creates the group; creating one that exists is not an error.
-    async fn create_group(&self, group: &GroupId) -> Result<(), BackendError>;
+    /// Creates the group, recording `owner` as the user who created it (a
+    /// tool loading groups in bulk has none); creating one that exists is
+    /// not an error and changes nothing.
+    async fn create_group(
+        &self,
+        group: &GroupId,
+        owner: Option<&UserId>,
+    ) -> Result<(), BackendError>;
+
+    /// How many existing groups `owner` created (for `max_groups_owned_per_user`).
+    async fn groups_owned(&self, owner: &UserId) -> Result<usize, BackendError>;
+
+    /// The user who created the group, if it exists and one is recorded.
+    async fn group_owner(&self, group: &GroupId) -> Result<Option<UserId>, BackendError>;
+
+    /// Takes one token from `user`'s bucket `bucket` that every instance
+    /// shares, at `rate`: `None` when taken, else how long until one is
+    /// there. A backend whose state no other instance shares returns `None`
+    /// always: the in-process buckets (`UserLimits`) are then the whole truth.
+    async fn take_shared_token(
+        &self,
+        _bucket: &str,
+        _user: &UserId,
+        _rate: &Rate,
+    ) -> Result<Option<Duration>, BackendError> {
+        Ok(None)
+    }
 
     async fn group_exists(&self, group: &GroupId) -> Result<bool, BackendError>;
 

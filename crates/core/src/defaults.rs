@@ -29,6 +29,9 @@ pub const USER_MESSAGES_PER_SECOND: u32 = 2000;
 pub const GROUPS_CREATED_PER_MINUTE: u32 = 60;
 /// Most groups the server holds.
 pub const MAX_GROUPS: usize = 100_000;
+/// Existing groups one user may have created, so that one account cannot use
+/// up `MAX_GROUPS`.
+pub const MAX_GROUPS_OWNED_PER_USER: usize = 100;
 /// How long a send waits for history to store its message, in milliseconds.
 pub const SAVE_TIMEOUT_MS: u64 = 500;
 /// At most one history write per this many milliseconds under steady load.

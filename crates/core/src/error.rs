@@ -38,6 +38,12 @@ pub enum ChatError {
     #[error("the server holds {limit} groups, the limit (max_groups); join an existing group")]
     TooManyGroups { limit: usize },
 
+    #[error(
+        "user '{user}' created {limit} groups that still exist, the limit \
+         (max_groups_owned_per_user); join an existing group"
+    )]
+    TooManyGroupsOwned { user: UserId, limit: usize },
+
     /// The user called faster than a rate limit allows; nothing was done.
     #[error("rate limited: more than {limit} {what} for user {user}; retry in {} ms", retry_ms(*.retry_after))]
     RateLimited { what: &'static str, limit: u32, user: UserId, retry_after: Duration },

@@ -49,6 +49,8 @@ pub struct ChatConfig {
     pub groups_created: Rate,
     /// Most groups the server holds; creating one more is refused.
     pub max_groups: usize,
+    /// Most existing groups one user may have created.
+    pub max_groups_owned_per_user: usize,
     /// Bytes of history pages (`OnHistory`, `GetHistory`, `GetMessagesAfter`)
     /// per second per user on this instance, and the burst.
     pub history_read_bytes: Rate,
@@ -86,6 +88,7 @@ impl Default for ChatConfig {
                 defaults::GROUPS_CREATED_PER_MINUTE,
             ),
             max_groups: defaults::MAX_GROUPS,
+            max_groups_owned_per_user: defaults::MAX_GROUPS_OWNED_PER_USER,
             history_read_bytes: Rate::per_second(
                 defaults::HISTORY_READ_BYTES_PER_SECOND,
                 defaults::HISTORY_READ_BURST_BYTES,
@@ -281,6 +284,27 @@ impl ChatService {
         })
     }
 
+    /// Takes one token for `what` from the user's bucket that every instance
+    /// shares (scale-out), after the one here (`take_token`): reconnecting
+    /// to another instance starts where the user left off.
+    async fn take_shared_token(&self, session: &Session, what: Limited) -> Result<(), ChatError> {
+        let (bucket, rate, description) = match what {
+            Limited::Messages => ("messages", self.users.messages(), "messages per second"),
+            Limited::GroupCreations => {
+                ("creations", self.users.creations(), "groups created per minute")
+            }
+        };
+        match self.membership.take_shared_token(bucket, &session.user, rate).await? {
+            None => Ok(()),
+            Some(retry_after) => Err(ChatError::RateLimited {
+                what: description,
+                limit: rate.per_period,
+                user: session.user.clone(),
+                retry_after,
+            }),
+        }
+    }
+
     /// Lets one of the user's history reads start, or says when to retry.
     fn start_read<'a>(&self, session: &'a Session) -> Result<ReadPermit<'a>, ChatError> {
         let rates = self.users.rates();
@@ -322,12 +346,18 @@ impl ChatService {
             return Err(ChatError::GroupNotFound(group.clone()));
         }
         self.take_token(session, Limited::GroupCreations)?;
+        self.take_shared_token(session, Limited::GroupCreations).await?;
         // Counted before creating, so concurrent creations on several
-        // instances may overshoot by a few: a bound, not an exact quota.
+        // instances may overshoot by a few: bounds, not exact quotas (the
+        // shared creation rate keeps one user's few).
+        let limit = self.config.max_groups_owned_per_user;
+        if self.membership.groups_owned(&session.user).await? >= limit {
+            return Err(ChatError::TooManyGroupsOwned { user: session.user.clone(), limit });
+        }
         if self.membership.group_count().await? >= self.config.max_groups {
             return Err(ChatError::TooManyGroups { limit: self.config.max_groups });
         }
-        self.membership.create_group(group).await?;
+        self.membership.create_group(group, Some(&session.user)).await?;
         Ok(())
     }
 

@@ -68,8 +68,14 @@ struct Open;
 
 #[async_trait]
 impl Membership for Open {
-    async fn create_group(&self, _: &GroupId) -> Result<(), BackendError> {
+    async fn create_group(&self, _: &GroupId, _: Option<&UserId>) -> Result<(), BackendError> {
         Ok(())
+    }
+    async fn groups_owned(&self, _: &UserId) -> Result<usize, BackendError> {
+        Ok(0)
+    }
+    async fn group_owner(&self, _: &GroupId) -> Result<Option<UserId>, BackendError> {
+        Ok(None)
     }
     async fn group_exists(&self, _: &GroupId) -> Result<bool, BackendError> {
         Ok(true)

@@ -251,6 +251,54 @@ async fn creating_groups_faster_than_the_user_rate_is_refused() {
     assert_eq!(groups["result"].as_array().map(Vec::len), Some(4), "{groups}");
 }
 
+/// Reconnecting does not refill the user's creation bucket.
+#[tokio::test]
+async fn reconnecting_does_not_refill_the_group_creation_rate() {
+    let server =
+        TestServer::start(["--groups-created-per-minute", "3"].map(String::from).to_vec()).await;
+    let mut created = 0;
+    for i in 0..5 {
+        let mut ann = json_hub(&server.ws_url(), "ann").await;
+        for j in 0..2 {
+            let completion =
+                json_invoke(&mut ann, "c", "CreateGroup", json!([format!("r{i}-{j}")])).await;
+            match completion["error"].as_str() {
+                None => created += 1,
+                Some(error) => assert!(error.contains("groups created per minute"), "{error}"),
+            }
+        }
+        ann.close(None).await.unwrap();
+    }
+    assert_eq!(created, 3);
+}
+
+/// One user may have created at most `max_groups_owned_per_user` groups that
+/// exist, counted from storage: a restart does not reset it; others still create.
+#[tokio::test]
+async fn a_user_owns_at_most_max_groups_owned_per_user_across_restarts() {
+    let mut server =
+        TestServer::start(["--max-groups-owned-per-user", "2"].map(String::from).to_vec()).await;
+    let mut ann = json_hub(&server.ws_url(), "ann").await;
+    for group in ["a", "b"] {
+        assert_ok(&json_invoke(&mut ann, group, "CreateGroup", json!([group])).await);
+    }
+    let expected = "user 'ann' created 2 groups that still exist, the limit \
+                    (max_groups_owned_per_user); join an existing group";
+    for (method, group) in [("CreateGroup", "c"), ("JoinGroup", "d")] {
+        let completion = json_invoke(&mut ann, method, method, json!([group])).await;
+        assert_eq!(error_of(&completion), expected, "{method}");
+    }
+    // Groups that exist are joined as before; other users create their own.
+    assert_eq!(json_invoke(&mut ann, "j", "JoinGroup", json!(["a"])).await["result"], 0);
+    let mut bob = json_hub(&server.ws_url(), "bob").await;
+    assert_ok(&json_invoke(&mut bob, "c", "CreateGroup", json!(["c"])).await);
+    drop((ann, bob));
+    server.restart().await;
+    let mut ann = json_hub(&server.ws_url(), "ann").await;
+    let completion = json_invoke(&mut ann, "e", "CreateGroup", json!(["e"])).await;
+    assert_eq!(error_of(&completion), expected, "the count is stored, not kept in memory");
+}
+
 #[tokio::test]
 async fn the_server_holds_at_most_max_groups() {
     let server = TestServer::start(["--max-groups", "3"].map(String::from).to_vec()).await;

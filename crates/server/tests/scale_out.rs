@@ -673,6 +673,40 @@ async fn chat_resumes_after_the_master_of_its_stream_fails_over() {
 }
 
 /// The chat tests, on one Redis and on a Redis Cluster of the test's own.
+/// Per-user limits hold across reconnects and instances: one user connecting
+/// to either instance in turn creates at most `groups_created_per_minute`
+/// groups in the minute; another user is not held up by it.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_users_group_creation_rate_holds_across_reconnects_and_instances() {
+    let scale = ScaleOut::create();
+    let mut args = scale.args();
+    args.extend(["--groups-created-per-minute", "3"].map(String::from));
+    let servers = TestServer::start_instances(&args, 2).await;
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let server = &servers[i % 2];
+        let (client, _events) =
+            Client::connect(ClientOptions::new(&server.url, "ann")).await.unwrap();
+        for j in 0..2 {
+            let name = format!("r{i}-{j}");
+            match client.create_group(&name).await {
+                Ok(()) => created.push(name),
+                Err(error) => {
+                    let error = error.to_string();
+                    assert!(
+                        error.contains("more than 3 groups created per minute for user ann"),
+                        "{error}"
+                    );
+                }
+            }
+        }
+        client.close().await;
+    }
+    assert_eq!(created, ["r0-0", "r0-1", "r1-0"], "three in the minute, on either instance");
+    let (bob, _events) = Client::connect(ClientOptions::new(&servers[1].url, "bob")).await.unwrap();
+    bob.create_group("bobs").await.expect("bob has a bucket of his own");
+}
+
 macro_rules! single_and_cluster {
     ($($test:ident),* $(,)?) => {
         mod single_redis {

@@ -47,13 +47,25 @@ impl EmbeddedMembership {
 
 #[async_trait]
 impl Membership for EmbeddedMembership {
-    async fn create_group(&self, group: &GroupId) -> Result<(), BackendError> {
+    async fn create_group(
+        &self,
+        group: &GroupId,
+        owner: Option<&UserId>,
+    ) -> Result<(), BackendError> {
         if self.is_known(group) {
             return Ok(());
         }
-        self.store.create_group(group).await?;
+        self.store.create_group(group, owner).await?;
         self.remember(group);
         Ok(())
+    }
+
+    async fn groups_owned(&self, owner: &UserId) -> Result<usize, BackendError> {
+        self.store.groups_owned(owner).await
+    }
+
+    async fn group_owner(&self, group: &GroupId) -> Result<Option<UserId>, BackendError> {
+        self.store.group_owner(group).await
     }
 
     async fn group_exists(&self, group: &GroupId) -> Result<bool, BackendError> {

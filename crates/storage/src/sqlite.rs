@@ -187,13 +187,38 @@ impl SqliteStore {
         Ok(Some(MessageId::new(to_u64(millis, "id")?, to_u64(seq, "id")?)))
     }
 
-    pub async fn create_group(&self, group: &GroupId) -> Result<(), BackendError> {
-        sqlx::query("INSERT OR IGNORE INTO chat_groups (group_id) VALUES (?)")
+    pub async fn create_group(
+        &self,
+        group: &GroupId,
+        owner: Option<&UserId>,
+    ) -> Result<(), BackendError> {
+        sqlx::query("INSERT OR IGNORE INTO chat_groups (group_id, owner_id) VALUES (?, ?)")
             .bind(group.as_str())
+            .bind(owner.map(UserId::as_str))
             .execute(&self.pool)
             .await
             .map_err(|e| error("create group", e))?;
         Ok(())
+    }
+
+    pub async fn groups_owned(&self, owner: &UserId) -> Result<usize, BackendError> {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM chat_groups WHERE owner_id = ?")
+                .bind(owner.as_str())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| error("count owned groups", e))?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    pub async fn group_owner(&self, group: &GroupId) -> Result<Option<UserId>, BackendError> {
+        let owner: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT owner_id FROM chat_groups WHERE group_id = ?")
+                .bind(group.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| error("read group owner", e))?;
+        Ok(owner.and_then(|(owner,)| owner).map(|owner| UserId::from_trusted(&owner)))
     }
 
     pub async fn group_count(&self) -> Result<usize, BackendError> {

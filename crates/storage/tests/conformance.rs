@@ -25,6 +25,8 @@ trait Fixture: Sized + Send + Sync + 'static {
     fn history(&self) -> Arc<dyn HistoryStore>;
     /// A messaging backend delivering to `fanout`.
     async fn messaging(&self, fanout: Arc<LocalFanout>) -> Arc<dyn Messaging>;
+    /// Whether other instances share this backend's state (rate buckets).
+    const SHARED: bool;
 }
 
 // ---------------------------------------------------------------- the suite
@@ -34,10 +36,10 @@ async fn groups_are_created_once_and_listed_in_code_point_order<F: Fixture>() {
     let membership = fixture.membership();
     let names = ["b", "a", "B", "é", "z", "ä", "日本", "Z", "a b", "😀"];
     for name in names {
-        membership.create_group(&group(name)).await.unwrap();
+        membership.create_group(&group(name), None).await.unwrap();
     }
     // Creating one that exists is not an error.
-    membership.create_group(&group("a")).await.unwrap();
+    membership.create_group(&group("a"), None).await.unwrap();
     assert!(membership.group_exists(&group("é")).await.unwrap());
     assert!(!membership.group_exists(&group("A")).await.unwrap(), "case-sensitive");
     assert!(!membership.group_exists(&group("nope")).await.unwrap());
@@ -72,7 +74,7 @@ async fn a_user_on_two_connections_counts_once<F: Fixture>() {
     let fixture = F::start().await;
     let membership = fixture.membership();
     let g = group("room");
-    membership.create_group(&g).await.unwrap();
+    membership.create_group(&g, None).await.unwrap();
     let alice = user("alice");
     assert_eq!(
         membership.join(&g, &alice, &connection("c1"), 20).await.unwrap(),
@@ -111,7 +113,7 @@ async fn the_twenty_first_user_finds_no_room_until_a_place_is_freed<F: Fixture>(
     let fixture = F::start().await;
     let membership = fixture.membership();
     let g = group("full");
-    membership.create_group(&g).await.unwrap();
+    membership.create_group(&g, None).await.unwrap();
     for i in 0..20 {
         let outcome =
             membership.join(&g, &user(&format!("u{i}")), &connection(&format!("c{i}")), 20).await;
@@ -152,7 +154,7 @@ async fn joins_racing_for_the_last_places_admit_exactly_the_maximum<F: Fixture>(
     let fixture = F::start().await;
     let membership = fixture.membership();
     let g = group("race");
-    membership.create_group(&g).await.unwrap();
+    membership.create_group(&g, None).await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..40 {
         let membership = Arc::clone(&membership);
@@ -395,6 +397,46 @@ async fn concurrent_publishers_are_seen_in_one_order<F: Fixture>() {
     messaging.shutdown().await;
 }
 
+async fn groups_record_who_created_them<F: Fixture>() {
+    let fixture = F::start().await;
+    let membership = fixture.membership();
+    let (ann, ben) = (user("ann"), user("ben"));
+    membership.create_group(&group("a"), Some(&ann)).await.unwrap();
+    membership.create_group(&group("b"), Some(&ann)).await.unwrap();
+    membership.create_group(&group("c"), Some(&ben)).await.unwrap();
+    membership.create_group(&group("loaded"), None).await.unwrap();
+    // Creating one that exists changes nothing, its owner included.
+    membership.create_group(&group("a"), Some(&ben)).await.unwrap();
+    assert_eq!(membership.groups_owned(&ann).await.unwrap(), 2);
+    assert_eq!(membership.groups_owned(&ben).await.unwrap(), 1);
+    assert_eq!(membership.groups_owned(&user("cy")).await.unwrap(), 0);
+    assert_eq!(membership.group_owner(&group("a")).await.unwrap(), Some(ann));
+    assert_eq!(membership.group_owner(&group("c")).await.unwrap(), Some(ben));
+    assert_eq!(membership.group_owner(&group("loaded")).await.unwrap(), None);
+    assert_eq!(membership.group_owner(&group("missing")).await.unwrap(), None);
+}
+
+async fn shared_rate_buckets_hold_the_burst_then_the_rate<F: Fixture>() {
+    let fixture = F::start().await;
+    let membership = fixture.membership();
+    let rate = next_chat_core::rate::Rate::per_minute(3, 3);
+    let (ann, ben) = (user("ann"), user("ben"));
+    for i in 0..3 {
+        let taken = membership.take_shared_token("creations", &ann, &rate).await.unwrap();
+        assert_eq!(taken, None, "token {i} of the burst");
+    }
+    let refused = membership.take_shared_token("creations", &ann, &rate).await.unwrap();
+    if F::SHARED {
+        let wait = refused.expect("the fourth within the minute waits");
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(20), "{wait:?}");
+        // Each user and each kind has a bucket of its own.
+        assert_eq!(membership.take_shared_token("creations", &ben, &rate).await.unwrap(), None);
+        assert_eq!(membership.take_shared_token("messages", &ann, &rate).await.unwrap(), None);
+    } else {
+        assert_eq!(refused, None, "one instance: its own buckets are the whole truth");
+    }
+}
+
 async fn backends_answer_check<F: Fixture>() {
     let fixture = F::start().await;
     fixture.membership().check().await.unwrap();
@@ -421,6 +463,8 @@ macro_rules! conformance {
                 history_keeps_the_longest_text_and_any_characters,
                 published_messages_get_increasing_ids_and_are_delivered_in_order,
                 concurrent_publishers_are_seen_in_one_order,
+                groups_record_who_created_them,
+                shared_rate_buckets_hold_the_burst_then_the_rate,
                 backends_answer_check,
             );
         }
@@ -450,6 +494,8 @@ mod embedded_fixture {
 
     #[async_trait]
     impl Fixture for Embedded {
+        const SHARED: bool = false;
+
         async fn start() -> Self {
             let dir = tempfile::tempdir().unwrap();
             let url = format!("sqlite://{}", dir.path().join("chat.db").display());
@@ -490,6 +536,8 @@ mod scale_out_fixture {
 
     #[async_trait]
     impl Fixture for ScaleOut {
+        const SHARED: bool = true;
+
         async fn start() -> Self {
             let names = ScaleOutNames::new();
             mysql::migrate(&names.mysql_url()).await.unwrap();
@@ -533,6 +581,8 @@ mod cluster_fixture {
 
     #[async_trait]
     impl Fixture for Cluster {
+        const SHARED: bool = true;
+
         async fn start() -> Self {
             let cluster = RedisCluster::start().await;
             let names = ScaleOutNames::new();

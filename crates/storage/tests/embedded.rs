@@ -21,7 +21,7 @@ async fn ids_and_groups_survive_a_restart() {
     {
         let store = SqliteStore::open(&url).await.unwrap();
         store.append(&[message("g", ahead, 7, "from the future")]).await.unwrap();
-        EmbeddedMembership::new(store.clone()).create_group(&group("kept")).await.unwrap();
+        EmbeddedMembership::new(store.clone()).create_group(&group("kept"), None).await.unwrap();
         store.close().await;
     }
     let store = SqliteStore::open(&url).await.unwrap();

@@ -120,7 +120,7 @@ async fn a_full_redis_refuses_writes_fast_and_clearly_then_recovers() {
     // would drop them all.
     redis.set_maxmemory(redis.used_memory().await / 2).await;
     let started = Instant::now();
-    let create = membership.create_group(&group("new")).await;
+    let create = membership.create_group(&group("new"), None).await;
     let create_error = create.expect_err("creating a group needs memory");
     assert!(create_error.detail.contains("out of memory (maxmemory)"), "{}", create_error.detail);
     let published = messaging.publish(draft("g", "small"), &|_| {}).await;
@@ -134,7 +134,7 @@ async fn a_full_redis_refuses_writes_fast_and_clearly_then_recovers() {
     redis.set_maxmemory(0).await;
     messaging.check().await.expect("ready again once memory frees");
     messaging.publish(draft("g", "room again"), &|_| {}).await.expect("publish works again");
-    membership.create_group(&group("new")).await.expect("and creating groups");
+    membership.create_group(&group("new"), None).await.expect("and creating groups");
     membership.shutdown().await;
     messaging.shutdown().await;
 }

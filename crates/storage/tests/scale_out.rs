@@ -37,7 +37,7 @@ async fn instances_racing_for_the_last_places_admit_exactly_the_maximum() {
         instances.push(Arc::new(RedisMembership::start(names.redis_config()).await.unwrap()));
     }
     let g = group("race");
-    instances[0].create_group(&g).await.unwrap();
+    instances[0].create_group(&g, None).await.unwrap();
     // 17 places taken, 3 left, 12 users on 4 instances racing for them.
     for i in 0..17 {
         let outcome = instances[i % 4]
@@ -84,7 +84,7 @@ async fn members_of_an_instance_that_stops_heart_beating_expire() {
     let doomed = RedisMembership::start(short.clone()).await.unwrap();
     let observer = RedisMembership::start(names.redis_config()).await.unwrap();
     let g = group("g");
-    doomed.create_group(&g).await.unwrap();
+    doomed.create_group(&g, None).await.unwrap();
     for i in 0..3 {
         let (u, c) = (user(&format!("u{i}")), connection(&format!("c{i}")));
         assert_eq!(doomed.join(&g, &u, &c, 20).await.unwrap(), JoinOutcome::Joined);
@@ -216,7 +216,7 @@ async fn commands_and_the_reader_leave_a_silent_connection_for_a_new_one() {
     let messaging = RedisMessaging::start(config.clone(), Arc::clone(&fanout)).await.unwrap();
     let membership = RedisMembership::start(config).await.unwrap();
     let g = group("g");
-    membership.create_group(&g).await.unwrap();
+    membership.create_group(&g, None).await.unwrap();
     let mut received = subscribe(&fanout, &messaging, &g, "c").await;
     let before = messaging.publish(draft("g", "before"), &|_| {}).await.unwrap();
     assert_eq!(receive(&mut received, 1).await, vec![before]);

@@ -25,6 +25,7 @@ pub(super) fn chat(v: &Values) -> ChatConfig {
         user_messages: Rate::per_second(rate, burst),
         groups_created: Rate::per_minute(v.groups_created_per_minute, v.groups_created_per_minute),
         max_groups: v.max_groups,
+        max_groups_owned_per_user: v.max_groups_owned_per_user,
         history_read_bytes: Rate::per_second(
             v.history_read_bytes_per_second,
             v.history_read_burst_bytes,

@@ -133,11 +133,14 @@ settings! {
     /// SendMessage calls a user may make at once beyond the rate
     user_messages_burst: u32, default (unset "twice the rate"), min 1,
         env "NEXT_CHAT_USER_MESSAGES_BURST", value "N";
-    /// Groups one user may create per minute (also the burst), per instance
+    /// Groups one user may create per minute (also the burst); shared by every instance in scale-out mode
     groups_created_per_minute: u32, default (chat::GROUPS_CREATED_PER_MINUTE), min 1,
         env "NEXT_CHAT_GROUPS_CREATED_PER_MINUTE", value "N";
     /// Most groups the server holds; creating another is refused
     max_groups: usize, default (chat::MAX_GROUPS), min 1, env "NEXT_CHAT_MAX_GROUPS", value "N";
+    /// Most existing groups one user may have created; creating another is refused, so that one account cannot use up max_groups
+    max_groups_owned_per_user: usize, default (chat::MAX_GROUPS_OWNED_PER_USER), min 1,
+        env "NEXT_CHAT_MAX_GROUPS_OWNED_PER_USER", value "N";
     /// Bytes of history pages (OnHistory, GetHistory, GetMessagesAfter) one user may read per second, per instance
     history_read_bytes_per_second: u32, default (chat::HISTORY_READ_BYTES_PER_SECOND), min 1,
         env "NEXT_CHAT_HISTORY_READ_BYTES_PER_SECOND", value "BYTES";

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use next_chat_core::{BackendError, GroupId};
+use next_chat_core::{BackendError, GroupId, UserId};
 
 use super::BACKEND;
 
@@ -152,6 +152,21 @@ impl RedisConfig {
         } else {
             vec![format!("{}groups", self.key_prefix)]
         }
+    }
+
+    /// Who created each group (a hash, group to user).
+    pub(crate) fn owners_key(&self) -> String {
+        format!("{}group-owners", self.key_prefix)
+    }
+
+    /// The existing groups a user created (a set).
+    pub(crate) fn owned_key(&self, user: &UserId) -> String {
+        format!("{}owned:{}", self.key_prefix, user.as_str())
+    }
+
+    /// A user's rate bucket of one kind, shared by every instance.
+    pub(crate) fn rate_key(&self, bucket: &str, user: &UserId) -> String {
+        format!("{}rate:{bucket}:{}", self.key_prefix, user.as_str())
     }
 
     pub(crate) fn members_key(&self, group: &GroupId) -> String {

@@ -6,10 +6,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ::redis::Script;
 use async_trait::async_trait;
 use futures_util::future::{join_all, try_join_all};
+use next_chat_core::rate::Rate;
 use next_chat_core::{BackendError, ConnectionId, GroupId, JoinOutcome, Membership, UserId};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
@@ -64,6 +66,10 @@ const HEARTBEAT_SCRIPT: &str = concat!(allow_oom!(), include_str!("scripts/heart
 /// when Redis is out of memory, as the members' refresh does.
 const RELIST_SCRIPT: &str = concat!(allow_oom!(), include_str!("scripts/relist.lua"));
 
+/// KEYS[1] a user's shared rate bucket; ARGV: microseconds per token, burst.
+/// Returns 0 when a token was taken, else the microseconds to wait.
+const TAKE_TOKEN_SCRIPT: &str = include_str!("scripts/take_token.lua");
+
 /// Commands a heartbeat (or a shutdown) has in flight at once.
 const HEARTBEAT_CONCURRENCY: usize = 64;
 
@@ -92,6 +98,7 @@ struct MembershipInner {
     members_script: Script,
     heartbeat_script: Script,
     relist_script: Script,
+    take_token_script: Script,
 }
 
 pub struct RedisMembership {
@@ -115,6 +122,7 @@ impl RedisMembership {
             members_script: Script::new(MEMBERS_SCRIPT),
             heartbeat_script: Script::new(HEARTBEAT_SCRIPT),
             relist_script: Script::new(RELIST_SCRIPT),
+            take_token_script: Script::new(TAKE_TOKEN_SCRIPT),
             config,
         });
         let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&inner)));
@@ -251,13 +259,20 @@ async fn heartbeat_loop(inner: Arc<MembershipInner>) {
 
 #[async_trait]
 impl Membership for RedisMembership {
-    async fn create_group(&self, group: &GroupId) -> Result<(), BackendError> {
+    /// Lists the group, then, if it was new, records its owner (two keys
+    /// that may live on different nodes of a cluster, so not one script: a
+    /// crash between leaves a group that counts for nobody).
+    async fn create_group(
+        &self,
+        group: &GroupId,
+        owner: Option<&UserId>,
+    ) -> Result<(), BackendError> {
         let inner = &self.inner;
         if inner.is_known(group) {
             return Ok(());
         }
         let mut connection = inner.connection.clone();
-        run(&inner.config, &inner.health, "create group", async {
+        let added = run(&inner.config, &inner.health, "create group", async {
             ::redis::cmd("ZADD")
                 .arg(inner.config.group_list_key(group))
                 .arg("NX")
@@ -267,8 +282,75 @@ impl Membership for RedisMembership {
                 .await
         })
         .await?;
+        if let (1, Some(owner)) = (added, owner) {
+            run(&inner.config, &inner.health, "record group owner", async {
+                ::redis::cmd("HSET")
+                    .arg(inner.config.owners_key())
+                    .arg(group.as_str())
+                    .arg(owner.as_str())
+                    .query_async::<i64>(&mut connection)
+                    .await
+            })
+            .await?;
+            run(&inner.config, &inner.health, "record group owner", async {
+                ::redis::cmd("SADD")
+                    .arg(inner.config.owned_key(owner))
+                    .arg(group.as_str())
+                    .query_async::<i64>(&mut connection)
+                    .await
+            })
+            .await?;
+        }
         inner.remember(group);
         Ok(())
+    }
+
+    async fn groups_owned(&self, owner: &UserId) -> Result<usize, BackendError> {
+        let inner = &self.inner;
+        let mut connection = inner.connection.clone();
+        run(&inner.config, &inner.health, "count owned groups", async {
+            ::redis::cmd("SCARD")
+                .arg(inner.config.owned_key(owner))
+                .query_async::<usize>(&mut connection)
+                .await
+        })
+        .await
+    }
+
+    async fn group_owner(&self, group: &GroupId) -> Result<Option<UserId>, BackendError> {
+        let inner = &self.inner;
+        let mut connection = inner.connection.clone();
+        let owner: Option<String> = run(&inner.config, &inner.health, "read group owner", async {
+            ::redis::cmd("HGET")
+                .arg(inner.config.owners_key())
+                .arg(group.as_str())
+                .query_async(&mut connection)
+                .await
+        })
+        .await?;
+        Ok(owner.map(|owner| UserId::from_trusted(&owner)))
+    }
+
+    /// One script call (`scripts/take_token.lua`) on the user's bucket key.
+    async fn take_shared_token(
+        &self,
+        bucket: &str,
+        user: &UserId,
+        rate: &Rate,
+    ) -> Result<Option<Duration>, BackendError> {
+        let inner = &self.inner;
+        let interval = (rate.period / rate.per_period.max(1)).as_micros().max(1);
+        let mut invocation = inner.take_token_script.prepare_invoke();
+        invocation
+            .key(inner.config.rate_key(bucket, user))
+            .arg(interval as u64)
+            .arg(rate.burst.max(1));
+        let mut connection = inner.connection.clone();
+        let wait_us: u64 = run(&inner.config, &inner.health, "take a rate token", async {
+            invocation.invoke_async(&mut connection).await
+        })
+        .await?;
+        Ok((wait_us > 0).then(|| Duration::from_micros(wait_us)))
     }
 
     async fn group_exists(&self, group: &GroupId) -> Result<bool, BackendError> {
