@@ -271,70 +271,102 @@ impl HistoryWriter {
 
     /// The group's latest `limit` messages below `before`, oldest first, from
     /// the store and the unsaved set together; from each, no more than its
-    /// newest `max_bytes` of text (see `HistoryStore::read_within`).
+    /// newest `max_bytes` of text (see `HistoryStore::read_within`). Where one
+    /// of the two reads may have stopped short (at `limit`, or within
+    /// `longest`, the longest text, of `max_bytes`), the page starts no
+    /// earlier than it did, so that paging back from the page's oldest
+    /// message skips nothing the other read went past.
     pub async fn read(
         &self,
         group: &GroupId,
         before: Option<MessageId>,
         limit: usize,
         max_bytes: usize,
+        longest: usize,
     ) -> Result<Vec<Message>, BackendError> {
         // Unsaved first, store second: a message the writer stores in between is
         // then in one or the other, never in neither.
-        let unsaved: Vec<Message> = {
+        let (unsaved, unsaved_cut) = {
             let unsaved = self.lock();
             match unsaved.by_group.get(group) {
                 Some(messages) => {
-                    let upper = before.unwrap_or(MessageId { millis: u64::MAX, seq: u64::MAX });
-                    let newest = messages.range(..upper).rev().take(limit).map(|(_, m)| m);
-                    within_bytes(newest, max_bytes)
+                    let upper = before.unwrap_or(MessageId::MAX);
+                    let newest: Vec<&Message> =
+                        messages.range(..upper).rev().take(limit).map(|(_, m)| m).collect();
+                    let kept = within_bytes(newest.iter().copied(), max_bytes);
+                    let cut = kept.len() < newest.len() || newest.len() >= limit;
+                    (kept, cut)
                 }
-                None => Vec::new(),
+                None => (Vec::new(), false),
             }
         };
         let stored = self.shared.store.read_within(group, before, limit, max_bytes).await?;
         if unsaved.is_empty() {
             return Ok(stored);
         }
+        let oldest = |page: &[Message]| page.iter().map(|m| m.id).min();
+        let mut from = MessageId::MIN;
+        if may_be_cut(&stored, limit, max_bytes, longest) {
+            from = from.max(oldest(&stored).unwrap_or(MessageId::MIN));
+        }
+        if unsaved_cut {
+            from = from.max(oldest(&unsaved).unwrap_or(MessageId::MIN));
+        }
         let mut merged: BTreeMap<MessageId, Message> =
             stored.into_iter().map(|m| (m.id, m)).collect();
         merged.extend(unsaved.into_iter().map(|m| (m.id, m)));
+        let merged: Vec<Message> = merged.into_values().filter(|m| m.id >= from).collect();
         let skip = merged.len().saturating_sub(limit);
-        Ok(merged.into_values().skip(skip).collect())
+        Ok(merged.into_iter().skip(skip).collect())
     }
 
     /// The group's first `limit` messages above `after`, oldest first, from
-    /// the store and the unsaved set together: a message delivered but not yet
-    /// stored is found too.
+    /// the store and the unsaved set together (a message delivered but not yet
+    /// stored is found too), and the id up to which the page is complete:
+    /// where either read may have stopped short (see `read`), the page ends
+    /// where it did, so that paging on from the page's last message skips
+    /// nothing; `MessageId::MAX` when neither did.
     pub async fn read_after(
         &self,
         group: &GroupId,
         after: MessageId,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Message>, BackendError> {
+        longest: usize,
+    ) -> Result<(Vec<Message>, MessageId), BackendError> {
         // Unsaved first, store second, as in `read`.
-        let unsaved: Vec<Message> = {
+        let (unsaved, unsaved_cut) = {
             let unsaved = self.lock();
             match unsaved.by_group.get(group) {
                 Some(messages) => {
-                    let oldest = messages
+                    let oldest: Vec<&Message> = messages
                         .range((Bound::Excluded(after), Bound::Unbounded))
                         .take(limit)
-                        .map(|(_, m)| m);
-                    within_bytes(oldest, max_bytes)
+                        .map(|(_, m)| m)
+                        .collect();
+                    let kept = within_bytes(oldest.iter().copied(), max_bytes);
+                    let cut = kept.len() < oldest.len() || oldest.len() >= limit;
+                    (kept, cut)
                 }
-                None => Vec::new(),
+                None => (Vec::new(), false),
             }
         };
         let stored = self.shared.store.read_after_within(group, after, limit, max_bytes).await?;
+        let mut until = MessageId::MAX;
+        if may_be_cut(&stored, limit, max_bytes, longest) {
+            until = until.min(stored.last().map_or(MessageId::MAX, |m| m.id));
+        }
+        if unsaved_cut {
+            until = until.min(unsaved.last().map_or(MessageId::MAX, |m| m.id));
+        }
         if unsaved.is_empty() {
-            return Ok(stored);
+            return Ok((stored, until));
         }
         let mut merged: BTreeMap<MessageId, Message> =
             stored.into_iter().map(|m| (m.id, m)).collect();
         merged.extend(unsaved.into_iter().map(|m| (m.id, m)));
-        Ok(merged.into_values().take(limit).collect())
+        let page = merged.into_values().take_while(|m| m.id <= until).take(limit).collect();
+        Ok((page, until))
     }
 
     /// Whether `id` is one of the group's messages, stored or not.
@@ -375,6 +407,14 @@ impl HistoryWriter {
 /// `bytes` in MiB with one decimal, for people.
 /// Copies of the first of `messages` whose texts add up to at most
 /// `max_bytes`, at least one: only what a page can use is cloned.
+/// Whether a store's read of at most `limit` messages and `max_bytes` of text
+/// may have left out messages after those it returned: it returned `limit`, or
+/// what it returned is within one `longest` text of `max_bytes`.
+fn may_be_cut(page: &[Message], limit: usize, max_bytes: usize, longest: usize) -> bool {
+    let bytes: usize = page.iter().map(|m| m.text.as_str().len()).sum();
+    !page.is_empty() && (page.len() >= limit || bytes > max_bytes.saturating_sub(longest))
+}
+
 fn within_bytes<'a>(messages: impl Iterator<Item = &'a Message>, max_bytes: usize) -> Vec<Message> {
     let mut used = 0usize;
     let mut page = Vec::new();

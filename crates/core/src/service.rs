@@ -376,13 +376,10 @@ impl ChatService {
         self.config.history_page_max_bytes.saturating_sub(PAGE_ENVELOPE_BYTES)
     }
 
-    /// Whether a history read may have stopped short of `limit` for the byte
-    /// budget: only if the next message could have been too large to fit,
-    /// i.e. what it read is within one longest message of the budget.
-    fn page_cut(&self, page: &[Message]) -> bool {
-        let read: usize = page.iter().map(|m| m.text.as_str().len()).sum();
-        let longest = self.config.limits.text_max_chars.saturating_mul(4);
-        read > self.page_budget().saturating_sub(longest)
+    /// The longest text a message may have, in bytes: how far short of a
+    /// page's byte budget a history read may stop.
+    fn longest(&self) -> usize {
+        self.config.limits.text_max_chars.saturating_mul(4)
     }
 
     fn group(&self, value: &str) -> Result<GroupId, ChatError> {
@@ -465,7 +462,7 @@ impl ChatService {
             Ok(JoinOutcome::Joined) => {
                 session.set_joined(&group, true);
                 let (limit, budget) = (self.config.history_on_join, self.page_budget());
-                self.history.read(&group, None, limit, budget).await
+                self.history.read(&group, None, limit, budget, self.longest()).await
             }
             Ok(JoinOutcome::NoRoom) => {
                 if pending.is_some() {
@@ -608,7 +605,8 @@ impl ChatService {
             }
             None => None,
         };
-        let page = self.history.read(&group, before, limit, self.page_budget()).await?;
+        let page =
+            self.history.read(&group, before, limit, self.page_budget(), self.longest()).await?;
         let page = self.fit_page(session, page);
         self.charge_read(session, &page);
         Ok(page)
@@ -650,16 +648,15 @@ impl ChatService {
         // neither read needs to see them. Merged by id, the page ends where
         // either read may have stopped short.
         let recent = self.messaging.recent_after(&group, after, limit).await?;
-        let stored = self.history.read_after(&group, after, limit, self.page_budget()).await?;
+        let (stored, stored_to) = self
+            .history
+            .read_after(&group, after, limit, self.page_budget(), self.longest())
+            .await?;
         let page = if recent.is_empty() {
             stored
         } else {
             let recent_to = match recent.last() {
                 Some(last) if recent.len() >= limit => last.id,
-                _ => MessageId::MAX,
-            };
-            let stored_to = match stored.last() {
-                Some(last) if stored.len() >= limit || self.page_cut(&stored) => last.id,
                 _ => MessageId::MAX,
             };
             let until = recent_to.min(stored_to);

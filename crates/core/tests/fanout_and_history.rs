@@ -299,7 +299,7 @@ async fn while_the_store_is_down_sends_time_out_reads_fail_and_nothing_is_lost()
         history.accept(&message("g", i, "x"));
     }
     assert!(!history.wait_saved(&group, MessageId::new(25, 0)).await, "the wait is bounded");
-    assert!(history.read(&group, None, 100, usize::MAX).await.is_err());
+    assert!(history.read(&group, None, 100, usize::MAX, 0).await.is_err());
     assert!(history.contains(&group, MessageId::new(3, 0)).await.unwrap(), "unsaved counts");
 
     store.down.store(false, Ordering::SeqCst);
@@ -325,12 +325,12 @@ async fn reads_merge_unsaved_messages_in_order() {
     history.accept(&message("g", 4, "unsaved"));
     history.accept(&message("g", 5, "unsaved"));
     assert_eq!(history.unsaved_len(), 2);
-    let all = history.read(&group, None, 4, usize::MAX).await.unwrap();
+    let all = history.read(&group, None, 4, usize::MAX, 0).await.unwrap();
     let ids: Vec<u64> = all.iter().map(|m| m.id.millis).collect();
     assert_eq!(ids.len(), 4);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
     assert_eq!(*ids.last().unwrap(), 5);
-    let before = history.read(&group, Some(MessageId::new(3, 0)), 10, usize::MAX).await.unwrap();
+    let before = history.read(&group, Some(MessageId::new(3, 0)), 10, usize::MAX, 0).await.unwrap();
     assert_eq!(before.iter().map(|m| m.id.millis).collect::<Vec<_>>(), vec![1, 2]);
 }
 

@@ -345,6 +345,31 @@ async fn a_page_cut_in_bytes_does_not_skip_to_a_later_message_from_the_log() {
     assert_eq!(seen, all, "every message once, in order, across the byte-cut pages");
 }
 
+/// The same with a message this instance has not stored yet: the store's page
+/// cut in bytes ends the page, and the unsaved message comes after the stored
+/// ones it follows.
+#[tokio::test]
+async fn a_page_cut_in_bytes_does_not_skip_to_a_later_unsaved_message() {
+    let max_bytes = PAGE_ENVELOPE_BYTES + 350;
+    let f = fixture(ChatConfig { history_page_max_bytes: max_bytes, ..ChatConfig::default() });
+    f.chat.join_group(&f.ann, "g").await.unwrap();
+    let long = |i: usize| format!("{i:03}{}", "x".repeat(97));
+    f.send((1..=5).map(long)).await;
+    f.store.appends_down.store(true, Ordering::SeqCst);
+    f.send(["late".to_string()]).await;
+    let mut after = "0-0".to_string();
+    let mut seen = Vec::new();
+    loop {
+        let page = f.chat.get_messages_after(&f.ann, "g", &after, 500).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.id.to_string();
+        seen.extend(page.iter().map(|m| m.text.as_str().to_string()));
+    }
+    let mut all: Vec<String> = (1..=5).map(long).collect();
+    all.push("late".into());
+    assert_eq!(seen, all, "every message once, in order, across the byte-cut pages");
+}
+
 #[tokio::test]
 async fn bad_arguments_name_the_field_and_the_limit() {
     let f = fixture(ChatConfig::default());
