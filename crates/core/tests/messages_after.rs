@@ -314,6 +314,29 @@ async fn messages_another_instance_has_not_stored_yet_are_found_in_the_log() {
     assert_eq!(f.after("5-0", 500).await.unwrap(), ["late from C"]);
 }
 
+/// A 100-byte text, numbered.
+fn long(i: usize) -> String {
+    format!("{i:03}{}", "x".repeat(97))
+}
+
+impl Fixture {
+    /// Pages forward from the start until a page is empty: five `long`
+    /// texts, then "late", each once, in order.
+    async fn assert_pages_hold_five_long_then_late(&self) {
+        let mut after = "0-0".to_string();
+        let mut seen = Vec::new();
+        loop {
+            let page = self.chat.get_messages_after(&self.ann, "g", &after, 500).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.id.to_string();
+            seen.extend(page.iter().map(|m| m.text.as_str().to_string()));
+        }
+        let mut all: Vec<String> = (1..=5).map(long).collect();
+        all.push("late".into());
+        assert_eq!(seen, all, "every message once, in order, across the byte-cut pages");
+    }
+}
+
 /// A history page cut short by the byte budget ends the merged page too: a
 /// later message from the log would move the caller's position past stored
 /// messages it has not been given.
@@ -323,7 +346,6 @@ async fn a_page_cut_in_bytes_does_not_skip_to_a_later_message_from_the_log() {
     let max_bytes = PAGE_ENVELOPE_BYTES + 350;
     let f = fixture(ChatConfig { history_page_max_bytes: max_bytes, ..ChatConfig::default() });
     f.chat.join_group(&f.ann, "g").await.unwrap();
-    let long = |i: usize| format!("{i:03}{}", "x".repeat(97));
     f.send((1..=5).map(long)).await;
     *f.messaging.elsewhere.lock().unwrap() = vec![Message {
         id: MessageId::new(9, 0),
@@ -332,17 +354,7 @@ async fn a_page_cut_in_bytes_does_not_skip_to_a_later_message_from_the_log() {
         send_time: SystemTime::UNIX_EPOCH,
         text: next_chat_core::MessageText::from_trusted("late"),
     }];
-    let mut after = "0-0".to_string();
-    let mut seen = Vec::new();
-    loop {
-        let page = f.chat.get_messages_after(&f.ann, "g", &after, 500).await.unwrap();
-        let Some(last) = page.last() else { break };
-        after = last.id.to_string();
-        seen.extend(page.iter().map(|m| m.text.as_str().to_string()));
-    }
-    let mut all: Vec<String> = (1..=5).map(long).collect();
-    all.push("late".into());
-    assert_eq!(seen, all, "every message once, in order, across the byte-cut pages");
+    f.assert_pages_hold_five_long_then_late().await;
 }
 
 /// The same with a message this instance has not stored yet: the store's page
@@ -353,21 +365,10 @@ async fn a_page_cut_in_bytes_does_not_skip_to_a_later_unsaved_message() {
     let max_bytes = PAGE_ENVELOPE_BYTES + 350;
     let f = fixture(ChatConfig { history_page_max_bytes: max_bytes, ..ChatConfig::default() });
     f.chat.join_group(&f.ann, "g").await.unwrap();
-    let long = |i: usize| format!("{i:03}{}", "x".repeat(97));
     f.send((1..=5).map(long)).await;
     f.store.appends_down.store(true, Ordering::SeqCst);
     f.send(["late".to_string()]).await;
-    let mut after = "0-0".to_string();
-    let mut seen = Vec::new();
-    loop {
-        let page = f.chat.get_messages_after(&f.ann, "g", &after, 500).await.unwrap();
-        let Some(last) = page.last() else { break };
-        after = last.id.to_string();
-        seen.extend(page.iter().map(|m| m.text.as_str().to_string()));
-    }
-    let mut all: Vec<String> = (1..=5).map(long).collect();
-    all.push("late".into());
-    assert_eq!(seen, all, "every message once, in order, across the byte-cut pages");
+    f.assert_pages_hold_five_long_then_late().await;
 }
 
 #[tokio::test]
