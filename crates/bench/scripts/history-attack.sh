@@ -28,6 +28,9 @@ FILL_CHARS=${FILL_CHARS:-16384}
 READERS=${READERS:-16}
 BASELINE=${BASELINE:-10}
 ATTACK=${ATTACK:-20}
+# READERS_WAIT=1: the readers wait the "retry in X ms" of a refusal (a
+# well-behaved client); by default they ask again at once (an attacker).
+READERS_WAIT=${READERS_WAIT:-}
 PORT=${PORT:-5130}
 TAG=${TAG:-$$}
 BACKENDS=("$@")
@@ -74,6 +77,7 @@ for run in $(seq "$RUNS"); do
         "$BIN/next-chat-bench" history-attack --url "http://127.0.0.1:$PORT/next-chat" \
             --server-pid "$SERVER" --fill "$FILL" --fill-chars "$FILL_CHARS" \
             --readers "$READERS" --baseline "$BASELINE" --attack "$ATTACK" \
+            ${READERS_WAIT:+--readers-wait} \
             >"$OUT/$backend-$run.json"
         cleanup
     done

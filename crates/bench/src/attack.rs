@@ -61,6 +61,10 @@ pub struct AttackArgs {
     /// How long one call may take, seconds.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
+    /// The readers wait the `retry in X ms` of a refusal before reading again,
+    /// as a well-behaved client does; without it they ask again at once.
+    #[arg(long)]
+    pub readers_wait: bool,
     /// Run only the readers, for --attack seconds, after printing `ready`
     /// once they joined; then print what they got as JSON. The attack's own
     /// process runs this.
@@ -138,6 +142,7 @@ pub async fn attack(args: AttackArgs) -> Result<Attacked, String> {
             .args(["--read-limit", &args.read_limit.to_string()])
             .args(["--attack", &args.attack.to_string(), "--prefix", &prefix])
             .args(["--timeout", &args.timeout.to_string()])
+            .args(args.readers_wait.then_some("--readers-wait"))
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -258,7 +263,7 @@ async fn read_in_a_loop(args: &AttackArgs) -> Result<Readers, String> {
     let until = Instant::now() + seconds(args.attack);
     let mut tasks = Vec::new();
     for mut caller in callers {
-        let (big, limit) = (big.clone(), args.read_limit as i64);
+        let (big, limit, wait) = (big.clone(), args.read_limit as i64, args.readers_wait);
         tasks.push(tokio::spawn(async move {
             let mut got = Readers { readers: 1, ..Readers::default() };
             while Instant::now() < until {
@@ -268,7 +273,12 @@ async fn read_in_a_loop(args: &AttackArgs) -> Result<Readers, String> {
                         got.pages += 1;
                         got.messages += page.as_array().map_or(0, |m| m.len() as u64);
                     }
-                    Err(e) if e.contains("rate limited") => got.refused += 1,
+                    Err(e) if e.contains("rate limited") => {
+                        got.refused += 1;
+                        if wait {
+                            tokio::time::sleep(retry_in(&e)).await;
+                        }
+                    }
                     Err(e) => {
                         got.errors += 1;
                         if e.contains("connection") || e.contains("closed") {
@@ -290,4 +300,27 @@ async fn read_in_a_loop(args: &AttackArgs) -> Result<Readers, String> {
         total.errors += got.errors;
     }
     Ok(total)
+}
+
+/// The wait a `rate limited ... retry in X ms` error names (1 ms if none).
+fn retry_in(error: &str) -> Duration {
+    let ms = error
+        .rsplit_once("retry in ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_is_read_from_the_refusal() {
+        let error = "GetHistory: the server answered: rate limited: more than 1048576 bytes of \
+                     history per second for user u; retry in 250 ms";
+        assert_eq!(retry_in(error), Duration::from_millis(250));
+        assert_eq!(retry_in("something else"), Duration::from_millis(1));
+    }
 }
