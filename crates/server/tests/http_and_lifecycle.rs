@@ -155,7 +155,10 @@ fn an_unreachable_backend_is_retried_then_named_in_the_error() {
     let started = Instant::now();
     let output = std::process::Command::new(binary("next-chat-server"))
         .args(["--listen", "127.0.0.1:0", "--database", &db, "--redis", "redis://127.0.0.1:1"])
-        .args(["--startup-timeout-secs", "2"])
+        // Long enough for a retry even when the first attempt (start-up,
+        // migrations, three refused connections) is slow on a loaded machine:
+        // a retry is only made while it can start before the deadline.
+        .args(["--startup-timeout-secs", "5"])
         .env("RUST_LOG", "warn")
         .output()
         .expect("run next-chat-server");
